@@ -1,0 +1,54 @@
+# The README's commands. Everything runs inside $(VENV), created on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+# An exact pin: on these machines torch==2.13.0 installs from a local CPU wheel, while an unpinned torch pulls
+# several GB of CUDA packages. Override for a CUDA machine, e.g. `make test TORCH="torch==2.13.0 --index-url ..."`.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --quiet
+
+DEMO_RAW    ?= data/demo/raw
+DEMO_PACKED ?= data/demo/packed
+DEMO_N      ?= 2000
+
+.PHONY: demo test lint format clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps re-install when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install $(TORCH)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(PIP) install -e ".[test]"
+	touch $@
+
+$(DEMO_RAW)/.complete: | $(VENV)/.installed
+	$(BIN)/gand demo-data $(DEMO_RAW) --n $(DEMO_N)
+	touch $@
+
+$(DEMO_PACKED)/manifest.json: $(DEMO_RAW)/.complete
+	$(BIN)/gand pack $(DEMO_RAW) $(DEMO_PACKED) --resolutions 32,64 --min-side 128 --overwrite
+
+## make demo: built-in landscapes -> packed shards -> a short DCGAN run -> runs/quickstart/samples/*.png
+demo: $(VENV)/.installed $(DEMO_PACKED)/manifest.json
+	$(BIN)/gand train configs/quickstart.yaml
+	@echo "samples: runs/quickstart/samples/  (run 'make demo' again: it resumes from the last checkpoint)"
+
+## make test: the whole suite, unit and integration
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check gand tests
+	$(BIN)/ruff format --check gand tests
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format gand tests
+	$(BIN)/ruff check --fix gand tests
+
+clean-demo:
+	rm -rf data/demo runs/quickstart

@@ -1,0 +1,141 @@
+"""The one place gand talks to fsspec: local paths, file://, s3://, gs:// behind one small interface.
+
+Writes are atomic: a reader sees the whole object or nothing. Locally that is a write under a temporary name,
+fsync, then rename; on object stores a single PUT (or a completed multipart upload) is already all-or-nothing.
+Credentials come from the environment and the providers' standard chains; URLs are logged without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from gand.errors import StorageError
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL or path segments with '/', keeping the scheme of `base`."""
+    return posixpath.join(base, *parts) if parts else base
+
+
+def redact(url: str) -> str:
+    """The URL without any user:password part, safe to log or store."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+class Store:
+    """Files under one root URL. Paths given to methods are relative to the root and use '/'."""
+
+    def __init__(self, root_url: str):
+        self.root_url = root_url.rstrip("/") or root_url
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.root_url)
+        except (ImportError, ValueError) as err:
+            raise StorageError(f"cannot open storage {redact(root_url)}: {err}") from None
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Store({redact(self.root_url)!r})"
+
+    def url(self, relpath: str = "") -> str:
+        return join(self.root_url, relpath) if relpath else self.root_url
+
+    def _path(self, relpath: str) -> str:
+        return posixpath.join(self.root, relpath) if relpath else self.root
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def exists(self, relpath: str) -> bool:
+        return self.fs.exists(self._path(relpath))
+
+    def read_bytes(self, relpath: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._path(relpath))
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise StorageError(f"cannot read {redact(self.url(relpath))}: {err}") from err
+
+    def size(self, relpath: str) -> int:
+        return int(self.fs.size(self._path(relpath)))
+
+    def list_dir(self, relpath: str = "") -> list[str]:
+        """Names (not paths) directly under relpath; empty when it does not exist."""
+        try:
+            entries = self.fs.ls(self._path(relpath), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
+
+    def walk_files(self, relpath: str = "") -> list[str]:
+        """Every file below relpath, as sorted paths relative to the root."""
+        base = self._path(relpath)
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        prefix = self.root.rstrip("/") + "/"
+        return sorted(path[len(prefix) :] if path.startswith(prefix) else path for path in found)
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """Publish `data` at relpath atomically."""
+        with self.open_atomic(relpath) as handle:
+            handle.write(data)
+
+    @contextlib.contextmanager
+    def open_atomic(self, relpath: str) -> Iterator[IO[bytes]]:
+        """A binary file to write; it appears at relpath only if the block finishes without an error."""
+        if self.is_local:
+            final = self._path(relpath)
+            os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
+            staging = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                with open(staging, "wb") as handle:
+                    yield handle
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(staging, final)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staging)
+            return
+        with tempfile.NamedTemporaryFile(prefix="gand-upload-", suffix=".part") as handle:
+            yield handle
+            handle.flush()
+            try:
+                self.fs.put_file(handle.name, self._path(relpath))
+            except OSError as err:
+                raise StorageError(f"cannot write {redact(self.url(relpath))}: {err}") from err
+
+    def delete_tree(self, relpath: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._path(relpath), recursive=True)
+
+
+def open_url(url: str, mode: str = "rb") -> IO[bytes]:
+    """Open a full URL or local path for streaming reads (used by the shard loader)."""
+    try:
+        return fsspec.open(url, mode).open()
+    except FileNotFoundError:
+        raise StorageError(f"{redact(url)} does not exist") from None
+    except OSError as err:
+        raise StorageError(f"cannot open {redact(url)}: {err}") from err
+
+
+def is_local(url: str) -> bool:
+    return isinstance(fsspec.core.url_to_fs(url)[0], LocalFileSystem)

@@ -1,0 +1,63 @@
+"""Shared fixtures: a small built-in collection and its packed shards, made once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gand.data.demo import generate_landscapes
+from gand.data.pack import PackOptions, pack
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_IMAGES = 48  # 4 styles x 12; a few are 100x100 thumbnails that --min-side drops
+
+
+@pytest.fixture(scope="session")
+def demo_raw(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("raw")
+    generate_landscapes(dest, count=DEMO_IMAGES, seed=0, workers=1)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def packed(demo_raw, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("packed")
+    pack(str(demo_raw), str(dest), PackOptions(resolutions=(32, 64), shard_size=8, min_side=128, workers=1))
+    return dest
+
+
+def tiny_config(tmp_path: Path, packed: Path, **sections) -> Path:
+    """A config for a tiny, fast CPU run on the packed fixture; `sections` override whole keys."""
+    config = {
+        "run": {"name": "tiny", "dir": str(tmp_path / "run")},
+        "data": {"path": str(packed), "resolution": 32, "workers": 0, "shuffle_buffer": 16},
+        "model": {"arch": "dcgan", "width": 0.125, "latent_dim": 16},
+        "train": {"batch_size": 8, "max_steps": 4, "log_every_steps": 1},
+        "samples": {"every_steps": 2, "count": 16},
+        "checkpoint": {"every_steps": 2},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_command(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command with the test interpreter's environment; capture text output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
+
+
+def gand(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_command([sys.executable, "-m", "gand.cli", *args], timeout=timeout, env=env)
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).parent / name)

@@ -1,0 +1,102 @@
+"""Real training runs on CPU with tiny widths, through the command line, as a user runs them."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from gand.checkpoint.manager import MANIFEST, checkpoint_name
+from tests.conftest import bin_path, gand, run_command, tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def latest_weights(run_dir: Path, network: str) -> dict[str, torch.Tensor]:
+    checkpoints = sorted((run_dir / "checkpoints").glob("ckpt-*"))
+    return load_file(checkpoints[-1] / f"{network}.safetensors")
+
+
+def test_smoke_run_writes_samples_logs_checkpoints_and_resumes_exactly(tmp_path, packed):
+    # One run straight to step 6 ...
+    straight = tiny_config(tmp_path / "straight", packed, data={"workers": 2}, train={"max_steps": 6})
+    result = gand("train", str(straight))
+    assert result.returncode == 0, result.stderr
+    # ... and one stopped at step 4, then the very same command again with a higher target.
+    split = tiny_config(tmp_path / "split", packed, data={"workers": 2}, train={"max_steps": 6})
+    first = gand("train", str(split), "train.max_steps=4")
+    assert first.returncode == 0, first.stderr
+    second = gand("train", str(split))
+    assert second.returncode == 0, second.stderr
+
+    resumed = [e for e in events(second.stdout) if e["event"] == "resumed"]
+    assert resumed and resumed[0]["step"] == 4 and resumed[0]["images_seen"] == 32
+    steps = [e["step"] for e in events(second.stdout) if e["event"] == "train_step"]
+    assert steps == [5, 6]
+
+    run_dir = tmp_path / "split" / "run"
+    for network in ("generator", "discriminator"):
+        a, b = latest_weights(tmp_path / "straight" / "run", network), latest_weights(run_dir, network)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{network}.{key} differs after resume"
+
+    samples = sorted(p.name for p in (run_dir / "samples").glob("*.png"))
+    assert samples == ["step-000002.png", "step-000004.png", "step-000006.png"]
+    assert Image.open(run_dir / "samples" / "step-000006.png").size == (4 * 34 + 2, 4 * 34 + 2)
+    committed = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert committed == [checkpoint_name(32), checkpoint_name(48)]  # keep_last=2
+    manifest = json.loads((run_dir / "checkpoints" / checkpoint_name(48) / MANIFEST).read_text())
+    assert manifest["step"] == 6 and manifest["world_size"] == 1
+    log_lines = events((run_dir / "train.jsonl").read_text())
+    assert {"train_start", "train_step", "checkpoint_committed", "train_done"} <= {e["event"] for e in log_lines}
+    step_line = next(e for e in log_lines if e["event"] == "train_step")
+    assert {"step", "images_seen", "loss_g", "loss_d", "images_per_second"} <= step_line.keys()
+
+    third = gand("train", str(split))  # a finished run says so and exits cleanly
+    assert third.returncode == 0
+    assert any(e["event"] == "already_complete" for e in events(third.stdout))
+
+
+def test_missing_dataset_and_wrong_resolution_are_clear_errors(tmp_path, packed):
+    missing = tiny_config(tmp_path / "a", tmp_path / "nowhere")
+    result = gand("train", str(missing))
+    assert result.returncode == 1
+    assert "no packed dataset" in result.stderr and "gand pack" in result.stderr
+    assert "Traceback" not in result.stderr
+    wrong = tiny_config(tmp_path / "b", packed, data={"resolution": 128})
+    result = gand("train", str(wrong))
+    assert result.returncode == 2
+    assert "data.resolution: 128 px is not in the dataset" in result.stderr and "32, 64" in result.stderr
+
+
+def test_two_cpu_ranks_under_accelerate_launch(tmp_path, packed):
+    config = tiny_config(tmp_path, packed, train={"max_steps": 4})
+    result = run_command(
+        [
+            bin_path("accelerate"),
+            "launch",
+            "--num_processes",
+            "2",
+            "--cpu",
+            "-m",
+            "gand.train",
+            str(config),
+            "checkpoint.every_steps=4",
+        ],
+        env={"MASTER_PORT": "29517"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    started = [e for e in events(result.stdout) if e["event"] == "train_start"]
+    assert len(started) == 1 and started[0]["world_size"] == 2 and started[0]["images_per_step"] == 16
+    done = [e for e in events(result.stdout) if e["event"] == "train_done"]
+    assert done[0]["images_seen"] == 64
+    manifest = json.loads((tmp_path / "run" / "checkpoints" / checkpoint_name(64) / MANIFEST).read_text())
+    assert manifest["world_size"] == 2
+    assert {"rng-rank0.pt", "rng-rank1.pt"} <= manifest["files"].keys()

@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gand.config import GandConfig, load_config
+from gand.errors import ConfigError
+from tests.conftest import REPO, gand
+
+
+def write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def config_error(path: Path, *overrides: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, overrides)
+    return str(caught.value)
+
+
+def test_defaults_and_derived_paths(tmp_path):
+    cfg = load_config(write(tmp_path, {"data": {"path": "d"}, "run": {"name": "exp1"}}))
+    assert cfg.model.arch == "dcgan"
+    assert cfg.run_dir == "runs/exp1"
+    assert cfg.checkpoint_url == "runs/exp1/checkpoints"
+
+
+def test_overrides_are_typed_and_create_sections(tmp_path):
+    path = write(tmp_path, {"data": {"path": "d"}})
+    cfg = load_config(path, ["train.max_steps=20", "train.betas=[0.0, 0.9]", "metrics.port=null", "run.dir=x/y"])
+    assert cfg.train.max_steps == 20
+    assert cfg.train.betas == (0.0, 0.9)
+    assert cfg.metrics.port is None
+    assert cfg.checkpoint_url == "x/y/checkpoints"
+
+
+def test_unknown_field_names_path_suggestion_and_allowed(tmp_path):
+    message = config_error(write(tmp_path, {"data": {"path": "d"}, "train": {"batch_sise": 8}}))
+    assert "train.batch_sise: unknown field" in message
+    assert "did you mean 'batch_size'" in message
+    assert "max_steps" in message  # the allowed fields are listed
+
+
+def test_bad_resolution_names_field_value_and_allowed(tmp_path):
+    message = config_error(write(tmp_path, {"data": {"path": "d", "resolution": 48}}))
+    assert "data.resolution" in message
+    assert "48" in message
+    assert "32, 64, 128 or 256" in message
+
+
+def test_unknown_arch_lists_registry(tmp_path):
+    message = config_error(write(tmp_path, {"data": {"path": "d"}}), "model.arch=stylegan9")
+    assert "model.arch: unknown architecture; allowed: dcgan" in message
+    assert "'stylegan9'" in message
+
+
+def test_missing_required_and_several_problems_at_once(tmp_path):
+    message = config_error(write(tmp_path, {"data": {"resolution": 32}, "train": {"batch_size": 0}}))
+    assert "data.path: required field is missing" in message
+    assert "train.batch_size: Input should be greater than or equal to 1 (got 0)" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.max_steps", "must look like section.field=value"),
+        ("=3", "must look like section.field=value"),
+        ("train..x=3", "must look like section.field=value"),
+        ("precision.x=1", "precision is a value, not a section"),
+    ],
+)
+def test_malformed_overrides(tmp_path, override, expected):
+    assert expected in config_error(write(tmp_path, {"data": {"path": "d"}, "precision": "fp32"}), override)
+
+
+def test_file_problems_are_config_errors(tmp_path):
+    assert "does not exist" in config_error(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    assert "not valid YAML" in config_error(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    assert "must hold a mapping" in config_error(scalar)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    assert isinstance(load_config(path), GandConfig)
+
+
+def test_cli_exits_2_with_message_and_no_traceback(tmp_path):
+    path = write(tmp_path, {"data": {"path": "d", "resolution": 100}})
+    result = gand("train", str(path), "model.width=-1")
+    assert result.returncode == 2
+    assert "data.resolution" in result.stderr
+    assert "model.width" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_usage_errors_exit_2(tmp_path):
+    result = gand("pack", str(tmp_path), str(tmp_path / "out"), "--resolutions", "33")
+    assert result.returncode == 2
+    assert "--resolutions" in result.stderr
+    assert "Traceback" not in result.stderr

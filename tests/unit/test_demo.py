@@ -1,0 +1,24 @@
+import io
+
+from PIL import Image
+
+from gand.data.demo import PALETTES, THUMBNAIL_SIDE, render_one
+
+
+def test_same_seed_same_bytes_different_seed_different_image():
+    assert render_one((0, 5)).data == render_one((0, 5)).data
+    assert render_one((1, 5)).data != render_one((0, 5)).data
+
+
+def test_styles_sizes_and_formats_vary_like_a_scrape():
+    items = [render_one((0, index)) for index in range(120)]
+    styles = {item.relpath.split("/")[0] for item in items}
+    assert styles == set(PALETTES)
+    sizes = [Image.open(io.BytesIO(item.data)).size for item in items]
+    thumbnails = [s for s in sizes if s == (THUMBNAIL_SIDE, THUMBNAIL_SIDE)]
+    large = [s for s in sizes if min(s) >= 256]
+    assert 0 < len(thumbnails) < 20
+    assert len(large) + len(thumbnails) == len(items)
+    assert len({w / h for w, h in sizes}) > 50  # many aspect ratios
+    assert any(w < h for w, h in sizes) and any(w > h for w, h in sizes)
+    assert {item.relpath.rsplit(".", 1)[1] for item in items} == {"jpg", "png"}

@@ -1,0 +1,46 @@
+import io
+import urllib.request
+
+import torch
+from PIL import Image
+
+from gand.eval.samples import generate, grid_png
+from gand.models import ModelSpec, build_models
+from gand.observability.metrics import TrainingMetrics
+
+
+def test_grid_layout_and_value_mapping():
+    images = torch.full((6, 3, 8, 8), -1.0)
+    images[0] = 1.0
+    grid = Image.open(io.BytesIO(grid_png(images, padding=2)))
+    assert grid.size == (3 * 10 + 2, 2 * 10 + 2)  # 3 columns x 2 rows of 8 px with 2 px gaps
+    assert grid.getpixel((2, 2)) == (255, 255, 255)
+    assert grid.getpixel((12, 2)) == (0, 0, 0)
+
+
+def test_sampling_leaves_batchnorm_buffers_untouched():
+    generator, _ = build_models("dcgan", ModelSpec(32, latent_dim=8, width=0.125))
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    images = generate(generator, torch.randn(4, 8))
+    assert images.shape == (4, 3, 32, 32)
+    for key, value in generator.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_metrics_endpoint_serves_progress():
+    metrics = TrainingMetrics(port=0, run_name="unit")
+    try:
+        metrics.record_step(step=3, images_seen=96, epoch=1, losses={"g": 1.5, "d": 0.25}, rate=12.0)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=5).read().decode()
+    finally:
+        metrics.close()
+    assert "gand_train_steps 3.0" in body
+    assert "gand_train_images_seen 96.0" in body
+    assert 'gand_train_loss{network="d"} 0.25' in body
+    assert 'gand_build_info{run="unit"' in body
+
+
+def test_no_port_means_no_exporter():
+    metrics = TrainingMetrics(port=None, run_name="unit")
+    metrics.record_step(1, 1, 0, {"g": 1.0}, 1.0)  # a no-op, not an error
+    assert not metrics.enabled
