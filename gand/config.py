@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -18,6 +18,12 @@ from gand.errors import ConfigError
 
 Resolution = Literal[32, 64, 128, 256]
 RESOLUTIONS: tuple[int, ...] = get_args(Resolution)
+
+
+def _registered(name: str, registry: Mapping[str, object], what: str) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {what}; allowed: {', '.join(sorted(registry))}")
+    return name
 
 
 class StrictModel(BaseModel):
@@ -47,9 +53,7 @@ class ModelConfig(StrictModel):
     def _known_arch(cls, arch: str) -> str:
         from gand.models import MODELS  # lazy: keeps `import gand.config` free of torch
 
-        if arch not in MODELS:
-            raise ValueError(f"unknown architecture; allowed: {', '.join(sorted(MODELS))}")
-        return arch
+        return _registered(arch, MODELS, "architecture")
 
 
 class TrainConfig(StrictModel):
@@ -67,9 +71,7 @@ class TrainConfig(StrictModel):
     def _known_loss(cls, loss: str) -> str:
         from gand.losses import ADVERSARIAL_LOSSES
 
-        if loss not in ADVERSARIAL_LOSSES:
-            raise ValueError(f"unknown loss; allowed: {', '.join(sorted(ADVERSARIAL_LOSSES))}")
-        return loss
+        return _registered(loss, ADVERSARIAL_LOSSES, "loss")
 
 
 class SamplesConfig(StrictModel):
@@ -104,6 +106,16 @@ class GandConfig(StrictModel):
     @property
     def checkpoint_url(self) -> str:
         return self.checkpoint.url or posixpath.join(self.run_dir, "checkpoints")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The config as plain data for checkpoints and logs, with any credentials in URLs removed."""
+        from gand.storage import redact
+
+        data = self.model_dump(mode="json")
+        for section, key in (("run", "dir"), ("data", "path"), ("checkpoint", "url")):
+            if data[section][key]:
+                data[section][key] = redact(data[section][key])
+        return data
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> GandConfig:

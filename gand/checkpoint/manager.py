@@ -30,7 +30,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from gand import __version__
-from gand.storage import Store
+from gand.storage import Store, redact
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "gand.checkpoint/v1"
@@ -125,7 +125,7 @@ class CheckpointManager:
             self.store.write_bytes(f"{name}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
             self._prune(keep=name)
         self.collective.barrier()  # nobody goes on (or exits) before the manifest exists
-        log.info("checkpoint_committed", checkpoint=name, url=self.store.url(name))
+        log.info("checkpoint_committed", checkpoint=name, url=redact(self.store.url(name)))
         return name
 
     def _prune(self, keep: str) -> None:

@@ -107,7 +107,7 @@ def train(cfg: GandConfig) -> TrainState:
 
         state.advance(images=images_per_step, epoch=batch.epoch)
 
-        if state.step % cfg.train.log_every_steps == 0 or state.step == cfg.train.max_steps:
+        if _due(state.step, cfg.train.log_every_steps, cfg.train.max_steps):
             losses = {"g": engine.mean_across_ranks(g_loss), "d": engine.mean_across_ranks(d_loss)}
             rate = window.images_per_second(state.images_seen)
             log.info(
@@ -120,9 +120,9 @@ def train(cfg: GandConfig) -> TrainState:
                 images_per_second=round(rate, 1),
             )
             metrics.record_step(state.step, state.images_seen, state.epoch, losses, rate)
-        if engine.is_main and (state.step % cfg.samples.every_steps == 0 or state.step == cfg.train.max_steps):
+        if engine.is_main and _due(state.step, cfg.samples.every_steps, cfg.train.max_steps):
             _write_samples(run_store, engine.unwrap(generator), fixed_noise.to(engine.device), state.step)
-        if state.step % cfg.checkpoint.every_steps == 0 or state.step == cfg.train.max_steps:
+        if _due(state.step, cfg.checkpoint.every_steps, cfg.train.max_steps):
             _save(checkpoints, engine, generator, discriminator, opt_g, opt_d, fixed_noise, state, cfg)
             metrics.record_checkpoint()
 
@@ -133,6 +133,11 @@ def train(cfg: GandConfig) -> TrainState:
 
 
 # -- helpers the loop calls ------------------------------------------------------------------------------------
+def _due(step: int, every_steps: int, max_steps: int) -> bool:
+    """Periodic work happens every N steps and once more at the very end."""
+    return step % every_steps == 0 or step == max_steps
+
+
 class Throughput:
     """Images per second since the previous call."""
 
@@ -169,7 +174,7 @@ def _save(checkpoints, engine, generator, discriminator, opt_g, opt_d, fixed_noi
             "optimizer_d": opt_d.state_dict(),
             "fixed_noise": fixed_noise,
         },
-        state={"train": state.to_dict(), "config": cfg.model_dump(mode="json"), "gand_version": __version__},
+        state={"train": state.to_dict(), "config": cfg.snapshot(), "gand_version": __version__},
         rng=capture_rng(),
     )
 

@@ -100,3 +100,13 @@ def test_two_cpu_ranks_under_accelerate_launch(tmp_path, packed):
     manifest = json.loads((tmp_path / "run" / "checkpoints" / checkpoint_name(64) / MANIFEST).read_text())
     assert manifest["world_size"] == 2
     assert {"rng-rank0.pt", "rng-rank1.pt"} <= manifest["files"].keys()
+
+
+def test_bf16_autocast_trains_with_batchnorm_and_keeps_fp32_weights(tmp_path, packed):
+    config = tiny_config(tmp_path, packed, train={"max_steps": 2})
+    result = gand("train", str(config), "precision=bf16")
+    assert result.returncode == 0, result.stderr
+    losses = [e for e in events(result.stdout) if e["event"] == "train_step"]
+    assert len(losses) == 2 and all(e["loss_g"] == e["loss_g"] for e in losses)  # finite, not NaN
+    weights = latest_weights(tmp_path / "run", "generator")
+    assert {tensor.dtype for key, tensor in weights.items() if "weight" in key} == {torch.float32}

@@ -104,3 +104,11 @@ def test_cli_usage_errors_exit_2(tmp_path):
     assert result.returncode == 2
     assert "--resolutions" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_snapshot_carries_no_credentials(tmp_path):
+    path = write(tmp_path, {"data": {"path": "https://user:secret@example.com/set/manifest.json"}})
+    cfg = load_config(path, ["checkpoint.url=s3://KEY:SECRET@bucket/run"])
+    snapshot = str(cfg.snapshot())
+    assert "secret" not in snapshot and "SECRET" not in snapshot
+    assert "https://example.com/set/manifest.json" in snapshot and "s3://bucket/run" in snapshot
