@@ -31,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo-data", help="generate the built-in demo image collection (no downloads)")
     demo.add_argument("dest", help="folder to write <style>/<image> files into")
-    demo.add_argument("--kind", default="landscapes", choices=["landscapes"])
-    demo.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    demo.add_argument(
+        "--kind",
+        default="landscapes",
+        choices=["landscapes", "digits"],
+        help="landscapes: painted, 4 styles; digits: scikit-learn's 1,797 real scans, 10 classes",
+    )
+    demo.add_argument("--n", type=int, default=2000, help="landscapes only: number of images (default 2000)")
     demo.add_argument("--seed", type=int, default=0)
 
     pack = verbs.add_parser("pack", help="pack an image folder into WebDataset shards at every resolution")
@@ -65,11 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "demo-data":
-        from gand.data.demo import generate_landscapes
+        from gand.data.demo import generate_landscapes, write_digits
 
         if args.n < 1:
             raise ConfigError(f"--n must be at least 1 (got {args.n})")
-        print(json.dumps(generate_landscapes(args.dest, count=args.n, seed=args.seed)))
+        if args.kind == "digits":
+            summary = write_digits(args.dest)
+        else:
+            summary = generate_landscapes(args.dest, count=args.n, seed=args.seed)
+        print(json.dumps(summary))
         return 0
     if args.verb == "pack":
         from gand.data.pack import PackOptions, pack

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gand.errors import ConfigError
 
-Resolution = Literal[32, 64, 128, 256]
-RESOLUTIONS: tuple[int, ...] = get_args(Resolution)
+# Sizes `gand pack` accepts; each architecture narrows them (see gand.models.MODELS).
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
+STANDARD_RESOLUTIONS = (28, 32, 64, 128, 256)
 
 
 def _registered(name: str, registry: Mapping[str, object], what: str) -> str:
@@ -37,7 +38,8 @@ class RunConfig(StrictModel):
 
 class DataConfig(StrictModel):
     path: str = Field(description="packed dataset: its directory or the URL of its manifest.json")
-    resolution: Resolution = 64
+    resolution: int = Field(64, ge=MIN_RESOLUTION, le=MAX_RESOLUTION, description="must be in the manifest")
+    channels: Literal[1, 3] = Field(3, description="1 converts the packed RGB images to grayscale")
     shuffle_buffer: int = Field(1000, ge=0, description="samples held for shuffling, per loader worker")
     workers: int = Field(2, ge=0, description="loader processes per rank; 0 reads in the training process")
     epoch_images: int | None = Field(None, gt=0, description="images per epoch; default the dataset size")
@@ -47,6 +49,12 @@ class ModelConfig(StrictModel):
     arch: str = "dcgan"
     width: float = Field(1.0, gt=0, le=8, description="channel multiplier; tests use tiny widths")
     latent_dim: int = Field(100, ge=1)
+    g_batch_norm: bool = True
+    d_batch_norm: bool = True
+    g_activation: Literal["relu", "leaky_relu"] = "relu"
+    g_output: Literal["tanh", "sigmoid"] = "tanh"
+    d_dropout: float = Field(0.0, ge=0, lt=1)
+    spectral_norm: Literal["none", "d", "g", "both"] = "none"
 
     @field_validator("arch")
     @classmethod
@@ -56,22 +64,80 @@ class ModelConfig(StrictModel):
         return _registered(arch, MODELS, "architecture")
 
 
+LabelRange = tuple[float, float]
+
+
+class LossConfig(StrictModel):
+    adversarial: str = "nonsaturating"
+    class_mode: Literal["none", "auxiliary", "ambiguity"] = Field(
+        "none", description="auxiliary: AC-GAN class loss; ambiguity: CAN style + style-ambiguity losses"
+    )
+    class_weight: float = Field(1.0, ge=0)
+    real_labels: LabelRange = Field((1.0, 1.0), description="D's targets for real images, drawn from [low, high]")
+    fake_labels: LabelRange = Field((0.0, 0.0), description="D's targets for generated images")
+    label_flip: float = Field(0.0, ge=0, le=0.5, description="probability of swapping a target to the other side")
+    gradient_penalty: float = Field(0.0, ge=0, description="WGAN-GP weight (10 in the paper); 0 = off")
+    weight_clip: float | None = Field(None, gt=0, description="WGAN weight clipping bound c (0.01); unset = off")
+
+    @field_validator("adversarial")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        from gand.losses import ADVERSARIAL_LOSSES
+
+        return _registered(name, ADVERSARIAL_LOSSES, "loss")
+
+    @field_validator("real_labels", "fake_labels")
+    @classmethod
+    def _ordered(cls, bounds: LabelRange) -> LabelRange:
+        if bounds[0] > bounds[1]:
+            raise ValueError("give [low, high] with low <= high")
+        return bounds
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal["adam", "rmsprop", "sgd"] = "adam"
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = Field((0.5, 0.999), description="adam")
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd and rmsprop")
+    alpha: float = Field(0.99, gt=0, lt=1, description="rmsprop smoothing")
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class OptimConfig(StrictModel):
+    g: OptimizerConfig = OptimizerConfig()
+    d: OptimizerConfig = OptimizerConfig()
+
+
+class ScheduleConfig(StrictModel):
+    d_steps: int = Field(1, ge=1, description="D updates per step, each on a fresh real batch (WGAN n_critic)")
+    g_steps: int = Field(1, ge=1, description="G updates per step (the VNU report's k)")
+    d_every: int = Field(1, ge=1, description="update D only every k-th step (the Rice report: 4)")
+
+
+class EmaConfig(StrictModel):
+    half_life_kimg: float | None = Field(
+        None, gt=0, description="EMA of G's weights for samples, half-life in thousands of images; unset = off"
+    )
+
+
+class AugmentConfig(StrictModel):
+    policy: list[str] = Field(default_factory=list, description="DiffAugment: any of color, translation, cutout")
+
+    @field_validator("policy")
+    @classmethod
+    def _known_augmentations(cls, policy: list[str]) -> list[str]:
+        from gand.augment import AUGMENTATIONS
+
+        for name in policy:
+            _registered(name, AUGMENTATIONS, "augmentation")
+        return policy
+
+
 class TrainConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="images per step, per rank")
     max_steps: int = Field(1000, ge=1)
     seed: int = 0
-    loss: str = "nonsaturating"
-    lr_g: float = Field(2e-4, gt=0)
-    lr_d: float = Field(2e-4, gt=0)
-    betas: tuple[float, float] = (0.5, 0.999)
     log_every_steps: int = Field(10, ge=1)
-
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, loss: str) -> str:
-        from gand.losses import ADVERSARIAL_LOSSES
-
-        return _registered(loss, ADVERSARIAL_LOSSES, "loss")
 
 
 class SamplesConfig(StrictModel):
@@ -93,6 +159,11 @@ class GandConfig(StrictModel):
     run: RunConfig = RunConfig()
     data: DataConfig
     model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    ema: EmaConfig = EmaConfig()
+    augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     precision: Literal["fp32", "bf16"] = "fp32"
     samples: SamplesConfig = SamplesConfig()
@@ -118,6 +189,33 @@ class GandConfig(StrictModel):
         return data
 
 
+def cross_check(cfg: GandConfig) -> list[str]:
+    """Problems that involve several fields, each named by the field to change."""
+    from gand.losses import ADVERSARIAL_LOSSES
+    from gand.models import MODELS
+
+    arch = MODELS[cfg.model.arch]
+    problems = []
+    if not arch.supports_resolution(cfg.data.resolution):
+        problems.append(
+            f"data.resolution: {cfg.model.arch} supports {arch.resolutions_text} px (got {cfg.data.resolution})"
+        )
+    if arch.class_head and cfg.loss.class_mode == "none":
+        problems.append(f"loss.class_mode: {cfg.model.arch} has a class head; choose auxiliary or ambiguity")
+    if not arch.class_head and cfg.loss.class_mode != "none":
+        heads = ", ".join(name for name, a in MODELS.items() if a.class_head)
+        problems.append(f"loss.class_mode: {cfg.model.arch} has no class head (only {heads} do); use none")
+    if arch.conditional and cfg.loss.class_mode != "auxiliary":
+        problems.append(f"loss.class_mode: {cfg.model.arch}'s generator is class-conditional; use auxiliary")
+    soft = cfg.loss.real_labels != (1.0, 1.0) or cfg.loss.fake_labels != (0.0, 0.0) or cfg.loss.label_flip > 0
+    if soft and not ADVERSARIAL_LOSSES[cfg.loss.adversarial].uses_targets:
+        problems.append(
+            f"loss.real_labels/fake_labels/label_flip: soft labels apply to nonsaturating and minimax losses, "
+            f"not {cfg.loss.adversarial}"
+        )
+    return problems
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> GandConfig:
     """Read a YAML config, apply `a.b=c` overrides, validate. Raises ConfigError with every problem listed."""
     raw = _read_yaml(Path(path))
@@ -128,10 +226,15 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> GandConfig:
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> GandConfig:
     try:
-        return GandConfig.model_validate(raw)
+        cfg = GandConfig.model_validate(raw)
     except ValidationError as err:
-        problems = "\n".join(f"  {line}" for line in describe_validation_error(err, GandConfig))
-        raise ConfigError(f"invalid config {source}:\n{problems}") from None
+        problems = describe_validation_error(err, GandConfig)
+    else:
+        problems = cross_check(cfg)
+        if not problems:
+            return cfg
+    listed = "\n".join(f"  {line}" for line in problems)
+    raise ConfigError(f"invalid config {source}:\n{listed}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -1,28 +1,171 @@
-"""Adversarial losses as plain functions of discriminator logits, and their registry.
+"""Adversarial losses and stabilisers as plain functions of discriminator outputs, plus their composition.
 
-Logits, not probabilities: `softplus(-x)` is `-log(sigmoid(x))` computed without overflow, so these equal the
-papers' BCE-on-sigmoid losses while staying finite in bf16 and fp16.
+Every discriminator returns N x (1 + K) logits: column 0 is real/fake, columns 1..K are class or style logits.
+Losses work on logits, not probabilities: `softplus(-x)` is `-log(sigmoid(x))` computed without overflow, so the
+BCE losses equal the papers' sigmoid + BCE while staying finite in bf16 and fp16.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+# Keras/TF clip probabilities to [1e-7, 1 - 1e-7]; targets outside [0, 1] (the Columbia report's 0.7-1.2) need
+# the same bound, or BCE with a target above 1 has no minimum and D pushes its logits to infinity.
+_PROBABILITY_EPS = 1e-7
+_LOGIT_BOUND = math.log((1 - _PROBABILITY_EPS) / _PROBABILITY_EPS)
 
 
-@dataclass(frozen=True)
-class NonSaturatingLoss:
-    """Goodfellow et al. 2014 with the generator maximising log D(G(z)) (the DCGAN paper's choice)."""
-
-    def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-
-    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        return F.softplus(-fake_logits).mean()
+# -- adversarial terms on the real/fake logit -----------------------------------------------------------------
+def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, targets)
 
 
-ADVERSARIAL_LOSSES = {
-    "nonsaturating": NonSaturatingLoss,
+class AdversarialLoss(Protocol):
+    uses_targets: bool  # whether soft/noisy/flipped label targets apply
+
+    def discriminator(self, real: torch.Tensor, fake: torch.Tensor, real_target: torch.Tensor,
+                      fake_target: torch.Tensor) -> torch.Tensor: ...  # fmt: skip
+
+    def generator(self, fake: torch.Tensor) -> torch.Tensor: ...
+
+
+class NonSaturating:
+    """Goodfellow et al. 2014 with G maximising log D(G(z)) (the DCGAN paper's choice)."""
+
+    uses_targets = True
+
+    def discriminator(self, real, fake, real_target, fake_target):
+        return binary_cross_entropy(real, real_target) + binary_cross_entropy(fake, fake_target)
+
+    def generator(self, fake):
+        return F.softplus(-fake).mean()
+
+
+class Minimax(NonSaturating):
+    """The original game: G minimises log(1 - D(G(z))), which saturates when D is sure (the VNU report's start)."""
+
+    def generator(self, fake):
+        return -F.softplus(fake).mean()  # log(1 - sigmoid(x)) = -softplus(x)
+
+
+class Wasserstein:
+    """WGAN (Arjovsky et al. 2017): the critic widens E[D(real)] - E[D(fake)]; G raises E[D(G(z))]."""
+
+    uses_targets = False
+
+    def discriminator(self, real, fake, real_target, fake_target):
+        return fake.mean() - real.mean()
+
+    def generator(self, fake):
+        return -fake.mean()
+
+
+class Hinge:
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018's spectral-norm experiments)."""
+
+    uses_targets = False
+
+    def discriminator(self, real, fake, real_target, fake_target):
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+    def generator(self, fake):
+        return -fake.mean()
+
+
+ADVERSARIAL_LOSSES: dict[str, type] = {
+    "nonsaturating": NonSaturating,
+    "minimax": Minimax,
+    "wasserstein": Wasserstein,
+    "hinge": Hinge,
 }
+
+
+# -- class and style terms -------------------------------------------------------------------------------------
+def class_cross_entropy(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """AC-GAN's auxiliary classifier loss (and CAN's style loss on real images)."""
+    return F.cross_entropy(class_logits, labels)
+
+
+def style_ambiguity(class_logits: torch.Tensor) -> torch.Tensor:
+    """CAN's generator term: cross-entropy of D's style posterior against the uniform distribution over K styles.
+
+    Equals log K exactly when the posterior is uniform, which is its minimum: G is rewarded for art that D cannot
+    attribute to any one style.
+    """
+    return -F.log_softmax(class_logits, dim=1).mean()
+
+
+# -- stabilisers -----------------------------------------------------------------------------------------------
+def label_targets(count: int, low: float, high: float, flip_probability: float, flipped_low: float,
+                  flipped_high: float, device: torch.device | str) -> torch.Tensor:  # fmt: skip
+    """Soft/noisy targets drawn uniformly from [low, high]; with flip_probability, from the other side's range."""
+    targets = torch.empty(count, device=device).uniform_(low, high)
+    if flip_probability > 0:
+        flipped = torch.rand(count, device=device) < flip_probability
+        targets = torch.where(flipped, torch.empty_like(targets).uniform_(flipped_low, flipped_high), targets)
+    return targets
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): (||grad_x D(x)||_2 - 1)^2 at random points between real and fake."""
+    mix = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    points = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
+    scores = critic(points)[:, 0]
+    (gradients,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
+    return ((gradients.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+@torch.no_grad()
+def clip_weights(network: nn.Module, bound: float) -> None:
+    """WGAN's Lipschitz constraint: clamp every parameter of the critic into [-bound, bound] after each update."""
+    for param in network.parameters():
+        param.clamp_(-bound, bound)
+
+
+# -- composition ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Objective:
+    """What D and G minimise, assembled from the config. Returns named parts so each can be logged."""
+
+    adversarial: AdversarialLoss
+    class_mode: str = "none"  # none | auxiliary (AC-GAN) | ambiguity (CAN)
+    class_weight: float = 1.0
+    real_labels: tuple[float, float] = (1.0, 1.0)
+    fake_labels: tuple[float, float] = (0.0, 0.0)
+    label_flip: float = 0.0
+
+    @property
+    def targets_leave_unit_interval(self) -> bool:
+        return min(*self.real_labels, *self.fake_labels) < 0 or max(*self.real_labels, *self.fake_labels) > 1
+
+    def discriminator(self, real_out: torch.Tensor, fake_out: torch.Tensor, real_classes: torch.Tensor,
+                      fake_classes: torch.Tensor | None) -> dict[str, torch.Tensor]:  # fmt: skip
+        count, device = real_out.shape[0], real_out.device
+        real_target = label_targets(count, *self.real_labels, self.label_flip, *self.fake_labels, device)
+        fake_target = label_targets(count, *self.fake_labels, self.label_flip, *self.real_labels, device)
+        real_logit, fake_logit = real_out[:, 0], fake_out[:, 0]
+        if self.targets_leave_unit_interval:
+            real_logit = real_logit.clamp(-_LOGIT_BOUND, _LOGIT_BOUND)
+            fake_logit = fake_logit.clamp(-_LOGIT_BOUND, _LOGIT_BOUND)
+        parts = {"adv": self.adversarial.discriminator(real_logit, fake_logit, real_target, fake_target)}
+        if self.class_mode == "auxiliary":
+            parts["class"] = self.class_weight * (
+                class_cross_entropy(real_out[:, 1:], real_classes) + class_cross_entropy(fake_out[:, 1:], fake_classes)
+            )
+        elif self.class_mode == "ambiguity":
+            parts["style"] = self.class_weight * class_cross_entropy(real_out[:, 1:], real_classes)
+        return parts
+
+    def generator(self, fake_out: torch.Tensor, fake_classes: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        parts = {"adv": self.adversarial.generator(fake_out[:, 0])}
+        if self.class_mode == "auxiliary":
+            parts["class"] = self.class_weight * class_cross_entropy(fake_out[:, 1:], fake_classes)
+        elif self.class_mode == "ambiguity":
+            parts["ambiguity"] = self.class_weight * style_ambiguity(fake_out[:, 1:])
+        return parts

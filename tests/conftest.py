@@ -31,6 +31,15 @@ def packed(demo_raw, tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def packed_all(demo_raw, tmp_path_factory) -> Path:
+    """The labelled demo set at every standard resolution, for the per-config training tests."""
+    dest = tmp_path_factory.mktemp("packed_all")
+    options = PackOptions(resolutions=(28, 32, 64, 128, 256), shard_size=16, min_side=256, workers=2)
+    pack(str(demo_raw), str(dest), options)
+    return dest
+
+
 def tiny_config(tmp_path: Path, packed: Path, **sections) -> Path:
     """A config for a tiny, fast CPU run on the packed fixture; `sections` override whole keys."""
     config = {

@@ -1,4 +1,6 @@
-"""Built-in demo data: deterministic landscape-like images, generated locally (no downloads, ever).
+"""Built-in demo data, made locally (no downloads, ever): painted landscapes, and scikit-learn's bundled digits.
+
+landscapes:
 
 Each image has a sky gradient, a sun or moon, and layered hills, painted in one of a few palettes; the palette is
 its style label (sub-folder name), as WikiArt styles are for CAN. Sizes and aspect ratios vary the way scraped
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEMO_KINDS = ("landscapes",)
+DIGITS_SIDE = 32  # the digits are written at this size
 
 
 @dataclass(frozen=True)
@@ -124,3 +126,24 @@ def paint_landscape(rng: np.random.Generator, palette: Palette, width: int, heig
         canvas[below] = shade + (yy[below] - ridge[np.nonzero(below)[1]])[:, None] * -0.05
     canvas += rng.normal(0, 3.0, canvas.shape).astype(np.float32)
     return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def write_digits(dest: str | Path) -> dict:
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes) as 32x32 grayscale PNGs.
+
+    The scans are upscaled once, 8 -> 32 px with a bicubic filter, so that the 32 px models and `gand pack` (which
+    never upscales unless asked) can use them directly. Ink is white on black, as in MNIST; labels are sub-folders.
+    """
+    from sklearn.datasets import load_digits  # ships its data inside the package: nothing is fetched
+
+    digits = load_digits()
+    dest = Path(dest)
+    per_class: dict[str, int] = {}
+    for index, (scan, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        pixels = np.clip(scan * (255.0 / 16.0), 0, 255).astype(np.uint8)  # values are 0..16
+        image = Image.fromarray(pixels, "L").resize((DIGITS_SIDE, DIGITS_SIDE), Image.Resampling.BICUBIC)
+        folder = dest / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index:04d}.png")
+        per_class[str(int(label))] = per_class.get(str(int(label)), 0) + 1
+    return {"images": len(digits.images), "per_class": dict(sorted(per_class.items())), "dest": str(dest)}

@@ -80,7 +80,8 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def png_to_array(data: bytes) -> np.ndarray:
-    """PNG bytes -> uint8 array HxWx3."""
+def png_to_array(data: bytes, channels: int = 3) -> np.ndarray:
+    """PNG bytes -> uint8 array H x W x channels (1: ITU-R 601 luma, PIL's "L")."""
     with Image.open(io.BytesIO(data)) as opened:
-        return np.asarray(opened.convert("RGB"))
+        pixels = np.asarray(opened.convert("RGB" if channels == 3 else "L"))
+    return pixels if channels == 3 else pixels[..., None]

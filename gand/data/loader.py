@@ -48,8 +48,10 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int,
         first_epoch: int = 0,
         skip_batches: int = 0,
+        channels: int = 3,
     ):
         super().__init__()
+        self.channels = channels
         self.shard_urls = shard_urls
         self.batch_size = batch_size
         self.seed = seed
@@ -72,7 +74,7 @@ class ShardStream(IterableDataset):
             pass
         while True:
             chunk = list(islice(samples, self.batch_size))
-            yield _collate(chunk)
+            yield _collate(chunk, self.channels)
 
     def _samples(self, rng: random.Random, worker: int, workers: int) -> Iterator[dict]:
         slots = self.world_size * workers
@@ -100,9 +102,9 @@ def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> 
         buffer[index] = sample
 
 
-def _collate(samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+def _collate(samples: list[dict], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     # uint8 crosses the worker boundary (4x less than float); the trainer's process converts.
-    pixels = np.stack([png_to_array(sample["png"]) for sample in samples])
+    pixels = np.stack([png_to_array(sample["png"], channels) for sample in samples])
     labels = [int(sample["cls"]) if "cls" in sample else UNLABELLED for sample in samples]
     return torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64)
 
@@ -122,7 +124,9 @@ class ImageLoader:
         workers: int = 2,
         shuffle_buffer: int = 1000,
         epoch_images: int | None = None,
+        channels: int = 3,
     ):
+        self.channels = channels
         self.shard_urls = [store.url(shard.path) for shard in manifest.shards_at(resolution)]
         self.batch_size = batch_size
         self.seed = seed
@@ -133,9 +137,9 @@ class ImageLoader:
         images_per_epoch = epoch_images or manifest.num_samples
         self.batches_per_epoch = max(1, images_per_epoch // (batch_size * world_size))
 
-    def batches(self, start_step: int = 0) -> Iterator[Batch]:
-        """Infinite batches; the first is the one an uninterrupted run would have taken at `start_step`."""
-        epoch, done_in_epoch = divmod(start_step, self.batches_per_epoch)
+    def batches(self, start_batch: int = 0) -> Iterator[Batch]:
+        """Infinite batches; the first is the one an uninterrupted run would have drawn as batch `start_batch`."""
+        epoch, done_in_epoch = divmod(start_batch, self.batches_per_epoch)
         # The DataLoader always takes its next batch from worker 0, so workers can only skip a multiple of the
         # worker count; the remaining (fewer than `workers`) batches are decoded and dropped here.
         skipped_by_workers = done_in_epoch - done_in_epoch % max(1, self.workers)
@@ -148,6 +152,7 @@ class ImageLoader:
             self.shuffle_buffer,
             first_epoch=epoch,
             skip_batches=skipped_by_workers,
+            channels=self.channels,
         )
         loader = DataLoader(
             stream,

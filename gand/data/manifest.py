@@ -67,12 +67,23 @@ def read_manifest(path: str) -> tuple[PackedManifest, Store]:
     return manifest, store
 
 
-def check_resolution(manifest: PackedManifest, resolution: int, path: str) -> None:
-    if str(resolution) not in manifest.shards:
+def check_dataset(manifest: PackedManifest, cfg) -> int:
+    """That the config can train on this dataset; returns the number of classes the model should use."""
+    path = cfg.data.path
+    if str(cfg.data.resolution) not in manifest.shards:
         have = ", ".join(str(r) for r in manifest.resolutions)
         raise ConfigError(
-            f"data.resolution: {resolution} px is not in the dataset at {redact(path)} (packed at {have}); "
-            f"choose one of those or re-pack with --resolutions including {resolution}"
+            f"data.resolution: {cfg.data.resolution} px is not in the dataset at {redact(path)} (packed at {have}); "
+            f"choose one of those or re-pack with --resolutions including {cfg.data.resolution}"
         )
     if manifest.num_samples == 0:
         raise DataError(f"the dataset at {redact(path)} holds no images (skipped: {manifest.skipped})")
+    if cfg.loss.class_mode == "none":
+        return 0
+    if not manifest.class_names or len(manifest.class_names) < 2:
+        raise ConfigError(
+            f"loss.class_mode: {cfg.loss.class_mode} needs a labelled dataset with at least 2 classes, but the "
+            f"dataset at {redact(path)} has {len(manifest.class_names or [])}; pack a folder with one sub-folder "
+            "per class (or a labelled list)"
+        )
+    return len(manifest.class_names)

@@ -24,7 +24,7 @@ from typing import IO
 import structlog
 
 from gand import __version__
-from gand.config import RESOLUTIONS
+from gand.config import MAX_RESOLUTION, MIN_RESOLUTION
 from gand.data.images import ImageRejected, decode_rgb, encode_png, resize_square
 from gand.data.manifest import MANIFEST_NAME, PackedManifest, ShardInfo
 from gand.errors import ConfigError, DataError
@@ -45,10 +45,12 @@ class PackOptions:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        bad = [r for r in self.resolutions if r not in RESOLUTIONS]
+        bad = [r for r in self.resolutions if not MIN_RESOLUTION <= r <= MAX_RESOLUTION]
         if not self.resolutions or bad:
-            allowed = ", ".join(map(str, RESOLUTIONS))
-            raise ConfigError(f"--resolutions: {bad or 'none given'} not supported; allowed: {allowed}")
+            raise ConfigError(
+                f"--resolutions: {bad or 'none given'} not supported; allowed: {MIN_RESOLUTION} to {MAX_RESOLUTION} "
+                "px, e.g. 28,32,64,128,256"
+            )
         if self.shard_size < 1:
             raise ConfigError(f"--shard-size must be at least 1 (got {self.shard_size})")
         if self.workers < 1:

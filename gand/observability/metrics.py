@@ -35,7 +35,10 @@ class TrainingMetrics:
             "Unix time of the last finished step",
             registry=self.registry,
         )
-        self.loss = Gauge("gand_train_loss", "Latest loss per network", ["network"], registry=self.registry)
+        self.loss = Gauge(
+            "gand_train_loss", "Latest loss per network and term (total, adv, class, style, ambiguity, gp)",
+            ["network", "term"], registry=self.registry,
+        )  # fmt: skip
         self.checkpoint_time = Gauge(
             "gand_checkpoint_last_commit_timestamp_seconds",
             "Unix time of the last committed checkpoint",
@@ -58,8 +61,9 @@ class TrainingMetrics:
         self.epoch.set(epoch)
         self.images_per_second.set(rate)
         self.last_step.set(time.time())
-        for network, value in losses.items():
-            self.loss.labels(network=network).set(value)
+        for name, value in losses.items():  # "g", "d" are totals; "d_gp" is D's gradient-penalty term
+            network, _, term = name.partition("_")
+            self.loss.labels(network=network, term=term or "total").set(value)
 
     def record_checkpoint(self) -> None:
         if self.enabled:

@@ -58,8 +58,11 @@ class Engine:
             for param, flag in zip(inner.parameters(), flags, strict=True):
                 param.requires_grad_(flag)
 
-    def mean_across_ranks(self, value: torch.Tensor) -> float:
-        return float(self.accelerator.reduce(value.detach().float(), reduction="mean"))
+    def mean_across_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each value's mean over ranks, in one collective."""
+        stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()])
+        reduced = self.accelerator.reduce(stacked, reduction="mean").tolist()
+        return dict(zip(values, reduced, strict=True))
 
     # Collective protocol used by the checkpoint manager.
     def gather_objects(self, obj: Any) -> list[Any]:

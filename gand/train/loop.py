@@ -12,15 +12,16 @@ from gand import __version__
 from gand.checkpoint.manager import Checkpoint, CheckpointManager
 from gand.config import GandConfig
 from gand.data.loader import ImageLoader
-from gand.data.manifest import check_resolution, read_manifest
+from gand.data.manifest import check_dataset, read_manifest
 from gand.eval.samples import generate, grid_png
-from gand.losses import ADVERSARIAL_LOSSES
-from gand.models import ModelSpec, build_models
+from gand.models import build_models, spec_from_config
 from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
 from gand.storage import Store, is_local, redact
 from gand.train.engine import Engine
+from gand.train.optim import GeneratorEMA, build_optimizer
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
+from gand.train.steps import Networks, Recipe, discriminator_update, generator_update
 
 
 def train(cfg: GandConfig) -> TrainState:
@@ -32,28 +33,36 @@ def train(cfg: GandConfig) -> TrainState:
 
     # -- build everything ----------------------------------------------------------------------------------
     manifest, data_store = read_manifest(cfg.data.path)
-    check_resolution(manifest, cfg.data.resolution, cfg.data.path)
-    spec = ModelSpec(cfg.data.resolution, cfg.model.latent_dim, cfg.model.width)
+    num_classes = check_dataset(manifest, cfg)
+    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
     generator, discriminator = build_models(cfg.model.arch, spec)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.train.lr_g, betas=cfg.train.betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.train.lr_d, betas=cfg.train.betas)
-    adversarial = ADVERSARIAL_LOSSES[cfg.train.loss]()
-    seed_generator = torch.Generator().manual_seed(cfg.train.seed)
-    fixed_noise = torch.randn(cfg.samples.count, cfg.model.latent_dim, generator=seed_generator)
+    nets = Networks(
+        generator,
+        discriminator,
+        opt_g=build_optimizer(generator.parameters(), cfg.optim.g),
+        opt_d=build_optimizer(discriminator.parameters(), cfg.optim.d),
+    )
+    ema = GeneratorEMA(generator, cfg.ema.half_life_kimg) if cfg.ema.half_life_kimg else None
+    recipe = Recipe.from_config(cfg, num_classes)
+    fixed_noise, fixed_classes = _fixed_sample_inputs(cfg, recipe)
     checkpoints = CheckpointManager(cfg.checkpoint_url, engine, keep_last=cfg.checkpoint.keep_last)
     run_store = Store(cfg.run_dir)
     state = TrainState()
 
     resumed = checkpoints.load_latest()
     if resumed is not None:
-        state, fixed_noise = _restore(resumed, generator, discriminator, opt_g, opt_d)
+        state, fixed_noise, fixed_classes = _restore(resumed, nets, ema)
         log.info("resumed", checkpoint=resumed.name, step=state.step, images_seen=state.images_seen)
     if state.step >= cfg.train.max_steps:
         log.info("already_complete", step=state.step, hint="raise train.max_steps to train further")
         engine.close()
         return state
 
-    generator, discriminator, opt_g, opt_d = engine.prepare(generator, discriminator, opt_g, opt_d)
+    nets.generator, nets.discriminator, nets.opt_g, nets.opt_d = engine.prepare(
+        nets.generator, nets.discriminator, nets.opt_g, nets.opt_d
+    )
+    if ema is not None:
+        ema.model.to(engine.device)
     loader = ImageLoader(
         manifest,
         data_store,
@@ -65,65 +74,58 @@ def train(cfg: GandConfig) -> TrainState:
         workers=cfg.data.workers,
         shuffle_buffer=cfg.data.shuffle_buffer,
         epoch_images=cfg.data.epoch_images,
+        channels=cfg.data.channels,
     )
     metrics = TrainingMetrics(cfg.metrics.port if engine.is_main else None, cfg.run.name)
-    images_per_step = cfg.train.batch_size * engine.world_size
+    schedule = cfg.schedule
+    images_per_batch = cfg.train.batch_size * engine.world_size
     log.info(
         "train_start",
         run=cfg.run.name,
         arch=cfg.model.arch,
         resolution=cfg.data.resolution,
         dataset_images=manifest.num_samples,
+        classes=num_classes,
         world_size=engine.world_size,
         device=str(engine.device),
         precision=cfg.precision,
-        images_per_step=images_per_step,
+        images_per_step=images_per_batch * schedule.d_steps,
         start_step=state.step,
         max_steps=cfg.train.max_steps,
     )
 
     # -- the loop ------------------------------------------------------------------------------------------
-    batches = loader.batches(start_step=state.step)
+    # Every step draws d_steps real batches; D learns from them on every d_every-th step (the Rice report's
+    # "D once every four batches"), so the data position and images_seen follow from the step alone.
+    batches = loader.batches(start_batch=state.step * schedule.d_steps)
     window = Throughput(state.images_seen)
+    d_losses: dict[str, torch.Tensor] = {}
     while state.step < cfg.train.max_steps:
-        batch = next(batches)
-        real = batch.images.to(engine.device, non_blocking=True)
-        latent_shape = (real.shape[0], cfg.model.latent_dim)
+        train_d = state.step % schedule.d_every == 0
+        for _ in range(schedule.d_steps):
+            batch = next(batches)
+            if train_d:
+                d_losses = discriminator_update(engine, nets, recipe, batch)
 
-        # Discriminator step: real images towards "real", generated ones towards "fake".
-        with torch.no_grad():
-            fake = generator(torch.randn(latent_shape, device=engine.device))
-        d_loss = adversarial.discriminator(discriminator(real), discriminator(fake))
-        opt_d.zero_grad(set_to_none=True)
-        engine.backward(d_loss)
-        opt_d.step()
+        for _ in range(schedule.g_steps):
+            g_losses = generator_update(engine, nets, recipe, cfg.train.batch_size)
+            if ema is not None:
+                ema.update(engine.unwrap(nets.generator), images_per_batch)
 
-        # Generator step: make the frozen discriminator call fresh samples real.
-        with engine.frozen(discriminator) as judge:
-            g_loss = adversarial.generator(judge(generator(torch.randn(latent_shape, device=engine.device))))
-            opt_g.zero_grad(set_to_none=True)
-            engine.backward(g_loss)
-        opt_g.step()
-
-        state.advance(images=images_per_step, epoch=batch.epoch)
+        state.advance(images=images_per_batch * schedule.d_steps, epoch=batch.epoch)
 
         if _due(state.step, cfg.train.log_every_steps, cfg.train.max_steps):
-            losses = {"g": engine.mean_across_ranks(g_loss), "d": engine.mean_across_ranks(d_loss)}
+            losses = engine.mean_across_ranks(_named_losses(g_losses, d_losses))
             rate = window.images_per_second(state.images_seen)
-            log.info(
-                "train_step",
-                step=state.step,
-                images_seen=state.images_seen,
-                epoch=state.epoch,
-                loss_g=round(losses["g"], 4),
-                loss_d=round(losses["d"], 4),
-                images_per_second=round(rate, 1),
-            )
+            log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
+                     **{f"loss_{name}": round(value, 4) for name, value in losses.items()},
+                     images_per_second=round(rate, 1))  # fmt: skip
             metrics.record_step(state.step, state.images_seen, state.epoch, losses, rate)
         if engine.is_main and _due(state.step, cfg.samples.every_steps, cfg.train.max_steps):
-            _write_samples(run_store, engine.unwrap(generator), fixed_noise.to(engine.device), state.step)
+            sampler = ema.model if ema is not None else engine.unwrap(nets.generator)
+            _write_samples(run_store, sampler, fixed_noise, fixed_classes, recipe, state.step, engine.device)
         if _due(state.step, cfg.checkpoint.every_steps, cfg.train.max_steps):
-            _save(checkpoints, engine, generator, discriminator, opt_g, opt_d, fixed_noise, state, cfg)
+            _save(checkpoints, engine, nets, ema, fixed_noise, fixed_classes, state, cfg, num_classes)
             metrics.record_checkpoint()
 
     log.info("train_done", step=state.step, images_seen=state.images_seen, run_dir=redact(cfg.run_dir))
@@ -136,6 +138,16 @@ def train(cfg: GandConfig) -> TrainState:
 def _due(step: int, every_steps: int, max_steps: int) -> bool:
     """Periodic work happens every N steps and once more at the very end."""
     return step % every_steps == 0 or step == max_steps
+
+
+def _named_losses(g_losses: dict[str, torch.Tensor], d_losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """g, d (totals) and each term, e.g. d_adv, d_gp, g_ambiguity."""
+    named = {"g": sum(g_losses.values())}
+    if d_losses:
+        named["d"] = sum(d_losses.values())
+    named.update({f"g_{term}": value for term, value in g_losses.items()})
+    named.update({f"d_{term}": value for term, value in d_losses.items()})
+    return named
 
 
 class Throughput:
@@ -151,33 +163,57 @@ class Throughput:
         return rate
 
 
-def _restore(resumed: Checkpoint, generator, discriminator, opt_g, opt_d) -> tuple[TrainState, torch.Tensor]:
-    generator.load_state_dict(resumed.weights["generator"])
-    discriminator.load_state_dict(resumed.weights["discriminator"])
-    opt_g.load_state_dict(resumed.trainer["optimizer_g"])
-    opt_d.load_state_dict(resumed.trainer["optimizer_d"])
+def _fixed_sample_inputs(cfg: GandConfig, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sample grid's noise (seeded apart from training noise); with classes, row after row of 0..K-1."""
+    seeded = torch.Generator().manual_seed(cfg.train.seed)
+    noise = torch.randn(cfg.samples.count, cfg.model.latent_dim, generator=seeded)
+    classes = torch.arange(cfg.samples.count) % recipe.num_classes if recipe.sample_classes else None
+    return noise, classes
+
+
+def _restore(resumed: Checkpoint, nets: Networks, ema: GeneratorEMA | None):
+    nets.generator.load_state_dict(resumed.weights["generator"])
+    nets.discriminator.load_state_dict(resumed.weights["discriminator"])
+    nets.opt_g.load_state_dict(resumed.trainer["optimizer_g"])
+    nets.opt_d.load_state_dict(resumed.trainer["optimizer_d"])
+    if ema is not None and "generator_ema" in resumed.weights:
+        ema.model.load_state_dict(resumed.weights["generator_ema"])
+    elif ema is not None:  # EMA switched on for a run that had none: start it from G
+        ema.model.load_state_dict(resumed.weights["generator"])
     if resumed.rng is not None:
         restore_rng(resumed.rng)
-    return TrainState.from_dict(resumed.state["train"]), resumed.trainer["fixed_noise"]
+    state = TrainState.from_dict(resumed.state["train"])
+    return state, resumed.trainer["fixed_noise"], resumed.trainer.get("fixed_classes")
 
 
-def _save(checkpoints, engine, generator, discriminator, opt_g, opt_d, fixed_noise, state, cfg) -> None:
+def _save(checkpoints, engine, nets, ema, fixed_noise, fixed_classes, state, cfg, num_classes) -> None:
+    weights = {
+        "generator": engine.unwrap(nets.generator).state_dict(),
+        "discriminator": engine.unwrap(nets.discriminator).state_dict(),
+    }
+    if ema is not None:
+        weights["generator_ema"] = ema.model.state_dict()
+    trainer = {
+        "optimizer_g": nets.opt_g.state_dict(),
+        "optimizer_d": nets.opt_d.state_dict(),
+        "fixed_noise": fixed_noise,
+        "fixed_classes": fixed_classes,
+    }
     checkpoints.save(
         state.images_seen,
         state.step,
-        weights={
-            "generator": engine.unwrap(generator).state_dict(),
-            "discriminator": engine.unwrap(discriminator).state_dict(),
+        weights=weights,
+        trainer=trainer,
+        state={
+            "train": state.to_dict(),
+            "config": cfg.snapshot(),
+            "num_classes": num_classes,
+            "gand_version": __version__,
         },
-        trainer={
-            "optimizer_g": opt_g.state_dict(),
-            "optimizer_d": opt_d.state_dict(),
-            "fixed_noise": fixed_noise,
-        },
-        state={"train": state.to_dict(), "config": cfg.snapshot(), "gand_version": __version__},
         rng=capture_rng(),
     )
 
 
-def _write_samples(run_store: Store, generator, noise: torch.Tensor, step: int) -> None:
-    run_store.write_bytes(f"samples/step-{step:06d}.png", grid_png(generate(generator, noise)))
+def _write_samples(run_store, generator, noise, classes, recipe: Recipe, step: int, device) -> None:
+    images = generate(generator, noise.to(device), None if classes is None else classes.to(device))
+    run_store.write_bytes(f"samples/step-{step:06d}.png", grid_png(images, value_range=recipe.value_range))

@@ -29,9 +29,10 @@ def test_defaults_and_derived_paths(tmp_path):
 
 def test_overrides_are_typed_and_create_sections(tmp_path):
     path = write(tmp_path, {"data": {"path": "d"}})
-    cfg = load_config(path, ["train.max_steps=20", "train.betas=[0.0, 0.9]", "metrics.port=null", "run.dir=x/y"])
+    cfg = load_config(path, ["train.max_steps=20", "optim.d.betas=[0.0, 0.9]", "metrics.port=null", "run.dir=x/y"])
     assert cfg.train.max_steps == 20
-    assert cfg.train.betas == (0.0, 0.9)
+    assert cfg.optim.d.betas == (0.0, 0.9)
+    assert cfg.optim.g.betas == (0.5, 0.999)
     assert cfg.metrics.port is None
     assert cfg.checkpoint_url == "x/y/checkpoints"
 
@@ -45,14 +46,36 @@ def test_unknown_field_names_path_suggestion_and_allowed(tmp_path):
 
 def test_bad_resolution_names_field_value_and_allowed(tmp_path):
     message = config_error(write(tmp_path, {"data": {"path": "d", "resolution": 48}}))
-    assert "data.resolution" in message
-    assert "48" in message
-    assert "32, 64, 128 or 256" in message
+    assert "data.resolution: dcgan supports 32, 64, 128, 256 px (got 48)" in message
+    message = config_error(write(tmp_path, {"data": {"path": "d", "resolution": 4096}}))
+    assert "data.resolution: Input should be less than or equal to 1024 (got 4096)" in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.arch=acgan", "data.resolution=32"], "loss.class_mode: acgan has a class head"),
+        (["model.arch=can", "data.resolution=128", "loss.class_mode=auxiliary"], None),
+        (["loss.class_mode=ambiguity"], "loss.class_mode: dcgan has no class head (only can, acgan do)"),
+        (["model.arch=acgan", "data.resolution=32", "loss.class_mode=ambiguity"], "class-conditional; use auxiliary"),
+        (["loss.adversarial=wasserstein", "loss.real_labels=[0.9,1.0]"], "soft labels apply to nonsaturating"),
+        (["loss.real_labels=[1.0,0.9]"], "loss.real_labels: give [low, high] with low <= high"),
+        (["augment.policy=[color,blur]"], "augment.policy: unknown augmentation; allowed: color, cutout, translation"),
+        (["optim.d.name=lbfgs"], "optim.d.name: Input should be 'adam', 'rmsprop' or 'sgd'"),
+        (["loss.adversarial=wgan"], "unknown loss; allowed: hinge, minimax, nonsaturating, wasserstein"),
+    ],
+)
+def test_fields_that_must_agree(tmp_path, overrides, expected):
+    path = write(tmp_path, {"data": {"path": "d", "resolution": 64}})
+    if expected is None:
+        assert load_config(path, overrides).loss.class_mode == "auxiliary"
+    else:
+        assert expected in config_error(path, *overrides)
 
 
 def test_unknown_arch_lists_registry(tmp_path):
     message = config_error(write(tmp_path, {"data": {"path": "d"}}), "model.arch=stylegan9")
-    assert "model.arch: unknown architecture; allowed: dcgan" in message
+    assert "model.arch: unknown architecture; allowed: acgan, can, dcgan, desai, mlp" in message
     assert "'stylegan9'" in message
 
 
@@ -91,7 +114,7 @@ def test_shipped_configs_validate(path):
 
 
 def test_cli_exits_2_with_message_and_no_traceback(tmp_path):
-    path = write(tmp_path, {"data": {"path": "d", "resolution": 100}})
+    path = write(tmp_path, {"data": {"path": "d", "resolution": 2000}})
     result = gand("train", str(path), "model.width=-1")
     assert result.returncode == 2
     assert "data.resolution" in result.stderr
@@ -100,7 +123,7 @@ def test_cli_exits_2_with_message_and_no_traceback(tmp_path):
 
 
 def test_cli_usage_errors_exit_2(tmp_path):
-    result = gand("pack", str(tmp_path), str(tmp_path / "out"), "--resolutions", "33")
+    result = gand("pack", str(tmp_path), str(tmp_path / "out"), "--resolutions", "2000")
     assert result.returncode == 2
     assert "--resolutions" in result.stderr
     assert "Traceback" not in result.stderr

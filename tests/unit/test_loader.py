@@ -46,7 +46,7 @@ def test_starting_at_step_k_gives_the_same_batches_as_running_through(packed, wo
     loader = make_loader(packed, workers=workers)  # 5 batches per epoch: k=7 crosses an epoch boundary
     straight = list(islice(loader.batches(0), 9))
     for k in (3, 7):
-        resumed = list(islice(make_loader(packed, workers=workers).batches(start_step=k), 9 - k))
+        resumed = list(islice(make_loader(packed, workers=workers).batches(start_batch=k), 9 - k))
         for a, b in zip(straight[k:], resumed, strict=True):
             assert a.epoch == b.epoch
             assert torch.equal(a.images, b.images)

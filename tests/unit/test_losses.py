@@ -1,23 +1,142 @@
+"""Each loss on hand-computed values."""
+
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from gand.losses import NonSaturatingLoss
+from gand.losses import (
+    Hinge,
+    Minimax,
+    NonSaturating,
+    Objective,
+    Wasserstein,
+    class_cross_entropy,
+    clip_weights,
+    gradient_penalty,
+    label_targets,
+    style_ambiguity,
+)
+from gand.models import ModelSpec, build_models
+
+REAL = torch.tensor([2.0, -1.0, 0.5])
+FAKE = torch.tensor([-3.0, 1.0, 0.0])
+ONES, ZEROS = torch.ones(3), torch.zeros(3)
 
 
 def test_nonsaturating_equals_bce_on_probabilities():
+    expected_d = F.binary_cross_entropy(torch.sigmoid(REAL), ONES) + F.binary_cross_entropy(torch.sigmoid(FAKE), ZEROS)
+    torch.testing.assert_close(NonSaturating().discriminator(REAL, FAKE, ONES, ZEROS), expected_d)
+    torch.testing.assert_close(NonSaturating().generator(FAKE), -torch.log(torch.sigmoid(FAKE)).mean())
+
+
+def test_minimax_generator_is_log_one_minus_d():
+    torch.testing.assert_close(Minimax().generator(FAKE), torch.log(1 - torch.sigmoid(FAKE)).mean())
+    # it saturates: when D is sure a sample is fake, G's gradient vanishes (the non-saturating one's does not)
+    confident = torch.tensor([-12.0], requires_grad=True)
+    (grad_minimax,) = torch.autograd.grad(Minimax().generator(confident), confident)
+    (grad_ns,) = torch.autograd.grad(NonSaturating().generator(confident), confident)
+    assert abs(grad_minimax.item()) < 1e-4 < abs(grad_ns.item())
+
+
+def test_wasserstein_and_hinge_by_hand():
+    # mean(FAKE) = -2/3, mean(REAL) = 0.5
+    assert Wasserstein().discriminator(REAL, FAKE, ONES, ZEROS).item() == pytest.approx(-2 / 3 - 0.5)
+    assert Wasserstein().generator(FAKE).item() == pytest.approx(2 / 3)
+    # relu(1 - [2, -1, .5]) = [0, 2, .5] -> 5/6 ; relu(1 + [-3, 1, 0]) = [0, 2, 1] -> 1
+    assert Hinge().discriminator(REAL, FAKE, ONES, ZEROS).item() == pytest.approx(5 / 6 + 1)
+    assert Hinge().generator(FAKE).item() == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("classes", [2, 4, 27])
+def test_style_ambiguity_is_log_k_at_uniform_and_that_is_its_minimum(classes):
+    uniform = torch.zeros(5, classes)
+    assert style_ambiguity(uniform).item() == pytest.approx(math.log(classes))
+    torch.manual_seed(classes)
+    for _ in range(20):
+        assert style_ambiguity(torch.randn(5, classes) * 3) > math.log(classes)
+    # and its gradient at the uniform posterior is zero
+    logits = uniform.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(style_ambiguity(logits), logits)
+    assert gradient.abs().max() < 1e-7
+
+
+def test_class_cross_entropy_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [1/4, 3/4]
+    assert class_cross_entropy(logits, torch.tensor([1])).item() == pytest.approx(-math.log(0.75))
+
+
+def test_weight_clipping_bounds_every_critic_weight():
     torch.manual_seed(0)
-    real, fake = torch.randn(64), torch.randn(64)
-    loss = NonSaturatingLoss()
-    expected_d = F.binary_cross_entropy(torch.sigmoid(real), torch.ones(64)) + F.binary_cross_entropy(
-        torch.sigmoid(fake), torch.zeros(64)
-    )
-    expected_g = F.binary_cross_entropy(torch.sigmoid(fake), torch.ones(64))
-    torch.testing.assert_close(loss.discriminator(real, fake), expected_d)
-    torch.testing.assert_close(loss.generator(fake), expected_g)
+    _, critic = build_models("dcgan", ModelSpec(32, width=0.25))
+    for param in critic.parameters():
+        param.data.mul_(100)
+    clip_weights(critic, 0.01)
+    for name, param in critic.named_parameters():
+        assert param.abs().max() <= 0.01, name
+    assert any(param.abs().max() == 0.01 for param in critic.parameters())
 
 
-def test_stays_finite_for_confident_logits():
-    loss = NonSaturatingLoss()
-    logits = torch.tensor([-200.0, 200.0])
-    assert torch.isfinite(loss.discriminator(logits, logits))
-    assert torch.isfinite(loss.generator(logits))
+class LinearCritic(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, images):
+        return (images.flatten(1) @ self.weight).unsqueeze(1)
+
+
+def test_gradient_penalty_is_zero_for_a_1_lipschitz_linear_critic():
+    torch.manual_seed(0)
+    weight = torch.randn(3 * 4 * 4)
+    real, fake = torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)
+    assert gradient_penalty(LinearCritic(weight / weight.norm()), real, fake).item() == pytest.approx(0.0, abs=1e-10)
+    # twice as steep: every gradient has norm 2 -> (2 - 1)^2 = 1
+    assert gradient_penalty(LinearCritic(2 * weight / weight.norm()), real, fake).item() == pytest.approx(1.0)
+
+
+def test_gradient_penalty_reaches_the_critics_weights():
+    torch.manual_seed(0)
+    weight = torch.randn(12, requires_grad=True)
+    penalty = gradient_penalty(LinearCritic(weight), torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2))
+    penalty.backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_soft_noisy_and_flipped_targets():
+    torch.manual_seed(0)
+    soft = label_targets(10_000, 0.7, 1.2, 0.0, 0.0, 0.3, "cpu")
+    assert soft.min() >= 0.7 and soft.max() <= 1.2 and abs(soft.mean().item() - 0.95) < 0.01
+    flipped = label_targets(10_000, 0.9, 1.0, 0.25, 0.0, 0.1, "cpu")
+    share_flipped = (flipped <= 0.1).float().mean().item()
+    assert abs(share_flipped - 0.25) < 0.02
+    assert ((flipped <= 0.1) | (flipped >= 0.9)).all()
+    assert torch.equal(label_targets(3, 1.0, 1.0, 0.0, 0.0, 0.0, "cpu"), ONES)
+
+
+def test_targets_above_one_keep_the_loss_bounded_below():
+    objective = Objective(NonSaturating(), real_labels=(1.2, 1.2), fake_labels=(0.0, 0.0))
+    huge = torch.full((3, 1), 1e4)
+    bounded = objective.discriminator(huge, -huge, torch.zeros(3, dtype=torch.long), None)["adv"]
+    assert torch.isfinite(bounded) and bounded.item() > -5  # without the bound: about -2000
+
+
+def test_objective_auxiliary_and_ambiguity_parts():
+    real_out = torch.tensor([[1.0, 2.0, 0.0], [0.5, 0.0, 3.0]])
+    fake_out = torch.tensor([[-1.0, 0.0, 0.0], [-2.0, 1.0, 1.0]])
+    real_classes, fake_classes = torch.tensor([0, 1]), torch.tensor([1, 0])
+    auxiliary = Objective(NonSaturating(), class_mode="auxiliary", class_weight=0.5)
+    parts = auxiliary.discriminator(real_out, fake_out, real_classes, fake_classes)
+    expected = 0.5 * (F.cross_entropy(real_out[:, 1:], real_classes) + F.cross_entropy(fake_out[:, 1:], fake_classes))
+    torch.testing.assert_close(parts["class"], expected)
+    torch.testing.assert_close(auxiliary.generator(fake_out, fake_classes)["class"],
+                               0.5 * F.cross_entropy(fake_out[:, 1:], fake_classes))  # fmt: skip
+
+    ambiguity = Objective(NonSaturating(), class_mode="ambiguity")
+    d_parts = ambiguity.discriminator(real_out, fake_out, real_classes, None)
+    torch.testing.assert_close(d_parts["style"], F.cross_entropy(real_out[:, 1:], real_classes))  # real art only
+    g_parts = ambiguity.generator(fake_out, None)
+    torch.testing.assert_close(g_parts["ambiguity"], style_ambiguity(fake_out[:, 1:]))
+    assert set(g_parts) == {"adv", "ambiguity"}

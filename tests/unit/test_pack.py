@@ -129,7 +129,7 @@ def test_missing_source_and_empty_source(tmp_path):
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"resolutions": (48,)}, "--resolutions"), ({"resolutions": (32,), "shard_size": 0}, "--shard-size")],
+    [({"resolutions": (4,)}, "--resolutions"), ({"resolutions": (32,), "shard_size": 0}, "--shard-size")],
 )
 def test_bad_options_name_the_flag(options, field):
     with pytest.raises(ConfigError, match=field):

@@ -30,13 +30,15 @@ def test_sampling_leaves_batchnorm_buffers_untouched():
 def test_metrics_endpoint_serves_progress():
     metrics = TrainingMetrics(port=0, run_name="unit")
     try:
-        metrics.record_step(step=3, images_seen=96, epoch=1, losses={"g": 1.5, "d": 0.25}, rate=12.0)
+        losses = {"g": 1.5, "d": 0.25, "d_gp": 0.125}
+        metrics.record_step(step=3, images_seen=96, epoch=1, losses=losses, rate=12.0)
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=5).read().decode()
     finally:
         metrics.close()
     assert "gand_train_steps 3.0" in body
     assert "gand_train_images_seen 96.0" in body
-    assert 'gand_train_loss{network="d"} 0.25' in body
+    assert 'gand_train_loss{network="d",term="total"} 0.25' in body
+    assert 'gand_train_loss{network="d",term="gp"} 0.125' in body
     assert 'gand_build_info{run="unit"' in body
 
 

@@ -1,0 +1,42 @@
+"""Optimisers per network, from the config, and the generator's exponential moving average."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from gand.config import OptimizerConfig
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=cfg.lr, alpha=cfg.alpha, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+class GeneratorEMA:
+    """A copy of G whose weights trail G's: w_ema <- beta * w_ema + (1 - beta) * w; buffers are copied.
+
+    beta follows from a half-life in images, so the smoothing means the same thing at any batch size.
+    """
+
+    def __init__(self, generator: nn.Module, half_life_kimg: float):
+        self.model = copy.deepcopy(generator).requires_grad_(False)
+        self.half_life_images = half_life_kimg * 1000
+
+    @torch.no_grad()
+    def update(self, generator: nn.Module, images_per_update: int) -> None:
+        beta = 0.5 ** (images_per_update / self.half_life_images)
+        for ema_param, param in zip(self.model.parameters(), generator.parameters(), strict=True):
+            ema_param.lerp_(param.detach(), 1.0 - beta)
+        for ema_buffer, buffer in zip(self.model.buffers(), generator.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
