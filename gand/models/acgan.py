@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gand.models.blocks import LEAKY_SLOPE, init_normal, output_activation, scaled
+from gand.models.blocks import LEAKY_SLOPE, BlockStack, init_normal, output_activation, scaled
 
 RESOLUTIONS = (32,)
 G_CHANNELS = (384, 192, 96)
@@ -56,7 +56,7 @@ def _up(c_in: int, c_out: int, batch_norm: bool, act: nn.Module) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-class ACGANDiscriminator(nn.Module):
+class ACGANDiscriminator(BlockStack):
     def __init__(self, num_classes: int, width: float = 1.0, channels: int = 3, batch_norm: bool = True,
                  dropout: float = 0.5):  # fmt: skip
         super().__init__()
@@ -73,12 +73,6 @@ class ACGANDiscriminator(nn.Module):
         blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(c_in * 4 * 4, 1 + num_classes)))
         self.blocks = nn.ModuleList(blocks)
         self.apply(init_normal)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
-        for block in self.blocks:
-            x = block(x)
-        return x
 
 
 def build(spec) -> tuple[nn.Module, nn.Module]:

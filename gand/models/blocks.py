@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 LEAKY_SLOPE = 0.2
+
+
+class BlockStack(nn.Module):
+    """A network that is its `.blocks`, applied in order (the discriminators' shape)."""
+
+    blocks: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
 
 
 def activation(name: str) -> nn.Module:

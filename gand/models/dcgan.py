@@ -17,7 +17,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from gand.models.blocks import down_block, init_normal, output_activation, scaled, up_block
+from gand.models.blocks import BlockStack, down_block, init_normal, output_activation, scaled, up_block
 
 BASE_CHANNELS = 64
 MAX_MULTIPLIER = 8  # 8 x 64 = 512 channels at the coarsest stage, as in the paper
@@ -62,7 +62,7 @@ class DCGANGenerator(nn.Module):
         return x
 
 
-class DCGANDiscriminator(nn.Module):
+class DCGANDiscriminator(BlockStack):
     def __init__(
         self,
         resolution: int = 64,
@@ -77,15 +77,10 @@ class DCGANDiscriminator(nn.Module):
             down_block(channels, widths[0], False, dropout, bias=not batch_norm)
         ]  # no BN on the input layer (paper)
         blocks += [down_block(c_in, c_out, batch_norm, dropout) for c_in, c_out in pairwise(widths)]
-        blocks.append(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False))  # 4x4 -> 1x1 logit (bias-free, as the reference)
+        # 4x4 -> 1x1: N x 1, the real/fake logit (bias-free, as the reference)
+        blocks.append(nn.Sequential(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False), nn.Flatten()))
         self.blocks = nn.ModuleList(blocks)
         self.apply(init_normal)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
-        for block in self.blocks:
-            x = block(x)
-        return x.flatten(1)  # N x 1: the real/fake logit
 
 
 def build(spec) -> tuple[nn.Module, nn.Module]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gand.models.blocks import LEAKY_SLOPE, init_normal, output_activation, scaled
+from gand.models.blocks import LEAKY_SLOPE, BlockStack, init_normal, output_activation, scaled
 
 GENERATOR_CHANNELS = 128
 DISCRIMINATOR_CHANNELS = (128, 64, 32)
@@ -50,7 +50,7 @@ class DesaiGenerator(nn.Module):
         return x
 
 
-class DesaiDiscriminator(nn.Module):
+class DesaiDiscriminator(BlockStack):
     def __init__(self, resolution: int = 32, width: float = 1.0, channels: int = 3, dropout: float = 0.0):
         super().__init__()
         c1, c2, c3 = (scaled(c, width) for c in DISCRIMINATOR_CHANNELS)
@@ -64,12 +64,6 @@ class DesaiDiscriminator(nn.Module):
             ]
         )
         self.apply(init_normal)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
-        for block in self.blocks:
-            x = block(x)
-        return x
 
 
 def build(spec) -> tuple[nn.Module, nn.Module]:

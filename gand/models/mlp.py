@@ -11,7 +11,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from gand.models.blocks import LEAKY_SLOPE, init_normal, output_activation, scaled
+from gand.models.blocks import LEAKY_SLOPE, BlockStack, init_normal, output_activation, scaled
 
 GENERATOR_UNITS = (256, 512, 1024)
 DISCRIMINATOR_UNITS = (1024, 512, 256)
@@ -35,24 +35,17 @@ class MLPGenerator(nn.Module):
         return x.view(z.shape[0], *self.shape)
 
 
-class MLPDiscriminator(nn.Module):
+class MLPDiscriminator(BlockStack):
     def __init__(self, resolution: int = 28, width: float = 1.0, channels: int = 1, dropout: float = 0.3):
         super().__init__()
         units = [channels * resolution**2, *(scaled(u, width) for u in DISCRIMINATOR_UNITS)]
-        self.blocks = nn.ModuleList(
-            [
-                nn.Sequential(nn.Linear(a, b), nn.LeakyReLU(LEAKY_SLOPE, inplace=True), nn.Dropout(dropout))
-                for a, b in pairwise(units)
-            ]
-            + [nn.Linear(units[-1], 1)]
-        )
+        hidden = [
+            nn.Sequential(nn.Linear(a, b), nn.LeakyReLU(LEAKY_SLOPE, inplace=True), nn.Dropout(dropout))
+            for a, b in pairwise(units)
+        ]
+        hidden[0].insert(0, nn.Flatten())  # images in, vectors on
+        self.blocks = nn.ModuleList([*hidden, nn.Linear(units[-1], 1)])
         self.apply(init_normal)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.flatten(1)
-        for block in self.blocks:
-            x = block(x)
-        return x
 
 
 def build(spec) -> tuple[nn.Module, nn.Module]:
