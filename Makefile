@@ -31,7 +31,7 @@ $(DEMO_RAW)/.complete: | $(VENV)/.installed
 	touch $@
 
 $(DEMO_PACKED)/manifest.json: $(DEMO_RAW)/.complete
-	$(BIN)/gand pack $(DEMO_RAW) $(DEMO_PACKED) --resolutions 32,64 --min-side 128 --overwrite
+	$(BIN)/gand pack $(DEMO_RAW) $(DEMO_PACKED) --resolutions 32,64 --min-side 128
 
 ## make demo: built-in landscapes -> packed shards -> a short DCGAN run -> runs/quickstart/samples/*.png
 demo: $(VENV)/.installed $(DEMO_PACKED)/manifest.json
@@ -43,12 +43,12 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check gand tests
-	$(BIN)/ruff format --check gand tests
+	$(BIN)/ruff check gand tests bench
+	$(BIN)/ruff format --check gand tests bench
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format gand tests
-	$(BIN)/ruff check --fix gand tests
+	$(BIN)/ruff format gand tests bench
+	$(BIN)/ruff check --fix gand tests bench
 
 clean-demo:
 	rm -rf data/demo runs/quickstart

@@ -110,8 +110,8 @@ def train(config: str, packed: Path, run_dir: Path, steps: int, width: float) ->
         sys.executable, "-m", "gand.cli", "train", config,
         f"data.path={packed}", "data.channels=1", "data.workers=1", f"run.dir={run_dir}", f"model.width={width}",
         "train.batch_size=64", f"train.max_steps={steps}", "train.log_every_steps=100",
-        f"checkpoint.every_steps={max(steps // 3, 1)}", f"samples.every_steps={max(steps // 5, 1)}", "samples.count=100",
-        "metrics.port=null",
+        f"checkpoint.every_steps={max(steps // 3, 1)}", f"samples.every_steps={max(steps // 5, 1)}",
+        "samples.count=100", "metrics.port=null",
     ]  # fmt: skip
     started = time.perf_counter()
     print(f"training {config} for {steps} steps -> {run_dir.relative_to(REPO)}", flush=True)
@@ -139,7 +139,7 @@ def judge(run_dir: Path, classifier: LogisticRegression) -> dict:
 
 
 def print_table(rows: list[dict], accuracy: float) -> None:
-    print(f"\n{SAMPLES} samples per model, judged by a logistic regression on the real digits (accuracy {accuracy:.3f})")
+    print(f"\n{SAMPLES} samples per model, judged by a logistic regression on real digits (accuracy {accuracy:.3f})")
     print(f"{'model':8} {'steps':>6} {'train s':>8} {'classes found':>14} {'p>0.9':>7} {'= asked class':>14}")
     for row in rows:
         match = f"{row['matches_asked_class']:.3f}" if "matches_asked_class" in row else "-"

@@ -40,20 +40,110 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=2000, help="landscapes only: number of images (default 2000)")
     demo.add_argument("--seed", type=int, default=0)
 
-    pack = verbs.add_parser("pack", help="pack an image folder into WebDataset shards at every resolution")
-    pack.add_argument("src", help="image folder; first-level sub-folder names become class labels")
-    pack.add_argument("dest", help="output directory or URL (shards per resolution + manifest.json)")
-    pack.add_argument("--resolutions", type=_resolutions, default=(32, 64), help="e.g. 32,64,128,256")
-    pack.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
-    pack.add_argument("--min-side", type=int, default=0, help="skip images whose shortest side is smaller")
-    pack.add_argument("--upscale", action="store_true", help="allow images smaller than the largest resolution")
-    pack.add_argument("--workers", type=int, default=None, help="decode processes (default: cores, up to 8)")
-    pack.add_argument("--overwrite", action="store_true", help="replace a packed dataset already at DEST")
+    pack = verbs.add_parser("pack", help="pack images into WebDataset shards at every resolution (incremental)")
+    _add_pack_arguments(pack)
+
+    daemon = verbs.add_parser("daemon", help="keep packing new images from SRC into DEST until stopped")
+    _add_pack_arguments(daemon)
+    daemon.add_argument("--interval", type=float, default=60.0, help="seconds between polls of SRC (default 60)")
+    daemon.add_argument("--metrics-port", type=int, default=9465, help="Prometheus /metrics port (default 9465)")
+    daemon.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)  # tests
 
     train = verbs.add_parser("train", help="train from a YAML config (also: accelerate launch -m gand.train)")
     train.add_argument("config", help="YAML file, e.g. configs/dcgan32.yaml")
     train.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.max_steps=20")
     return parser
+
+
+def _add_pack_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="image folder or fsspec URL (labels: first-level sub-folders), or a CSV/JSONL list")
+    parser.add_argument("dest", help="output directory or fsspec URL (shards per resolution + manifest.json)")
+    shape = parser.add_argument_group("output")
+    shape.add_argument("--resolutions", type=_resolutions, default=(32, 64), help="e.g. 32,64,128,256")
+    shape.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    shape.add_argument("--resize", default="center_crop", choices=["center_crop", "keep_ratio", "none"])
+    shape.add_argument(
+        "--output-format",
+        default="png",
+        choices=["png", "webp", "jpg"],
+        help="png (lossless, default), webp (lossless), jpg (--quality >= 95)",
+    )
+    shape.add_argument("--quality", type=int, default=95, help="JPEG quality for --output-format jpg (95-100)")
+    shape.add_argument("--upscale", action="store_true", help="allow images smaller than the largest resolution")
+    shape.add_argument("--no-draft", action="store_true", help="decode JPEGs at full size (slower, same result)")
+    filters = parser.add_argument_group("filters (each skip is counted by reason)")
+    filters.add_argument("--min-side", type=int, default=0, help="skip images whose shortest side is smaller")
+    filters.add_argument("--max-aspect", type=float, default=None, help="skip images longer than this x wide")
+    filters.add_argument("--max-pixels", type=int, default=178_956_970, help="skip larger headers (bomb guard)")
+    filters.add_argument("--formats", type=_names, default=None, help="allowed source formats, e.g. jpeg,png")
+    filters.add_argument(
+        "--near-duplicates",
+        type=int,
+        default=None,
+        metavar="BITS",
+        help="skip images within BITS of an earlier one's perceptual hash (off by default)",
+    )
+    filters.add_argument("--keep-duplicates", action="store_true", help="keep byte-identical copies")
+    filters.add_argument("--exclude", default=None, metavar="FILE", help="file of names or globs to leave out")
+    labels = parser.add_argument_group("labels")
+    labels.add_argument(
+        "--labels",
+        default="auto",
+        choices=["auto", "folder", "none"],
+        help="folders: auto = sub-folders are classes when every image is in one",
+    )
+    labels.add_argument("--label-column", default=None, help="lists: the column holding the class (e.g. style)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--workers", type=int, default=None, help="decode processes (default: cores, up to 8)")
+    run.add_argument("--overwrite", action="store_true", help="start DEST over instead of adding to it")
+    run.add_argument(
+        "--generation-seconds",
+        type=float,
+        default=30.0,
+        help="while packing, publish a manifest generation at most this often (default 30)",
+    )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().upper() for part in text.split(",") if part.strip())
+
+
+def _pack_options(args: argparse.Namespace):
+    from gand.data.pack import PackOptions
+
+    formats = tuple("JPEG" if name in ("JPG", "JPEG") else name for name in args.formats) if args.formats else None
+    return PackOptions(
+        resolutions=args.resolutions,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+        min_side=args.min_side,
+        max_aspect=args.max_aspect,
+        max_pixels=args.max_pixels,
+        formats=formats,
+        exact_duplicates=not args.keep_duplicates,
+        near_duplicates=args.near_duplicates,
+        exclude=_read_exclusions(args.exclude),
+        upscale=args.upscale,
+        resize=args.resize,
+        output=args.output_format,
+        quality=args.quality,
+        draft=not args.no_draft,
+        labels=args.labels,
+        label_column=args.label_column,
+        generation_seconds=args.generation_seconds,
+        **({"workers": args.workers} if args.workers is not None else {}),
+    )
+
+
+def _read_exclusions(path: str | None) -> tuple[str, ...]:
+    if path is None:
+        return ()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as err:
+        raise ConfigError(f"--exclude {path}: {err.strerror}") from None
+    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,20 +171,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     if args.verb == "pack":
-        from gand.data.pack import PackOptions, pack
+        from gand.data.pack import pack
+        from gand.observability.logging import configure_logging
+        from gand.observability.progress import ProgressReporter, pack_summary
+
+        configure_logging()
+        progress = ProgressReporter()
+        try:
+            report = pack(args.src, args.dest, _pack_options(args), on_progress=progress)
+        finally:
+            progress.close()
+        print(pack_summary(report), file=sys.stderr)
+        return 0
+    if args.verb == "daemon":
+        from gand.data.daemon import run_daemon
         from gand.observability.logging import configure_logging
 
         configure_logging()
-        options = PackOptions(
-            resolutions=args.resolutions,
-            shard_size=args.shard_size,
-            min_side=args.min_side,
-            upscale=args.upscale,
-            overwrite=args.overwrite,
-            **({"workers": args.workers} if args.workers is not None else {}),
-        )
-        pack(args.src, args.dest, options)
-        return 0
+        return run_daemon(args.src, args.dest, _pack_options(args), args.interval, args.metrics_port, args.max_polls)
     if args.verb == "train":
         from gand.config import load_config
         from gand.observability.logging import configure_logging

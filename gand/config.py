@@ -104,8 +104,8 @@ class OptimizerConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    g: OptimizerConfig = OptimizerConfig()
-    d: OptimizerConfig = OptimizerConfig()
+    g: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    d: OptimizerConfig = Field(default_factory=OptimizerConfig)
 
 
 class ScheduleConfig(StrictModel):
@@ -156,19 +156,19 @@ class MetricsConfig(StrictModel):
 
 
 class GandConfig(StrictModel):
-    run: RunConfig = RunConfig()
+    run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig
-    model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    optim: OptimConfig = OptimConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    ema: EmaConfig = EmaConfig()
-    augment: AugmentConfig = AugmentConfig()
-    train: TrainConfig = TrainConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    ema: EmaConfig = Field(default_factory=EmaConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     precision: Literal["fp32", "bf16"] = "fp32"
-    samples: SamplesConfig = SamplesConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    metrics: MetricsConfig = MetricsConfig()
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @property
     def run_dir(self) -> str:

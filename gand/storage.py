@@ -59,8 +59,13 @@ class Store:
         return posixpath.join(self.root, relpath) if relpath else self.root
 
     # -- reading -------------------------------------------------------------------------------------------
+    def _fresh(self, path: str) -> str:
+        """Drop cached listings: other processes (the daemon, other ranks) add files while we run."""
+        self.fs.invalidate_cache(path)
+        return path
+
     def exists(self, relpath: str) -> bool:
-        return self.fs.exists(self._path(relpath))
+        return self.fs.exists(self._fresh(self._path(relpath)))
 
     def read_bytes(self, relpath: str) -> bytes:
         try:
@@ -76,14 +81,14 @@ class Store:
     def list_dir(self, relpath: str = "") -> list[str]:
         """Names (not paths) directly under relpath; empty when it does not exist."""
         try:
-            entries = self.fs.ls(self._path(relpath), detail=False)
+            entries = self.fs.ls(self._fresh(self._path(relpath)), detail=False)
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
 
     def walk_files(self, relpath: str = "") -> list[str]:
         """Every file below relpath, as sorted paths relative to the root."""
-        base = self._path(relpath)
+        base = self._fresh(self._path(relpath))
         try:
             found = self.fs.find(base)
         except FileNotFoundError:
@@ -125,6 +130,12 @@ class Store:
     def delete_tree(self, relpath: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._path(relpath), recursive=True)
+
+
+def read_url(url: str) -> bytes:
+    """The whole object at a full URL or local path (raises FileNotFoundError / OSError)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.cat_file(path)
 
 
 def open_url(url: str, mode: str = "rb") -> IO[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -70,3 +71,43 @@ def gand(*args: str, timeout: float = 300, env: dict | None = None) -> subproces
 
 def bin_path(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server on 127.0.0.1 (moto), with the standard variables s3fs and boto read set."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    variables = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def make_bucket(name: str) -> str:
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"

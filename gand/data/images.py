@@ -1,6 +1,7 @@
-"""Pixels: decode a source image once into RGB, cut and resize it to every resolution, encode losslessly.
+"""Pixels: inspect a source image's header, decode it once into RGB, resize it to every resolution, encode it.
 
-Everything here is a pure function of bytes and numbers, so pack workers and tests share it unchanged.
+Everything here is a pure function of bytes and numbers, so pack workers and tests share it unchanged. The order
+of checks is cheapest first: header facts (format, size) reject bombs and outliers before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -13,11 +14,21 @@ from PIL import Image, ImageOps
 
 # Transparent pixels are composited on this colour: a fixed choice, so packing is deterministic.
 BACKGROUND_RGB = (255, 255, 255)
+BORDER_RGB = (0, 0, 0)  # keep_ratio pads with this
 # Lanczos is the antialiased filter; PIL's reducing_gap first shrinks by an integer factor with a box filter,
 # which keeps the quality and is much faster for large sources.
 RESIZE_FILTER = Image.Resampling.LANCZOS
 REDUCING_GAP = 3.0
 PNG_COMPRESS_LEVEL = 3  # lossless either way; 3 packs about 2x faster than the default 6 for ~5% more bytes
+# JPEG draft decoding (libjpeg's DCT scaling) may shrink by 2, 4 or 8 while the side that matters stays at least
+# this many times the largest target: the last, antialiased step still has margin to work with.
+DRAFT_MARGIN = 2
+RESIZE_MODES = ("center_crop", "keep_ratio", "none")
+OUTPUT_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}  # member extension -> PIL format
+
+# gand checks pixel counts itself, from the header and with a counted reason; PIL's own check would warn or raise
+# mid-decode instead.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageRejected(Exception):
@@ -30,35 +41,98 @@ class ImageRejected(Exception):
 
 
 @dataclass(frozen=True)
+class ImageChecks:
+    """Limits applied from the header, before decoding."""
+
+    max_pixels: int = 178_956_970  # PIL's own decompression-bomb error threshold
+    min_side: int = 0
+    max_aspect: float | None = None  # long side / short side
+    formats: frozenset[str] | None = None  # PIL format names, e.g. {"JPEG", "PNG"}; None = any PIL can read
+    needed_side: int = 0  # smallest side (center_crop) or longest side (keep_ratio) that avoids upscaling
+    side_rule: str = "short"  # which side `needed_side` applies to: "short" or "long"
+
+
+@dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # RGB, orientation applied
+    image: Image.Image  # RGB, orientation applied, possibly draft-reduced
     original_width: int
     original_height: int
     source_format: str
 
 
-def decode_rgb(data: bytes) -> DecodedImage:
-    """Decode fully (a truncated file fails here, not later), apply EXIF orientation, convert to RGB."""
+def decode_rgb(data: bytes, checks: ImageChecks = ImageChecks(), draft_side: int = 0) -> DecodedImage:
+    """Check the header, decode fully (a truncated file fails here), apply EXIF orientation, convert to RGB.
+
+    draft_side > 0 lets JPEGs decode at a reduced scale as long as their relevant side stays >= draft_side.
+    """
+    if not data:
+        raise ImageRejected("empty_file", "0 bytes")
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            source_format = opened.format or "unknown"
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-    except Image.DecompressionBombError as err:
-        raise ImageRejected("too_many_pixels", str(err)) from None
+        opened = Image.open(io.BytesIO(data))
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageRejected("decode_error", str(err) or type(err).__name__) from None
-    return DecodedImage(to_rgb(image), image.width, image.height, source_format)
+    with opened:
+        source_format = opened.format or "unknown"
+        width, height = opened.size
+        _check_header(source_format, width, height, checks)
+        if draft_side and source_format == "JPEG":
+            _draft(opened, width, height, draft_side, checks.side_rule)
+        try:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise ImageRejected("decode_error", str(err) or type(err).__name__) from None
+        return DecodedImage(to_rgb(image), width, height, source_format)
+
+
+def _check_header(source_format: str, width: int, height: int, checks: ImageChecks) -> None:
+    if checks.formats is not None and source_format not in checks.formats:
+        raise ImageRejected("format_not_allowed", f"{source_format} (allowed: {', '.join(sorted(checks.formats))})")
+    if width * height > checks.max_pixels:
+        raise ImageRejected("too_many_pixels", f"{width}x{height} is over {checks.max_pixels} pixels")
+    short, long = min(width, height), max(width, height)
+    if short < checks.min_side:
+        raise ImageRejected("too_small", f"{width}x{height}: shortest side below the minimum {checks.min_side}")
+    if checks.max_aspect is not None and long > checks.max_aspect * short:
+        raise ImageRejected("aspect_ratio", f"{width}x{height}: aspect over {checks.max_aspect}")
+    side = short if checks.side_rule == "short" else long
+    if side < checks.needed_side:
+        raise ImageRejected("too_small", f"{width}x{height}: would be upscaled to {checks.needed_side} px")
+
+
+def _draft(image: Image.Image, width: int, height: int, draft_side: int, side_rule: str) -> None:
+    side = min(width, height) if side_rule == "short" else max(width, height)
+    scale = 1
+    while scale < 8 and side // (scale * 2) >= draft_side * DRAFT_MARGIN:
+        scale *= 2
+    if scale > 1:
+        # floor division: PIL picks the largest scale whose result still covers the requested size
+        image.draft("RGB", (width // scale, height // scale))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return _sixteen_bit_to_rgb(image)
+    if image.mode == "F":
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) / (high - low) * 255 if high > low else np.zeros_like(pixels)
+        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*BACKGROUND_RGB, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit grayscale rescaled to 8 bits (65535 -> 255), never clipped at 255 as a plain convert would."""
+    pixels = np.asarray(image).astype(np.int64)
+    full_scale = 65535 if pixels.max(initial=0) <= 65535 else int(pixels.max())
+    eight_bit = np.clip(np.round(pixels * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight_bit, "L").convert("RGB")
 
 
 def center_square_box(width: int, height: int) -> tuple[int, int, int, int]:
@@ -68,20 +142,94 @@ def center_square_box(width: int, height: int) -> tuple[int, int, int, int]:
     return (left, top, left + side, top + side)
 
 
+def resize_to(image: Image.Image, resolution: int, mode: str = "center_crop") -> Image.Image:
+    """One resolution x resolution image: centre square cut, whole image fitted with a border, or as it is."""
+    if mode == "center_crop":
+        box = center_square_box(image.width, image.height)
+        return image.resize((resolution, resolution), RESIZE_FILTER, box=box, reducing_gap=REDUCING_GAP)
+    if mode == "keep_ratio":
+        scale = resolution / max(image.width, image.height)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        fitted = image.resize(size, RESIZE_FILTER, reducing_gap=REDUCING_GAP)
+        canvas = Image.new("RGB", (resolution, resolution), BORDER_RGB)
+        canvas.paste(fitted, ((resolution - size[0]) // 2, (resolution - size[1]) // 2))
+        return canvas
+    if mode == "none":
+        if image.size != (resolution, resolution):
+            raise ImageRejected("wrong_size", f"{image.width}x{image.height} is not {resolution}x{resolution}")
+        return image
+    raise ValueError(f"unknown resize mode {mode!r}")
+
+
 def resize_square(image: Image.Image, resolution: int) -> Image.Image:
-    """The centre square of `image`, resized to resolution x resolution with an antialiased filter."""
-    box = center_square_box(image.width, image.height)
-    return image.resize((resolution, resolution), RESIZE_FILTER, box=box, reducing_gap=REDUCING_GAP)
+    return resize_to(image, resolution, "center_crop")
 
 
-def encode_png(image: Image.Image) -> bytes:
+def resize_all(image: Image.Image, resolutions: tuple[int, ...], mode: str = "center_crop") -> dict[int, Image.Image]:
+    """Every resolution from one decoded image, largest first; each smaller one comes from an output at least
+    twice its size (a mip-map chain: the same antialiased result, without resizing the large source again)."""
+    outputs: dict[int, Image.Image] = {}
+    for resolution in sorted(resolutions, reverse=True):
+        larger = [r for r in outputs if r >= 2 * resolution]
+        if mode != "none" and larger:
+            outputs[resolution] = resize_to(outputs[min(larger)], resolution, "center_crop")
+        else:
+            outputs[resolution] = resize_to(image, resolution, mode)
+    return outputs
+
+
+def encode(image: Image.Image, extension: str = "png", quality: int = 95) -> bytes:
+    """Lossless PNG or WebP, or JPEG at `quality` (>= 95 only on request)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    if extension == "png":
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    elif extension == "webp":
+        image.save(buffer, format="WEBP", lossless=True, quality=100, method=4)
+    elif extension == "jpg":
+        image.save(buffer, format="JPEG", quality=quality, subsampling=0)
+    else:
+        raise ValueError(f"unknown output format {extension!r}")
     return buffer.getvalue()
 
 
-def png_to_array(data: bytes, channels: int = 3) -> np.ndarray:
-    """PNG bytes -> uint8 array H x W x channels (1: ITU-R 601 luma, PIL's "L")."""
+def encode_png(image: Image.Image) -> bytes:
+    return encode(image, "png")
+
+
+def image_to_array(data: bytes, channels: int = 3) -> np.ndarray:
+    """Encoded bytes (PNG, WebP or JPEG) -> uint8 array H x W x channels (1: ITU-R 601 luma, PIL's "L")."""
     with Image.open(io.BytesIO(data)) as opened:
         pixels = np.asarray(opened.convert("RGB" if channels == 3 else "L"))
     return pixels if channels == 3 else pixels[..., None]
+
+
+png_to_array = image_to_array
+
+
+# -- perceptual hash ---------------------------------------------------------------------------------------------
+_HASH_SIDE = 32
+_HASH_KEEP = 8
+
+
+def _dct_matrix(size: int) -> np.ndarray:
+    k = np.arange(size)[:, None]
+    n = np.arange(size)[None, :]
+    matrix = np.cos(np.pi * (2 * n + 1) * k / (2 * size)) * np.sqrt(2.0 / size)
+    matrix[0] /= np.sqrt(2.0)
+    return matrix
+
+
+_DCT = _dct_matrix(_HASH_SIDE)
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """64-bit pHash: the signs of the lowest 8x8 DCT frequencies of a 32x32 grayscale copy, against their median.
+
+    Re-encoding, mild resizing and small edits change few bits; different pictures differ in about half.
+    """
+    # shrink first (reducing_gap: box-reduce, then Lanczos), then go grey: cheap on a multi-megapixel source
+    small = image.resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS, reducing_gap=2.0).convert("L")
+    pixels = np.asarray(small, dtype=np.float64)
+    low = (_DCT @ pixels @ _DCT.T)[:_HASH_KEEP, :_HASH_KEEP].flatten()
+    bits = low > np.median(low[1:])  # the DC term says only how bright the image is
+    return int("".join("1" if bit else "0" for bit in bits), 2)

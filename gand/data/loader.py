@@ -5,34 +5,53 @@ when there are fewer shards than pairs), reads them with webdataset's tar iterat
 batches. An epoch is a fixed number of batches, not a pass over the files, so every rank runs the same number
 of steps whatever the shard sizes.
 
-The stream is a pure function of (seed, epoch, rank, worker): resuming at batch k of an epoch skips the k
-batches' raw samples before decoding them, which gives back exactly the batches an uninterrupted run would see.
+At every epoch boundary the loader looks for a newer manifest generation (the packing daemon may have added
+shards) and draws the next epoch from it, without a restart; all ranks use the generation rank 0 saw.
+
+The stream is a pure function of (seed, epoch, generation, rank, worker): resuming at batch k of an epoch skips
+the k batches' raw samples before decoding them, which gives back exactly the batches an uninterrupted run saw.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 
 import numpy as np
+import structlog
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from gand.data.images import png_to_array
-from gand.data.manifest import PackedManifest
+from gand.data.images import OUTPUT_FORMATS, image_to_array
+from gand.data.manifest import PackedManifest, dataset_root, read_manifest
 from gand.storage import Store, open_url
 
 UNLABELLED = -1
+log = structlog.get_logger("gand.loader")
+
+
+@dataclass(frozen=True)
+class DataPosition:
+    """Where a rank's data stream stands: batches drawn in the epoch, and the manifest generation it uses."""
+
+    epoch: int = 0
+    batch: int = 0
+    generation: int = 0  # 0: not chosen yet (take the newest)
 
 
 @dataclass(frozen=True)
 class Batch:
     images: torch.Tensor  # float32 N x C x H x W in [-1, 1]
     labels: torch.Tensor  # int64 N; UNLABELLED where the dataset has no classes
-    epoch: int
+    keys: list[str] = field(repr=False)
+    position: DataPosition  # after this batch: resume from here to draw the next one
+
+    @property
+    def epoch(self) -> int:
+        return self.position.epoch
 
 
 class ShardStream(IterableDataset):
@@ -49,23 +68,25 @@ class ShardStream(IterableDataset):
         first_epoch: int = 0,
         skip_batches: int = 0,
         channels: int = 3,
+        num_classes: int = 0,
     ):
         super().__init__()
-        self.channels = channels
         self.shard_urls = shard_urls
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
+        self.channels = channels
+        self.num_classes = num_classes
         # Each worker holds its own copy of these counters and advances them in step with the others.
         self.epoch = first_epoch - 1
         self.skip_batches = skip_batches
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         self.epoch += 1
         worker, workers = _worker_slot()
-        rng = random.Random(f"gand:{self.seed}:{self.epoch}:{self.rank}:{worker}")
+        rng = random.Random(f"gand:{self.seed}:{self.epoch}:{len(self.shard_urls)}:{self.rank}:{worker}")
         # DataLoader takes batch i from worker i % workers: this worker's share of the first k batches.
         skip = len(range(worker, self.skip_batches, workers)) * self.batch_size
         self.skip_batches = 0  # only the first epoch after a resume starts part-way
@@ -73,8 +94,7 @@ class ShardStream(IterableDataset):
         for _ in islice(samples, skip):
             pass
         while True:
-            chunk = list(islice(samples, self.batch_size))
-            yield _collate(chunk, self.channels)
+            yield _collate(list(islice(samples, self.batch_size)), self.channels)
 
     def _samples(self, rng: random.Random, worker: int, workers: int) -> Iterator[dict]:
         slots = self.world_size * workers
@@ -83,7 +103,11 @@ class ShardStream(IterableDataset):
         while True:
             url = rng.choice(mine)
             with open_url(url) as stream:
-                yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+                for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                    # Classes the daemon added after the model was built cannot be learned by it: leave them out.
+                    if self.num_classes and "cls" in sample and int(sample["cls"]) >= self.num_classes:
+                        continue
+                    yield sample
 
 
 def _worker_slot() -> tuple[int, int]:
@@ -102,20 +126,31 @@ def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> 
         buffer[index] = sample
 
 
-def _collate(samples: list[dict], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _collate(samples: list[dict], channels: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     # uint8 crosses the worker boundary (4x less than float); the trainer's process converts.
-    pixels = np.stack([png_to_array(sample["png"], channels) for sample in samples])
+    pixels = np.stack([image_to_array(_image_bytes(sample), channels) for sample in samples])
     labels = [int(sample["cls"]) if "cls" in sample else UNLABELLED for sample in samples]
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64)
+    keys = [sample["__key__"] for sample in samples]
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64), keys
+
+
+def _image_bytes(sample: dict) -> bytes:
+    for extension in OUTPUT_FORMATS:
+        if extension in sample:
+            return sample[extension]
+    raise KeyError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image member")
+
+
+def _same_everywhere(value: int) -> int:
+    return value
 
 
 class ImageLoader:
-    """Batches of one resolution for one rank, epoch after epoch, starting at any step."""
+    """Batches of one resolution for one rank, epoch after epoch, starting at any position."""
 
     def __init__(
         self,
-        manifest: PackedManifest,
-        store: Store,
+        data_path: str,
         resolution: int,
         batch_size: int,
         seed: int,
@@ -125,36 +160,74 @@ class ImageLoader:
         shuffle_buffer: int = 1000,
         epoch_images: int | None = None,
         channels: int = 3,
+        num_classes: int = 0,
+        agree: Callable[[int], int] = _same_everywhere,
     ):
-        self.channels = channels
-        self.shard_urls = [store.url(shard.path) for shard in manifest.shards_at(resolution)]
+        self.data_path = data_path
+        self.resolution = resolution
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.workers = workers
         self.shuffle_buffer = shuffle_buffer
-        images_per_epoch = epoch_images or manifest.num_samples
-        self.batches_per_epoch = max(1, images_per_epoch // (batch_size * world_size))
+        self.epoch_images = epoch_images
+        self.channels = channels
+        self.num_classes = num_classes
+        self.agree = agree  # rank 0's value for every rank (a collective: all ranks call it together)
+        self.store = Store(dataset_root(data_path))
 
-    def batches(self, start_batch: int = 0) -> Iterator[Batch]:
-        """Infinite batches; the first is the one an uninterrupted run would have drawn as batch `start_batch`."""
-        epoch, done_in_epoch = divmod(start_batch, self.batches_per_epoch)
-        # The DataLoader always takes its next batch from worker 0, so workers can only skip a multiple of the
-        # worker count; the remaining (fewer than `workers`) batches are decoded and dropped here.
-        skipped_by_workers = done_in_epoch - done_in_epoch % max(1, self.workers)
+    def batches_per_epoch(self, manifest: PackedManifest) -> int:
+        images = self.epoch_images or manifest.num_samples
+        return max(1, images // (self.batch_size * self.world_size))
+
+    def batches(self, start: DataPosition = DataPosition()) -> Iterator[Batch]:
+        """Infinite batches; the first is the one an uninterrupted run would have drawn after `start`."""
+        epoch, done, generation = start.epoch, start.batch, start.generation
+        loader, loader_generation = None, None
+        while True:
+            manifest = self._manifest(generation)
+            per_epoch = self.batches_per_epoch(manifest)
+            if done >= per_epoch:  # the checkpoint was taken right at the end of an epoch
+                epoch, done, generation = epoch + 1, 0, 0
+                continue
+            # The DataLoader always takes its next batch from worker 0, so workers can only skip a multiple of
+            # the worker count; the remaining (fewer than `workers`) batches are decoded and dropped here.
+            skipped_by_workers = done - done % max(1, self.workers)
+            if loader is None or loader_generation != manifest.generation or done:
+                loader, loader_generation = self._data_loader(manifest, epoch, skipped_by_workers), manifest.generation
+            drop = done - skipped_by_workers
+            for pixels, labels, keys in islice(loader, drop, per_epoch - skipped_by_workers):
+                done += 1
+                position = DataPosition(epoch, done, manifest.generation)
+                yield Batch(pixels.float().div_(127.5).sub_(1.0), labels, keys, position)
+            epoch, done, generation = epoch + 1, 0, 0
+
+    def _manifest(self, generation: int) -> PackedManifest:
+        if not generation:  # a new epoch: the newest generation rank 0 can see
+            newest, _ = read_manifest(self.data_path)
+            generation = self.agree(newest.generation)
+        manifest, _ = read_manifest(self.data_path, generation=generation)
+        if self.num_classes and manifest.class_names and len(manifest.class_names) > self.num_classes:
+            log.warning(
+                "new_classes_ignored", model_classes=self.num_classes, dataset_classes=len(manifest.class_names)
+            )
+        return manifest
+
+    def _data_loader(self, manifest: PackedManifest, epoch: int, skip_batches: int) -> DataLoader:
         stream = ShardStream(
-            self.shard_urls,
+            [self.store.url(shard.path) for shard in manifest.shards_at(self.resolution)],
             self.batch_size,
             self.seed,
             self.rank,
             self.world_size,
             self.shuffle_buffer,
             first_epoch=epoch,
-            skip_batches=skipped_by_workers,
+            skip_batches=skip_batches,
             channels=self.channels,
+            num_classes=self.num_classes,
         )
-        loader = DataLoader(
+        return DataLoader(
             stream,
             batch_size=None,
             num_workers=self.workers,
@@ -164,8 +237,3 @@ class ImageLoader:
             # and make a resumed run differ from an uninterrupted one.
             generator=torch.Generator().manual_seed(self.seed),
         )
-        drop = done_in_epoch - skipped_by_workers
-        while True:
-            for pixels, labels in islice(loader, drop, self.batches_per_epoch - skipped_by_workers):
-                yield Batch(pixels.float().div_(127.5).sub_(1.0), labels, epoch)
-            epoch, skipped_by_workers, drop = epoch + 1, 0, 0

@@ -1,20 +1,36 @@
-"""The packed dataset's manifest.json: which shards exist at which resolution, with counts and checksums.
+"""A packed dataset on disk: parts (shards + their stats) and manifest generations listing them.
 
-A packed dataset is exactly what its manifest lists; shards are published before the manifest names them.
+    DEST/<res>/shard-000012.tar          part 12's images at one resolution (one tar per resolution)
+    DEST/parts/part-000012.json          part 12's record: shards with bytes and sha256, every source it covered
+                                         (accepted: key, hashes; skipped: reason), the class names in force
+    DEST/manifests/generation-000007.json  an immutable list of parts 0..P-1 and their shards
+    DEST/manifest.json                   the current generation (a copy of the newest generation file)
+
+Publication order is tars -> part record -> generation file -> manifest.json, each write atomic. A dataset is
+exactly what its manifest lists; a part record exists only for fully published shards, so a restarted packer
+adopts complete parts and redoes the rest.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
+from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from gand import __version__
 from gand.errors import ConfigError, DataError
 from gand.storage import Store, redact
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "gand.packed/v1"
+PART_FORMAT = "gand.part/v1"
+PARTS_DIR = "parts"
+GENERATIONS_DIR = "manifests"
+_PART_NAME = re.compile(r"^part-(\d{6,})\.json$")
+_GENERATION_NAME = re.compile(r"^generation-(\d{6,})\.json$")
 
 
 class ShardInfo(BaseModel):
@@ -25,9 +41,36 @@ class ShardInfo(BaseModel):
     sha256: str
 
 
+class PartSample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    source: str
+    sha256: str  # of the source file's bytes: exact-duplicate detection
+    phash: str  # 64-bit perceptual hash, hex: near-duplicate detection
+    label: str | None = None
+
+
+class PartSkip(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    reason: str
+
+
+class PartRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: str = PART_FORMAT
+    index: int
+    created_at: str
+    shards: dict[str, ShardInfo]  # str(resolution) -> shard; empty for a part that only records skips
+    samples: list[PartSample]
+    skipped: list[PartSkip]
+    class_names: list[str] | None
+
+
 class PackedManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: str = MANIFEST_FORMAT
+    generation: int
     gand_version: str
     created_at: str
     source: str
@@ -35,7 +78,8 @@ class PackedManifest(BaseModel):
     class_names: list[str] | None  # None: unlabelled; else label i is class_names[i]
     num_samples: int
     shards: dict[str, list[ShardInfo]]  # str(resolution) -> shards, same keys and order at every resolution
-    files_seen: int  # every file under the source: num_samples + sum(skipped)
+    parts: int  # parts 0..parts-1 are in this generation
+    files_seen: int  # every source file considered: num_samples + sum(skipped)
     skipped: dict[str, int]  # reason -> count
     options: dict[str, object]
 
@@ -43,19 +87,82 @@ class PackedManifest(BaseModel):
         return self.shards[str(resolution)]
 
 
+def part_path(index: int) -> str:
+    return f"{PARTS_DIR}/part-{index:06d}.json"
+
+
+def generation_path(generation: int) -> str:
+    return f"{GENERATIONS_DIR}/generation-{generation:06d}.json"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def build_manifest(parts: list[PartRecord], generation: int, source: str, resolutions: list[int],
+                   options: dict[str, object]) -> PackedManifest:  # fmt: skip
+    skipped: dict[str, int] = {}
+    for part in parts:
+        for skip in part.skipped:
+            skipped[skip.reason] = skipped.get(skip.reason, 0) + 1
+    with_samples = [part for part in parts if part.samples]
+    num_samples = sum(len(part.samples) for part in parts)
+    return PackedManifest(
+        generation=generation,
+        gand_version=__version__,
+        created_at=now_iso(),
+        source=source,
+        resolutions=sorted(resolutions),
+        class_names=parts[-1].class_names if parts else None,
+        num_samples=num_samples,
+        shards={str(res): [part.shards[str(res)] for part in with_samples] for res in sorted(resolutions)},
+        parts=len(parts),
+        files_seen=num_samples + sum(skipped.values()),
+        skipped=dict(sorted(skipped.items())),
+        options=options,
+    )
+
+
+def publish_generation(store: Store, manifest: PackedManifest) -> None:
+    data = manifest.model_dump_json(indent=2).encode()
+    store.write_bytes(generation_path(manifest.generation), data)  # immutable: what a training epoch used
+    store.write_bytes(MANIFEST_NAME, data)  # the pointer readers follow
+
+
+def read_parts(store: Store) -> list[PartRecord]:
+    """Complete parts, 0..P-1 (a part record is written only after all of its shards are published)."""
+    indices = sorted(int(m.group(1)) for name in store.list_dir(PARTS_DIR) if (m := _PART_NAME.match(name)))
+    parts = []
+    for expected, index in enumerate(indices):
+        if index != expected:
+            break  # parts are published one after another; a gap would mean someone else wrote here
+        parts.append(PartRecord.model_validate_json(store.read_bytes(part_path(index))))
+    return parts
+
+
+def latest_generation(store: Store) -> int:
+    """The newest generation number published under `store` (0 when none)."""
+    numbers = [int(m.group(1)) for name in store.list_dir(GENERATIONS_DIR) if (m := _GENERATION_NAME.match(name))]
+    return max(numbers, default=0)
+
+
 def dataset_root(path: str) -> str:
     """`data.path` may name the directory or its manifest.json; return the directory."""
     return posixpath.dirname(path) if path.endswith(".json") else path.rstrip("/")
 
 
-def read_manifest(path: str) -> tuple[PackedManifest, Store]:
-    """Load the manifest at `path` (directory or manifest URL); return it with a Store at the dataset root."""
+def read_manifest(path: str, generation: int | None = None) -> tuple[PackedManifest, Store]:
+    """The current manifest (or a given generation) of the dataset at `path`, with a Store at its root."""
     root = dataset_root(path)
     store = Store(root)
-    name = posixpath.basename(path) if path.endswith(".json") else MANIFEST_NAME
+    name = (posixpath.basename(path) if path.endswith(".json") else MANIFEST_NAME) if generation is None else (
+        generation_path(generation)
+    )  # fmt: skip
     try:
         raw = store.read_bytes(name)
     except FileNotFoundError:
+        if generation is not None:
+            raise DataError(f"generation {generation} of the dataset at {redact(root)} is gone ({name})") from None
         raise DataError(
             f"no packed dataset at {redact(path)}: {name} not found; pack images first with "
             f"`gand pack SRC {redact(root)} --resolutions 32,64`"

@@ -1,37 +1,60 @@
-"""`gand pack`: image folder -> WebDataset shards at every resolution + manifest.json.
+"""`gand pack` / the daemon's poll: source images -> parts (WebDataset shards at every resolution) -> generation.
 
-reader (scan the source, read bytes) -> transform (decode once, cut, resize to each resolution, encode PNG, in
-worker processes) -> writer (tar shards published atomically, then the manifest, in source order).
+reader (scan the source; skip what earlier runs already recorded) -> transform (worker processes: read, check
+the header, decode once, hash, resize to every resolution, encode) -> decide (in source order, in this process:
+duplicates) -> write (parts published atomically, then a new manifest generation).
+
+Incremental and crash-safe: everything already recorded in a published part is skipped, so running the same
+command again after a crash, or with new images in the source, packs exactly what is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import multiprocessing
 import os
 import posixpath
-import tarfile
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from multiprocessing import get_context
-from typing import IO
 
 import structlog
 
-from gand import __version__
 from gand.config import MAX_RESOLUTION, MIN_RESOLUTION
-from gand.data.images import ImageRejected, decode_rgb, encode_png, resize_square
-from gand.data.manifest import MANIFEST_NAME, PackedManifest, ShardInfo
+from gand.data.dedup import DuplicateFilter
+from gand.data.images import (
+    OUTPUT_FORMATS,
+    RESIZE_MODES,
+    ImageChecks,
+    ImageRejected,
+    decode_rgb,
+    encode,
+    perceptual_hash,
+    resize_all,
+)
+from gand.data.manifest import (
+    GENERATIONS_DIR,
+    MANIFEST_NAME,
+    PARTS_DIR,
+    PackedManifest,
+    PartRecord,
+    PartSample,
+    build_manifest,
+    latest_generation,
+    publish_generation,
+    read_parts,
+)
+from gand.data.shards import EncodedSample, PartWriter
+from gand.data.sources import LABEL_MODES, SourceItem, scan_source
 from gand.errors import ConfigError, DataError
-from gand.storage import Store, redact
+from gand.storage import Store, read_url, redact
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-LOGGED_SKIPS_PER_REASON = 20  # name the first few files per reason; the manifest counts them all
+LOGGED_SKIPS_PER_REASON = 10  # name the first few files per reason; the records count them all
 log = structlog.get_logger("gand.pack")
 
 
@@ -39,10 +62,27 @@ log = structlog.get_logger("gand.pack")
 class PackOptions:
     resolutions: tuple[int, ...]
     shard_size: int = 1000
-    min_side: int = 0  # drop images whose shortest side is below this (the 100x100 scrape outliers)
-    upscale: bool = False  # allow sources smaller than the largest resolution
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     overwrite: bool = False
+    # filters
+    min_side: int = 0  # drop images whose shortest side is below this (the 100x100 scrape outliers)
+    max_aspect: float | None = None  # drop images whose long side exceeds this many times the short side
+    max_pixels: int = 178_956_970  # decompression-bomb guard, checked from the header
+    formats: tuple[str, ...] | None = None  # allowed source formats (PIL names: JPEG, PNG, WEBP, ...)
+    exact_duplicates: bool = True
+    near_duplicates: int | None = None  # perceptual-hash Hamming distance that counts as a duplicate; None = off
+    exclude: tuple[str, ...] = ()  # file-name patterns to leave out (e.g. the Rice report's scroll paintings)
+    # shaping
+    upscale: bool = False  # allow sources smaller than the largest resolution
+    resize: str = "center_crop"
+    output: str = "png"  # png (lossless) | webp (lossless) | jpg
+    quality: int = 95  # jpg only
+    draft: bool = True  # JPEG draft decoding at reduced scale where it keeps quality
+    # labels
+    labels: str = "auto"  # folder sources: auto | folder | none
+    label_column: str | None = None  # list sources: the column holding the class name
+    # publication
+    generation_seconds: float = 30.0  # publish a new generation at most this often while packing
 
     def __post_init__(self) -> None:
         bad = [r for r in self.resolutions if not MIN_RESOLUTION <= r <= MAX_RESOLUTION]
@@ -55,276 +95,322 @@ class PackOptions:
             raise ConfigError(f"--shard-size must be at least 1 (got {self.shard_size})")
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1 (got {self.workers})")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"--resize: {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
+        if self.output not in OUTPUT_FORMATS:
+            raise ConfigError(f"--output-format: {self.output!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+        if self.output == "jpg" and not 95 <= self.quality <= 100:
+            raise ConfigError(f"--quality: JPEG output needs 95 to 100 to stay near-lossless (got {self.quality})")
+        if self.near_duplicates is not None and not 0 <= self.near_duplicates <= 16:
+            raise ConfigError(f"--near-duplicates: a Hamming distance of 0 to 16 bits (got {self.near_duplicates})")
+        if self.max_aspect is not None and self.max_aspect < 1:
+            raise ConfigError(f"--max-aspect must be at least 1 (got {self.max_aspect})")
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(f"--labels: {self.labels!r} is not one of {', '.join(LABEL_MODES)}")
 
+    @property
+    def layout(self) -> dict[str, object]:
+        """What every part of one dataset must share; a second run with a different layout is refused."""
+        return {"resolutions": sorted(self.resolutions), "resize": self.resize, "format": self.output}
 
-@dataclass(frozen=True)
-class SourceItem:
-    relpath: str
-    label: int | None
-
-
-@dataclass(frozen=True)
-class PackedSample:
-    key: str
-    pngs: dict[int, bytes]
-    label: int | None
-    meta: bytes
-
-
-@dataclass(frozen=True)
-class Skipped:
-    relpath: str
-    reason: str
-    detail: str
-
-
-def pack(src: str, dest: str, options: PackOptions) -> PackedManifest:
-    """Pack every usable image under `src` into shards under `dest`; returns the published manifest."""
-    dest_store = Store(dest)
-    if dest_store.exists(MANIFEST_NAME) and not options.overwrite:
-        raise ConfigError(f"{redact(dest)} already holds a packed dataset; pass --overwrite to replace it")
-    items, class_names, skipped = scan_source(src)
-    if not items:
-        raise DataError(f"no images found under {redact(src)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    files_seen = len(items) + sum(skipped.values())
-    log.info("pack_start", source=redact(src), dest=redact(dest), images=len(items), classes=class_names)
-
-    writer = ShardSetWriter(dest_store, options.resolutions, options.shard_size)
-    progress = Progress(total=len(items))
-    for result in _transform_all(src, items, class_names, options):
-        if isinstance(result, Skipped):
-            skipped[result.reason] += 1
-            if skipped[result.reason] <= LOGGED_SKIPS_PER_REASON:
-                log.warning("image_skipped", file=result.relpath, reason=result.reason, detail=result.detail)
-        else:
-            writer.add(result)
-        progress.step(writer.samples_written, skipped)
-    shards = writer.close()
-
-    manifest = PackedManifest(
-        gand_version=__version__,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        source=redact(src),
-        resolutions=sorted(options.resolutions),
-        class_names=class_names,
-        num_samples=writer.samples_written,
-        shards={str(res): infos for res, infos in shards.items()},
-        files_seen=files_seen,
-        skipped=dict(sorted(skipped.items())),
-        options={
-            "shard_size": options.shard_size,
-            "min_side": options.min_side,
-            "upscale": options.upscale,
-            "resize": "center_crop",
-            "filter": "lanczos",
-            "format": "png",
-        },
-    )
-    dest_store.write_bytes(MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
-    _remove_unlisted_shards(dest_store, manifest)
-    log.info("pack_done", images=manifest.num_samples, skipped=manifest.skipped, seconds=progress.elapsed())
-    return manifest
-
-
-# -- reader --------------------------------------------------------------------------------------------------
-def scan_source(src: str) -> tuple[list[SourceItem], list[str] | None, Counter[str]]:
-    """List images in a folder; first-level sub-folder names are class labels when there are any."""
-    store = Store(src)
-    skipped: Counter[str] = Counter()
-    if not store.exists(""):
-        raise DataError(f"source {redact(src)} does not exist")
-    images = []
-    for relpath in store.walk_files():
-        if any(part.startswith(".") for part in relpath.split("/")):
-            continue  # hidden files and folders (.DS_Store, stamps, .git) are not part of a collection
-        if relpath.lower().endswith(IMAGE_EXTENSIONS):
-            images.append(relpath)
-        else:
-            skipped["not_an_image"] += 1
-    folders = sorted({path.split("/")[0] for path in images if "/" in path})
-    if not folders:
-        return [SourceItem(path, None) for path in images], None, skipped
-    label_of = {name: index for index, name in enumerate(folders)}
-    items = []
-    for path in images:
-        if "/" in path:
-            items.append(SourceItem(path, label_of[path.split("/")[0]]))
-        else:
-            skipped["no_label"] += 1  # beside the class folders, with no class of its own
-    return items, folders, skipped
-
-
-# -- transform -----------------------------------------------------------------------------------------------
-_worker_store: Store | None = None
-_worker_options: PackOptions | None = None
-_worker_class_names: list[str] | None = None
-
-
-def _init_worker(src: str, options: PackOptions, class_names: list[str] | None) -> None:
-    global _worker_store, _worker_options, _worker_class_names
-    _worker_store, _worker_options, _worker_class_names = Store(src), options, class_names
-
-
-def _transform_all(
-    src: str, items: list[SourceItem], class_names: list[str] | None, options: PackOptions
-) -> Iterator[PackedSample | Skipped]:
-    init_args = (src, options, class_names)
-    if options.workers == 1:
-        _init_worker(*init_args)
-        yield from map(transform_item, items)
-        return
-    # spawn, not fork: the parent may hold threads (metrics server, storage clients) that fork would copy badly
-    with get_context("spawn").Pool(options.workers, initializer=_init_worker, initargs=init_args) as pool:
-        yield from pool.imap(transform_item, items, chunksize=8)  # ordered: shards follow source order
-
-
-def transform_item(item: SourceItem) -> PackedSample | Skipped:
-    assert _worker_store is not None and _worker_options is not None
-    options = _worker_options
-    try:
-        data = _worker_store.read_bytes(item.relpath)
-    except OSError as err:
-        return Skipped(item.relpath, "read_error", str(err))
-    try:
-        decoded = decode_rgb(data)
-    except ImageRejected as rejected:
-        return Skipped(item.relpath, rejected.reason, rejected.detail)
-    width, height = decoded.original_width, decoded.original_height
-    shortest = min(width, height)
-    largest = max(options.resolutions)
-    if shortest < options.min_side:
-        return Skipped(
-            item.relpath, "too_small", f"{width}x{height}: shortest side below --min-side {options.min_side}"
+    def checks(self) -> ImageChecks:
+        largest = max(self.resolutions)
+        return ImageChecks(
+            max_pixels=self.max_pixels,
+            min_side=self.min_side,
+            max_aspect=self.max_aspect,
+            formats=frozenset(f.upper() for f in self.formats) if self.formats else None,
+            needed_side=0 if self.upscale or self.resize == "none" else largest,
+            side_rule="long" if self.resize == "keep_ratio" else "short",
         )
-    if shortest < largest and not options.upscale:
-        return Skipped(item.relpath, "too_small", f"{width}x{height}: would be upscaled to {largest} px")
-    pngs = {res: encode_png(resize_square(decoded.image, res)) for res in sorted(options.resolutions)}
-    meta = {"source": item.relpath, "width": width, "height": height, "format": decoded.source_format}
-    if item.label is not None and _worker_class_names is not None:
-        meta["class_name"] = _worker_class_names[item.label]
-    return PackedSample(sample_key(item.relpath), pngs, item.label, json.dumps(meta, sort_keys=True).encode())
 
 
-def sample_key(relpath: str) -> str:
-    """Stable across runs and machines, and free of dots (WebDataset splits key from extension at the dot)."""
-    return hashlib.sha1(relpath.encode()).hexdigest()[:16]
+@dataclass
+class PackReport:
+    """What one run (or daemon poll) did, and the dataset it left."""
+
+    files: int = 0  # new source files considered
+    packed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    parts: int = 0
+    seconds: float = 0.0
+    stopped: bool = False
+    manifest: PackedManifest | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.files / self.seconds if self.seconds else 0.0
 
 
-# -- writer --------------------------------------------------------------------------------------------------
-class _HashingWriter:
-    """A write-only file that hashes and counts what passes through it."""
+# -- the run ---------------------------------------------------------------------------------------------------
+def pack(
+    src: str,
+    dest: str,
+    options: PackOptions,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[int, int, PackReport], None] | None = None,
+    require_images: bool = True,
+) -> PackReport:
+    """Pack what `src` has that `dest` does not; publish a new generation if anything changed."""
+    started = time.perf_counter()
+    store = Store(dest)
+    if options.overwrite:
+        _wipe(store)
+    state = DatasetState.load(store, src, options)
+    scan = scan_source(src, options.labels, options.label_column, options.exclude)
+    class_names = state.merge_labels(scan.labelled, sorted({i.label for i in scan.items if i.label is not None}))
+    new_items = [item for item in scan.items if item.source_id not in state.done]
+    new_skips = [skip for skip in scan.skips if skip.source_id not in state.done]
+    if require_images and not scan.items and not state.parts:
+        raise DataError(f"no images found under {redact(src)} (extensions: jpg, jpeg, png, webp, bmp, gif, tif)")
 
-    def __init__(self, target: IO[bytes]):
-        self.target = target
-        self.sha256 = hashlib.sha256()
-        self.bytes_written = 0
+    report = PackReport(files=len(new_items) + len(new_skips))
+    if report.files:
+        log.info("pack_start", source=redact(src), dest=redact(dest), new_files=report.files,
+                 already_packed=len(state.done), classes=class_names)  # fmt: skip
+    publisher = GenerationPublisher(store, state, src, options)
+    writer = PartWriter(store, len(state.parts), options.resolutions, options.shard_size,
+                        class_names=lambda: class_names, on_part=publisher.part_published)  # fmt: skip
+    for skip in new_skips:
+        _record_skip(writer, report, skip.source_id, skip.reason, "")
+    done = len(new_skips)
+    for item, result in _transform_all(new_items, options, stop):
+        if isinstance(result, ImageRejected):
+            _record_skip(writer, report, item.source_id, result.reason, result.detail)
+        elif (reason := state.duplicates.check(result.record.sha256, int(result.record.phash, 16))) is not None:
+            _record_skip(writer, report, item.source_id, reason, "")
+        else:
+            label_index = class_names.index(item.label) if class_names and item.label is not None else None
+            writer.add_sample(_with_label(result, label_index))
+            report.packed += 1
+        done += 1
+        if on_progress is not None:
+            on_progress(done, report.files, report)
+        publisher.maybe_publish()
+        if stop is not None and stop.is_set():
+            break
+    report.stopped = stop is not None and stop.is_set()
+    writer.publish()  # the last, partial part (and any trailing skip records)
+    report.manifest = publisher.publish_if_changed()
+    report.parts = publisher.parts_this_run
+    report.seconds = time.perf_counter() - started
+    if report.files:
+        log.info("pack_done", packed=report.packed, skipped=dict(report.skipped), parts=report.parts,
+                 generation=report.manifest.generation if report.manifest else None,
+                 seconds=round(report.seconds, 2), stopped=report.stopped)  # fmt: skip
+    return report
 
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        self.bytes_written += len(data)
-        return self.target.write(data)
+
+def _record_skip(writer: PartWriter, report: PackReport, source: str, reason: str, detail: str) -> None:
+    writer.add_skip(source, reason)
+    report.skipped[reason] += 1
+    if report.skipped[reason] <= LOGGED_SKIPS_PER_REASON:
+        log.warning("image_skipped", file=source, reason=reason, detail=detail)
 
 
-class ShardSetWriter:
-    """One tar shard per resolution at a time, the same samples in the same order in each; atomic publish."""
+def _with_label(sample: EncodedSample, label_index: int | None) -> EncodedSample:
+    return EncodedSample(sample.key, sample.images, sample.extension, label_index, sample.meta, sample.record)
 
-    def __init__(self, store: Store, resolutions: tuple[int, ...], shard_size: int):
-        self.store = store
-        self.resolutions = tuple(sorted(resolutions))
-        self.shard_size = shard_size
-        self.samples_written = 0
-        self.shards: dict[int, list[ShardInfo]] = {res: [] for res in self.resolutions}
-        self._open: ExitStack | None = None
-        self._tars: dict[int, tuple[tarfile.TarFile, _HashingWriter, str]] = {}
-        self._in_shard = 0
 
-    def add(self, sample: PackedSample) -> None:
-        if self._open is None:
-            self._start_shard()
-        for res, (tar, _, _) in self._tars.items():
-            _add_member(tar, f"{sample.key}.png", sample.pngs[res])
-            if sample.label is not None:
-                _add_member(tar, f"{sample.key}.cls", str(sample.label).encode())
-            _add_member(tar, f"{sample.key}.json", sample.meta)
-        self._in_shard += 1
-        self.samples_written += 1
-        if self._in_shard == self.shard_size:
-            self._finish_shard()
+# -- what the destination already holds --------------------------------------------------------------------------
+class DatasetState:
+    """The published parts of a destination, rebuilt from its part records (the truth after any crash)."""
 
-    def close(self) -> dict[int, list[ShardInfo]]:
-        if self._open is not None:
-            self._finish_shard()
-        return self.shards
+    def __init__(self, parts: list[PartRecord], generation: int, duplicates: DuplicateFilter):
+        self.parts = parts
+        self.generation = generation
+        self.duplicates = duplicates
+        self.done: set[str] = {s.source for part in parts for s in part.samples}
+        self.done |= {s.source for part in parts for s in part.skipped}
+        self.class_names: list[str] | None = parts[-1].class_names if parts else None
+        self.labelled: bool | None = (self.class_names is not None) if parts else None
 
-    def _start_shard(self) -> None:
-        index = len(self.shards[self.resolutions[0]])
-        self._open = ExitStack()
-        for res in self.resolutions:
-            relpath = posixpath.join(str(res), f"shard-{index:06d}.tar")
-            handle = self._open.enter_context(self.store.open_atomic(relpath))
-            hashing = _HashingWriter(handle)
-            # Closed by the ExitStack (after the explicit close in _finish_shard) if anything goes wrong.
-            tar = tarfile.open(fileobj=hashing, mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
-            self._open.enter_context(tar)
-            self._tars[res] = (tar, hashing, relpath)
+    @classmethod
+    def load(cls, store: Store, src: str, options: PackOptions) -> DatasetState:
+        _remove_stale_temporaries(store)
+        parts = read_parts(store)
+        generation = latest_generation(store)
+        if parts or generation:
+            _check_same_dataset(store, src, options)
+        duplicates = DuplicateFilter(options.exact_duplicates, options.near_duplicates)
+        for part in parts:
+            for sample in part.samples:
+                duplicates.remember(sample.sha256, int(sample.phash, 16))
+        return cls(parts, generation, duplicates)
 
-    def _finish_shard(self) -> None:
-        assert self._open is not None
-        for res, (tar, hashing, relpath) in self._tars.items():
-            tar.close()  # writes the end-of-archive blocks through the hashing writer
-            self.shards[res].append(
-                ShardInfo(
-                    path=relpath,
-                    samples=self._in_shard,
-                    bytes=hashing.bytes_written,
-                    sha256=hashing.sha256.hexdigest(),
-                )
+    def merge_labels(self, labelled: bool, names: list[str]) -> list[str] | None:
+        """Class names are append-only: earlier shards' label indices never change."""
+        if self.labelled is not None and labelled != self.labelled and names:
+            raise DataError(
+                "the destination holds a "
+                + ("labelled" if self.labelled else "unlabelled")
+                + " dataset but the source now reads as "
+                + ("labelled" if labelled else "unlabelled")
+                + "; pass --labels to match it, or --overwrite to start again"
             )
-        self._open.close()  # publishes every resolution's shard
-        self._open, self._tars, self._in_shard = None, {}, 0
+        if not labelled and not self.labelled:
+            return None
+        known = list(self.class_names or [])
+        self.class_names = known + [name for name in names if name not in known]
+        return self.class_names
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0  # reproducible shards: the same input packs to the same bytes
-    tar.addfile(info, io.BytesIO(data))
+def _check_same_dataset(store: Store, src: str, options: PackOptions) -> None:
+    try:
+        manifest = PackedManifest.model_validate_json(store.read_bytes(MANIFEST_NAME))
+    except FileNotFoundError:
+        return  # parts without a generation yet: the layout check below has nothing to compare against
+    source = redact(_normalised(src))
+    if manifest.source != source:
+        raise ConfigError(
+            f"{redact(store.root_url)} was packed from {manifest.source}, not {source}; use another destination "
+            "or --overwrite"
+        )
+    have = manifest.options.get("layout")
+    if have is not None and have != options.layout:
+        raise ConfigError(
+            f"{redact(store.root_url)} was packed with {have}; this run asks for {options.layout}. Pass the same "
+            "--resolutions/--resize/--output-format, or --overwrite"
+        )
 
 
-def _remove_unlisted_shards(store: Store, manifest: PackedManifest) -> None:
-    """After an --overwrite, shards of the previous, larger dataset are no longer listed: delete them."""
-    listed = {shard.path for shards in manifest.shards.values() for shard in shards}
+def _normalised(src: str) -> str:
+    return src if "://" in src else os.path.abspath(src)
+
+
+def _remove_stale_temporaries(store: Store) -> None:
+    """Leftovers of a killed run: half-written files that no reader ever sees; removed so they do not pile up."""
+    if not store.is_local:
+        return  # object stores publish with one PUT; nothing half-written exists there
     for relpath in store.walk_files():
-        top = relpath.split("/")[0]
-        if top.isdigit() and relpath.endswith(".tar") and relpath not in listed:
+        if ".tmp-" in posixpath.basename(relpath):
             store.delete_tree(relpath)
 
 
-class Progress:
-    """A log line every few seconds with the rate, so long packs show they are alive."""
+def _wipe(store: Store) -> None:
+    for name in store.list_dir():
+        if name.isdigit() or name in (PARTS_DIR, GENERATIONS_DIR, MANIFEST_NAME):
+            store.delete_tree(name)
 
-    def __init__(self, total: int, every_seconds: float = 5.0):
-        self.total = total
-        self.every_seconds = every_seconds
-        self.started = self.last = time.monotonic()
-        self.done = 0
 
-    def step(self, written: int, skipped: Counter[str]) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if now - self.last >= self.every_seconds:
-            self.last = now
-            rate = self.done / (now - self.started)
-            log.info(
-                "pack_progress",
-                done=self.done,
-                total=self.total,
-                packed=written,
-                skipped=sum(skipped.values()),
-                images_per_second=round(rate, 1),
-                eta_seconds=round((self.total - self.done) / rate) if rate else None,
-            )
+class GenerationPublisher:
+    """Publishes manifest generations: at most every `generation_seconds` while packing, and at the end."""
 
-    def elapsed(self) -> float:
-        return round(time.monotonic() - self.started, 2)
+    def __init__(self, store: Store, state: DatasetState, src: str, options: PackOptions):
+        self.store = store
+        self.state = state
+        self.source = redact(_normalised(src))
+        self.options = options
+        self.parts_this_run = 0
+        self._unlisted = self._count_unlisted()
+        self._last = time.monotonic()
+
+    def _count_unlisted(self) -> int:
+        try:
+            listed = PackedManifest.model_validate_json(self.store.read_bytes(MANIFEST_NAME)).parts
+        except FileNotFoundError:
+            listed = 0
+        return len(self.state.parts) - listed  # complete parts a killed run published but never listed
+
+    def part_published(self, part: PartRecord) -> None:
+        self.state.parts.append(part)
+        self.parts_this_run += 1
+        self._unlisted += 1
+
+    def maybe_publish(self) -> None:
+        if self._unlisted and time.monotonic() - self._last >= self.options.generation_seconds:
+            self.publish()
+
+    def publish_if_changed(self) -> PackedManifest | None:
+        if self._unlisted:
+            return self.publish()
+        try:
+            return PackedManifest.model_validate_json(self.store.read_bytes(MANIFEST_NAME))
+        except FileNotFoundError:
+            return None
+
+    def publish(self) -> PackedManifest:
+        self.state.generation += 1
+        options = {
+            "layout": self.options.layout,
+            "shard_size": self.options.shard_size,
+            "min_side": self.options.min_side,
+            "max_aspect": self.options.max_aspect,
+            "upscale": self.options.upscale,
+            "filter": "lanczos",
+            "near_duplicates": self.options.near_duplicates,
+        }
+        manifest = build_manifest(self.state.parts, self.state.generation, self.source,
+                                  list(self.options.resolutions), options)  # fmt: skip
+        publish_generation(self.store, manifest)
+        log.info("generation_published", generation=manifest.generation, parts=manifest.parts,
+                 images=manifest.num_samples)  # fmt: skip
+        self._unlisted, self._last = 0, time.monotonic()
+        return manifest
+
+
+# -- transform, in worker processes ------------------------------------------------------------------------------
+_worker_options: PackOptions | None = None
+_worker_checks: ImageChecks | None = None
+
+
+def _init_worker(options: PackOptions) -> None:
+    global _worker_options, _worker_checks
+    _worker_options, _worker_checks = options, options.checks()
+
+
+def _init_pool_worker(options: PackOptions) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+    _init_worker(options)
+
+
+def _transform_all(items: list[SourceItem], options: PackOptions,
+                   stop: threading.Event | None) -> Iterator[tuple[SourceItem, object]]:  # fmt: skip
+    if not items:
+        return
+    if options.workers == 1:
+        _init_worker(options)
+        yield from zip(items, map(transform_item, items), strict=True)
+        return
+    # spawn, not fork: the parent may hold threads (metrics server, storage clients) that fork would copy badly
+    with get_context("spawn").Pool(options.workers, initializer=_init_pool_worker, initargs=(options,)) as pool:
+        # ordered, one item per task: parts follow source order, and .next(timeout) exists only for chunksize 1
+        results = pool.imap(transform_item, items, chunksize=1)
+        for item in items:
+            while True:  # wait in slices so a stop request is honoured even while a worker is busy
+                try:
+                    result = results.next(timeout=0.5)
+                    break
+                except multiprocessing.TimeoutError:
+                    if stop is not None and stop.is_set():
+                        return
+            yield item, result
+
+
+def transform_item(item: SourceItem) -> EncodedSample | ImageRejected:
+    options, checks = _worker_options, _worker_checks
+    assert options is not None and checks is not None
+    try:
+        data = read_url(item.url)
+    except OSError as err:
+        return ImageRejected("read_error", str(err))
+    try:
+        decoded = decode_rgb(data, checks, draft_side=max(options.resolutions) if options.draft else 0)
+        resized = resize_all(decoded.image, options.resolutions, options.resize)
+        images = {res: encode(resized[res], options.output, options.quality) for res in sorted(resized)}
+        phash = perceptual_hash(decoded.image)
+    except ImageRejected as rejected:
+        return rejected
+    meta: dict[str, object] = {
+        "source": item.source_id,
+        "width": decoded.original_width,
+        "height": decoded.original_height,
+        "format": decoded.source_format,
+    }
+    if item.label is not None:
+        meta["class_name"] = item.label
+    if item.columns:
+        meta["columns"] = item.columns
+    record = PartSample(key=item.key, source=item.source_id, sha256=hashlib.sha256(data).hexdigest(),
+                        phash=f"{phash:016x}", label=item.label)  # fmt: skip
+    return EncodedSample(item.key, images, options.output, None, json.dumps(meta, sort_keys=True).encode(), record)

@@ -8,11 +8,22 @@ from __future__ import annotations
 import time
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
 
 from gand import __version__
 
 log = structlog.get_logger("gand.metrics")
+
+
+def _serve(registry: CollectorRegistry, port: int):
+    """An HTTP /metrics server on `port` (0: any free port), or None when the port is taken."""
+    try:
+        server, _ = start_http_server(port, registry=registry)
+    except OSError as err:  # a busy port must not stop training or packing
+        log.warning("metrics_port_unavailable", port=port, error=str(err))
+        return None
+    log.info("metrics_serving", port=server.server_port, path="/metrics")
+    return server
 
 
 class TrainingMetrics:
@@ -44,14 +55,9 @@ class TrainingMetrics:
             "Unix time of the last committed checkpoint",
             registry=self.registry,
         )
-        try:
-            self.server, _ = start_http_server(port, registry=self.registry)
-        except OSError as err:  # a busy port must not stop a training run
-            log.warning("metrics_port_unavailable", port=port, error=str(err))
-            self.enabled = False
-            return
-        self.port = self.server.server_port
-        log.info("metrics_serving", port=self.port, path="/metrics")
+        self.server = _serve(self.registry, port)
+        self.enabled = self.server is not None
+        self.port = self.server.server_port if self.server is not None else None
 
     def record_step(self, step: int, images_seen: int, epoch: int, losses: dict[str, float], rate: float) -> None:
         if not self.enabled:
@@ -71,5 +77,55 @@ class TrainingMetrics:
 
     def close(self) -> None:
         if self.enabled:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+class PackMetrics:
+    """The packing daemon's counters: images packed, skipped by reason, shards, polls, last success."""
+
+    def __init__(self, port: int | None):
+        self.enabled = port is not None
+        self.server = None
+        self.port = None
+        if not self.enabled:
+            return
+        self.registry = CollectorRegistry()
+        Info("gand_build", "gand version", registry=self.registry).info({"version": __version__, "role": "packer"})
+        self.packed = Counter("gand_pack_images_packed", "Images packed into shards", registry=self.registry)
+        self.skipped = Counter("gand_pack_images_skipped", "Source files skipped, by reason", ["reason"],
+                               registry=self.registry)  # fmt: skip
+        self.shards = Counter("gand_pack_shards", "Parts published (one tar per resolution each)",
+                              registry=self.registry)  # fmt: skip
+        self.polls = Counter("gand_pack_polls", "Source polls finished", registry=self.registry)
+        self.failures = Counter("gand_pack_poll_failures", "Source polls that failed", registry=self.registry)
+        self.generation = Gauge("gand_pack_manifest_generation", "Newest published manifest generation",
+                                registry=self.registry)  # fmt: skip
+        self.dataset_images = Gauge("gand_pack_dataset_images", "Images in the newest generation",
+                                    registry=self.registry)  # fmt: skip
+        self.last_success = Gauge("gand_pack_last_success_timestamp_seconds", "Unix time of the last good poll",
+                                  registry=self.registry)  # fmt: skip
+        self.server = _serve(self.registry, port)
+        self.port = self.server.server_port if self.server is not None else None
+
+    def record_poll(self, report) -> None:
+        if not self.enabled:
+            return
+        self.polls.inc()
+        self.packed.inc(report.packed)
+        for reason, count in report.skipped.items():
+            self.skipped.labels(reason=reason).inc(count)
+        self.shards.inc(report.parts)
+        if report.manifest is not None:
+            self.generation.set(report.manifest.generation)
+            self.dataset_images.set(report.manifest.num_samples)
+        self.last_success.set(time.time())
+
+    def record_failure(self) -> None:
+        if self.enabled:
+            self.failures.inc()
+
+    def close(self) -> None:
+        if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}
@@ -63,6 +63,12 @@ class Engine:
         stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()])
         reduced = self.accelerator.reduce(stacked, reduction="mean").tolist()
         return dict(zip(values, reduced, strict=True))
+
+    def from_rank_zero(self, value: int) -> int:
+        """Rank 0's value on every rank (collective)."""
+        if self.world_size == 1:
+            return value
+        return int(broadcast_object_list([value], from_process=0)[0])
 
     # Collective protocol used by the checkpoint manager.
     def gather_objects(self, obj: Any) -> list[Any]:

@@ -32,7 +32,7 @@ def train(cfg: GandConfig) -> TrainState:
     seed_everything(cfg.train.seed + engine.rank)  # ranks draw different noise; DDP syncs the initial weights
 
     # -- build everything ----------------------------------------------------------------------------------
-    manifest, data_store = read_manifest(cfg.data.path)
+    manifest, _ = read_manifest(cfg.data.path)
     num_classes = check_dataset(manifest, cfg)
     spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
     generator, discriminator = build_models(cfg.model.arch, spec)
@@ -64,8 +64,7 @@ def train(cfg: GandConfig) -> TrainState:
     if ema is not None:
         ema.model.to(engine.device)
     loader = ImageLoader(
-        manifest,
-        data_store,
+        cfg.data.path,
         cfg.data.resolution,
         cfg.train.batch_size,
         seed=cfg.train.seed,
@@ -75,6 +74,8 @@ def train(cfg: GandConfig) -> TrainState:
         shuffle_buffer=cfg.data.shuffle_buffer,
         epoch_images=cfg.data.epoch_images,
         channels=cfg.data.channels,
+        num_classes=num_classes,
+        agree=engine.from_rank_zero,
     )
     metrics = TrainingMetrics(cfg.metrics.port if engine.is_main else None, cfg.run.name)
     schedule = cfg.schedule
@@ -96,14 +97,15 @@ def train(cfg: GandConfig) -> TrainState:
 
     # -- the loop ------------------------------------------------------------------------------------------
     # Every step draws d_steps real batches; D learns from them on every d_every-th step (the Rice report's
-    # "D once every four batches"), so the data position and images_seen follow from the step alone.
-    batches = loader.batches(start_batch=state.step * schedule.d_steps)
+    # "D once every four batches"), so images_seen grows by the same amount every step.
+    batches = loader.batches(start=state.data_position)
     window = Throughput(state.images_seen)
     d_losses: dict[str, torch.Tensor] = {}
     while state.step < cfg.train.max_steps:
         train_d = state.step % schedule.d_every == 0
         for _ in range(schedule.d_steps):
             batch = next(batches)
+            state.record_position(batch.position)
             if train_d:
                 d_losses = discriminator_update(engine, nets, recipe, batch)
 
@@ -112,7 +114,7 @@ def train(cfg: GandConfig) -> TrainState:
             if ema is not None:
                 ema.update(engine.unwrap(nets.generator), images_per_batch)
 
-        state.advance(images=images_per_batch * schedule.d_steps, epoch=batch.epoch)
+        state.advance(images=images_per_batch * schedule.d_steps)
 
         if _due(state.step, cfg.train.log_every_steps, cfg.train.max_steps):
             losses = engine.mean_across_ranks(_named_losses(g_losses, d_losses))

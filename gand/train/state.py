@@ -9,24 +9,34 @@ from typing import Any
 import numpy as np
 import torch
 
+from gand.data.loader import DataPosition
+
 
 @dataclass
 class TrainState:
     step: int = 0
-    images_seen: int = 0  # real images consumed by all ranks together
-    epoch: int = 0
+    images_seen: int = 0  # real images drawn by all ranks together
+    epoch: int = 0  # the data position: epoch, batches drawn in it, manifest generation it draws from
+    epoch_batches: int = 0
+    data_generation: int = 0
 
-    def advance(self, images: int, epoch: int) -> None:
+    def advance(self, images: int) -> None:
         self.step += 1
         self.images_seen += images
-        self.epoch = epoch
+
+    @property
+    def data_position(self) -> DataPosition:
+        return DataPosition(self.epoch, self.epoch_batches, self.data_generation)
+
+    def record_position(self, position: DataPosition) -> None:
+        self.epoch, self.epoch_batches, self.data_generation = position.epoch, position.batch, position.generation
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
-        return cls(step=int(data["step"]), images_seen=int(data["images_seen"]), epoch=int(data["epoch"]))
+        return cls(**{name: int(data.get(name, 0)) for name in cls.__dataclass_fields__})
 
 
 def seed_everything(seed: int) -> None:

@@ -1,61 +1,59 @@
 import random
+import shutil
 from itertools import islice
 
 import pytest
 import torch
 
-from gand.data.loader import ImageLoader, ShardStream
+from gand.data.loader import DataPosition, ImageLoader, ShardStream
 from gand.data.manifest import read_manifest
+from gand.data.pack import PackOptions, pack
+from gand.data.sources import sample_key
+from tests.corpus import pattern, save
 
 
-def make_loader(packed, resolution=32, batch_size=8, workers=0, rank=0, world_size=1, **kw) -> ImageLoader:
-    manifest, store = read_manifest(str(packed))
-    return ImageLoader(
-        manifest,
-        store,
-        resolution,
-        batch_size,
-        seed=7,
-        rank=rank,
-        world_size=world_size,
-        workers=workers,
-        shuffle_buffer=16,
-        **kw,
-    )
+def make_loader(path, resolution=32, batch_size=8, workers=0, **kw) -> ImageLoader:
+    return ImageLoader(str(path), resolution, batch_size, seed=7, workers=workers, shuffle_buffer=16, **kw)
 
 
 @pytest.mark.parametrize("resolution", [32, 64])
-def test_batches_are_float_images_in_range_with_labels(packed, resolution):
+def test_batches_are_float_images_in_range_with_labels_and_keys(packed, resolution):
     batch = next(make_loader(packed, resolution).batches())
     assert batch.images.shape == (8, 3, resolution, resolution)
     assert batch.images.dtype == torch.float32
     assert -1.0 <= batch.images.min() < 0 < batch.images.max() <= 1.0
     assert batch.labels.dtype == torch.int64
     assert set(batch.labels.tolist()) <= {0, 1, 2, 3}
+    assert len(batch.keys) == 8 and all(len(key) == 16 for key in batch.keys)
+    assert batch.position == DataPosition(epoch=0, batch=1, generation=1)
+
+
+def test_grayscale_on_request(packed):
+    batch = next(make_loader(packed, channels=1).batches())
+    assert batch.images.shape == (8, 1, 32, 32)
 
 
 def test_epoch_is_a_fixed_number_of_batches(packed):
     loader = make_loader(packed, epoch_images=24)
-    assert loader.batches_per_epoch == 3
-    epochs = [batch.epoch for batch in islice(loader.batches(), 7)]
-    assert epochs == [0, 0, 0, 1, 1, 1, 2]
+    positions = [batch.position for batch in islice(loader.batches(), 7)]
+    assert [(p.epoch, p.batch) for p in positions] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 1)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_starting_at_step_k_gives_the_same_batches_as_running_through(packed, workers):
-    loader = make_loader(packed, workers=workers)  # 5 batches per epoch: k=7 crosses an epoch boundary
-    straight = list(islice(loader.batches(0), 9))
-    for k in (3, 7):
-        resumed = list(islice(make_loader(packed, workers=workers).batches(start_batch=k), 9 - k))
+def test_starting_at_a_position_gives_the_same_batches_as_running_through(packed, workers):
+    straight = list(islice(make_loader(packed, workers=workers).batches(), 9))  # 5 per epoch: crosses a boundary
+    for k in (3, 5, 7):
+        resumed = list(islice(make_loader(packed, workers=workers).batches(straight[k - 1].position), 9 - k))
         for a, b in zip(straight[k:], resumed, strict=True):
-            assert a.epoch == b.epoch
+            assert a.position == b.position
+            assert a.keys == b.keys
             assert torch.equal(a.images, b.images)
             assert torch.equal(a.labels, b.labels)
 
 
-def test_epochs_differ_and_seeds_matter(packed):
+def test_epochs_differ(packed):
     first, second = islice(make_loader(packed).batches(), 0, 6, 5)  # batch 0 of epochs 0 and 1
-    assert not torch.equal(first.images, second.images)
+    assert first.keys != second.keys
 
 
 def test_ranks_read_disjoint_shard_slices(packed):
@@ -71,4 +69,39 @@ def test_ranks_read_disjoint_shard_slices(packed):
 def test_ranks_get_different_batches(packed):
     zero = next(make_loader(packed, rank=0, world_size=2).batches())
     one = next(make_loader(packed, rank=1, world_size=2).batches())
-    assert not torch.equal(zero.images, one.images)
+    assert not set(zero.keys) & set(one.keys)
+
+
+def test_a_new_generation_is_picked_up_at_the_next_epoch(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "out"
+    for index in range(8):
+        save(pattern("blobs", seed=index), src / f"old_{index}.png")
+    pack(str(src), str(dest), PackOptions(resolutions=(32,), shard_size=4, workers=1))
+    loader = make_loader(dest, batch_size=4, epoch_images=8)
+    batches = loader.batches()
+    first_epoch = [next(batches) for _ in range(2)]
+    assert {b.position.generation for b in first_epoch} == {1}
+
+    for index in range(8):  # the daemon adds a second half while training runs
+        save(pattern("blobs", seed=100 + index), src / f"new_{index}.png")
+    assert pack(str(src), str(dest), PackOptions(resolutions=(32,), shard_size=4, workers=1)).packed == 8
+    later = [next(batches) for _ in range(16)]
+    assert {b.position.generation for b in later} == {2}
+    new_keys = {sample_key(f"new_{index}.png") for index in range(8)}
+    assert new_keys & {key for b in later for key in b.keys}  # the new shards are drawn from, no restart
+
+
+def test_resume_uses_the_generation_its_epoch_started_with(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "out"
+    for index in range(8):
+        save(pattern("blobs", seed=index), src / f"{index}.png")
+    pack(str(src), str(dest), PackOptions(resolutions=(32,), shard_size=4, workers=1))
+    straight = list(islice(make_loader(dest, batch_size=2).batches(), 4))
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(dest, snapshot)
+    for index in range(8, 16):
+        save(pattern("blobs", seed=index), src / f"{index}.png")
+    pack(str(src), str(dest), PackOptions(resolutions=(32,), shard_size=4, workers=1))  # generation 2 appears
+    resumed = list(islice(make_loader(dest, batch_size=2).batches(straight[1].position), 2))
+    assert [b.keys for b in resumed] == [b.keys for b in straight[2:4]]  # still generation 1 until the epoch ends
+    assert {b.position.generation for b in resumed} == {1}

@@ -1,23 +1,31 @@
-"""Pack round trip, read back with the upstream webdataset reader."""
+"""Packing: round trip through the upstream webdataset reader, messy inputs, incremental runs, crash adoption."""
 
 import hashlib
 import io
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
 
-from gand.data.manifest import read_manifest
-from gand.data.pack import PackOptions, pack, sample_key
+from gand.data.manifest import latest_generation, read_manifest, read_parts
+from gand.data.pack import PackOptions, pack
+from gand.data.sources import sample_key
 from gand.errors import ConfigError, DataError
+from gand.storage import Store
 from tests.conftest import DEMO_IMAGES
+from tests.corpus import SIXTEEN_BIT_VALUE, build_bad_corpus, pattern, save
 
 
 def read_resolution(root, manifest, resolution):
     urls = [str(root / shard.path) for shard in manifest.shards_at(resolution)]
     return list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+
+def options(**kw) -> PackOptions:
+    return PackOptions(**{"resolutions": (32,), "workers": 1, **kw})
 
 
 def test_counts_labels_and_keys_exact_at_every_resolution(demo_raw, packed):
@@ -64,73 +72,193 @@ def test_packing_is_deterministic(demo_raw, packed, tmp_path):
     assert first.shards == second.shards  # same bytes, whatever the worker count
 
 
-def test_bad_files_are_skipped_with_counted_reasons(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    Image.new("RGB", (80, 60), (10, 20, 30)).save(src / "good.png")
-    Image.new("RGBA", (64, 64), (200, 0, 0, 0)).save(src / "transparent.png")
-    Image.new("RGB", (20, 20)).save(src / "tiny.jpg")
-    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    whole = io.BytesIO()
-    Image.new("RGB", (300, 300), (1, 2, 3)).save(whole, format="PNG")
-    (src / "truncated.png").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
-    (src / "notes.txt").write_text("not an image")
-    (src / ".hidden.png").write_bytes(b"ignored")
+def test_bad_input_corpus_exact_counts_and_every_sample_decodes(tmp_path):
+    expected = build_bad_corpus(tmp_path / "src")
+    dest = tmp_path / "out"
+    report = pack(str(tmp_path / "src"), str(dest),
+                  options(resolutions=(32, 64), near_duplicates=4, max_aspect=10, workers=2))  # fmt: skip
+    manifest = report.manifest
+    assert manifest.class_names is None  # images at the top and in a folder: unlabelled
+    assert dict(report.skipped) == expected["skipped"] == manifest.skipped
+    assert manifest.num_samples == len(expected["kept"]) == report.packed
+    for res in (32, 64):
+        samples = read_resolution(dest, manifest, res)
+        assert {json.loads(s["json"])["source"] for s in samples} == expected["kept"]
+        for sample in samples:
+            image = Image.open(io.BytesIO(sample["png"]))
+            image.load()  # every published sample decodes
+            assert image.size == (res, res) and image.mode == "RGB"
+    by_source = {json.loads(s["json"])["source"]: s for s in read_resolution(dest, manifest, 32)}
 
-    manifest = pack(str(src), str(tmp_path / "out"), PackOptions(resolutions=(32,), workers=1))
-    assert manifest.num_samples == 2
-    assert manifest.class_names is None
-    assert manifest.skipped == {"decode_error": 2, "not_an_image": 1, "too_small": 1}
-    samples = read_resolution(tmp_path / "out", manifest, 32)
-    assert {json.loads(s["json"])["source"] for s in samples} == {"good.png", "transparent.png"}
-    assert all("cls" not in s for s in samples)
-    # transparent pixels land on the fixed white background, not black
-    transparent = next(s for s in samples if json.loads(s["json"])["source"] == "transparent.png")
-    assert Image.open(io.BytesIO(transparent["png"])).getpixel((16, 16)) == (255, 255, 255)
+    def pixel(source, x=16, y=16):
+        return Image.open(io.BytesIO(by_source[source]["png"])).getpixel((x, y))
+
+    assert pixel("sixteen_bit.png")[0] == round(SIXTEEN_BIT_VALUE * 255 / 65535)  # rescaled, not clipped
+    red_top, blue_bottom = pixel("exif_rotated.jpg", 16, 3), pixel("exif_rotated.jpg", 16, 28)
+    assert red_top[0] > 150 > red_top[2] and blue_bottom[2] > 150 > blue_bottom[0]  # orientation applied
+    palette_image = Image.open(io.BytesIO(by_source["palette_transparent.png"]["png"]))
+    assert (255, 255, 255) in {c for _, c in palette_image.getcolors(4096)}  # transparency on white
+    cmyk_meta = json.loads(by_source["cmyk.jpg"]["json"])
+    assert cmyk_meta["format"] == "JPEG"
+
+
+def test_reruns_are_incremental_and_class_names_append_only(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "out"
+    for index, kind in enumerate(("rings", "stripes")):
+        save(pattern(kind, seed=index), src / "b_style" / f"{kind}.png")
+    first = pack(str(src), str(dest), options(shard_size=1)).manifest
+    assert first.generation == 1 and first.class_names == ["b_style"] and first.num_samples == 2
+    again = pack(str(src), str(dest), options(shard_size=1))
+    assert again.files == 0 and again.manifest.generation == 1  # nothing new: nothing published
+
+    save(pattern("blobs"), src / "a_style" / "blobs.png")  # a new class that sorts first
+    save(pattern("checker"), src / "b_style" / "checker.png")
+    second = pack(str(src), str(dest), options(shard_size=1)).manifest
+    assert second.generation == 2 and second.num_samples == 4
+    assert second.class_names == ["b_style", "a_style"]  # appended: b_style keeps index 0
+    assert second.shards_at(32)[:2] == first.shards_at(32)  # earlier shards untouched
+    samples = read_resolution(dest, second, 32)
+    assert len({s["__key__"] for s in samples}) == 4
+    labels = {json.loads(s["json"])["source"]: int(s["cls"]) for s in samples}
+    assert labels == {"b_style/rings.png": 0, "b_style/stripes.png": 0, "a_style/blobs.png": 1,
+                      "b_style/checker.png": 0}  # fmt: skip
+    assert latest_generation(Store(str(dest))) == 2
+    assert (dest / "manifests" / "generation-000001.json").exists()  # earlier generations stay readable
+
+
+def test_a_crash_between_part_and_generation_is_adopted_not_repacked(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "out"
+    for index, kind in enumerate(("rings", "stripes", "blobs")):
+        save(pattern(kind, seed=index), src / f"{index}.png")
+    pack(str(src), str(dest), options(shard_size=1))
+    # as if killed after the parts were published but before any generation listed them
+    (dest / "manifest.json").unlink()
+    for generation in (dest / "manifests").iterdir():
+        generation.unlink()
+    # and with a half-published orphan: a tar for part 3 with no record, and a temporary file
+    (dest / "32" / "shard-000003.tar").write_bytes(b"garbage")
+    (dest / "32" / "shard-000004.tar.tmp-1234abcd").write_bytes(b"partial")
+    report = pack(str(src), str(dest), options(shard_size=1))
+    assert report.files == 0 and report.manifest.generation == 1 and report.manifest.num_samples == 3
+    assert not list(dest.rglob("*.tmp-*"))
+    assert [p.index for p in read_parts(Store(str(dest)))] == [0, 1, 2]
+    assert "32/shard-000003.tar" not in {s.path for s in report.manifest.shards_at(32)}
+
+
+def test_list_sources_with_label_columns(tmp_path):
+    images = tmp_path / "images"
+    for index, kind in enumerate(("rings", "stripes", "blobs")):
+        save(pattern(kind, seed=index), images / f"{kind}.png")
+    (tmp_path / "list.csv").write_text(
+        "path,style,genre\nimages/rings.png,Impressionism,landscape\nimages/stripes.png,Cubism,portrait\n"
+        "images/blobs.png,,landscape\nimages/rings.png,Impressionism,landscape\nREADME.md,,\n"
+    )
+    report = pack(str(tmp_path / "list.csv"), str(tmp_path / "out"), options(label_column="style"))
+    manifest = report.manifest
+    assert manifest.class_names == ["Cubism", "Impressionism"]
+    assert dict(report.skipped) == {"no_label": 1, "duplicate": 1, "not_an_image": 1}
+    sample = {json.loads(s["json"])["source"]: s for s in read_resolution(tmp_path / "out", manifest, 32)}
+    meta = json.loads(sample["images/rings.png"]["json"])
+    assert meta["columns"] == {"style": "Impressionism", "genre": "landscape"}
+    assert int(sample["images/stripes.png"]["cls"]) == 0
+
+    lines = [json.dumps({"path": str(images / "blobs.png"), "genre": "abstract"})]
+    (tmp_path / "list.jsonl").write_text("\n".join(lines) + "\n")
+    jsonl = pack(str(tmp_path / "list.jsonl"), str(tmp_path / "out2"), options(label_column="genre")).manifest
+    assert jsonl.class_names == ["abstract"] and jsonl.num_samples == 1
+    with pytest.raises(ConfigError, match="--label-column 'style' is not a column"):
+        pack(str(tmp_path / "list.jsonl"), str(tmp_path / "out3"), options(label_column="style"))
+
+
+def test_exclusion_list_and_label_modes(tmp_path):
+    src = tmp_path / "src"
+    save(pattern("rings"), src / "cats" / "a.png")
+    save(pattern("stripes"), src / "cats" / "scroll_painting_1.png")
+    save(pattern("blobs"), src / "loose.png")
+    auto = pack(str(src), str(tmp_path / "auto"), options(exclude=("scroll_*",)))
+    assert auto.manifest.class_names is None and auto.packed == 2 and dict(auto.skipped) == {"excluded": 1}
+    folder = pack(str(src), str(tmp_path / "folder"), options(labels="folder"))
+    assert folder.manifest.class_names == ["cats"] and dict(folder.skipped) == {"no_label": 1}
+
+
+@pytest.mark.parametrize("resize", ["center_crop", "keep_ratio"])
+@pytest.mark.parametrize("output", ["png", "webp", "jpg"])
+def test_resize_modes_and_output_formats(tmp_path, resize, output):
+    src = tmp_path / "src"
+    wide = Image.new("RGB", (200, 100), (200, 30, 30))
+    save(wide, src / "wide.png")
+    manifest = pack(str(src), str(tmp_path / "out"), options(resize=resize, output=output)).manifest
+    (sample,) = read_resolution(tmp_path / "out", manifest, 32)
+    image = Image.open(io.BytesIO(sample[output]))
+    assert image.size == (32, 32)
+    corner, centre = np.asarray(image.convert("RGB"))[1, 16], np.asarray(image.convert("RGB"))[16, 16]
+    assert centre[0] > 150
+    if resize == "keep_ratio":
+        assert corner.max() < 40  # the border above a wide picture
+    else:
+        assert corner[0] > 150
+
+
+def test_resize_none_keeps_presized_images_only(tmp_path):
+    src = tmp_path / "src"
+    save(pattern("rings", (32, 32)), src / "ok.png")
+    save(pattern("stripes", (40, 32)), src / "other.png")
+    report = pack(str(src), str(tmp_path / "out"), options(resize="none"))
+    assert report.packed == 1 and dict(report.skipped) == {"wrong_size": 1}
+
+
+def test_jpeg_draft_decoding_keeps_quality(tmp_path):
+    src = tmp_path / "src"
+    save(pattern("rings", (1600, 1200)), src / "large.jpg", quality=95)
+    drafted = pack(str(src), str(tmp_path / "a"), options(resolutions=(64,), draft=True)).manifest
+    full = pack(str(src), str(tmp_path / "b"), options(resolutions=(64,), draft=False)).manifest
+    a = np.asarray(Image.open(io.BytesIO(read_resolution(tmp_path / "a", drafted, 64)[0]["png"])), np.float32)
+    b = np.asarray(Image.open(io.BytesIO(read_resolution(tmp_path / "b", full, 64)[0]["png"])), np.float32)
+    assert np.abs(a - b).mean() < 2.0  # within a couple of grey levels on average
 
 
 def test_upscale_is_opt_in(tmp_path):
     src = tmp_path / "src"
-    src.mkdir()
-    Image.new("RGB", (40, 40)).save(src / "small.png")
-    refused = pack(str(src), str(tmp_path / "a"), PackOptions(resolutions=(32, 64), workers=1, upscale=False))
-    assert refused.num_samples == 0 and refused.skipped == {"too_small": 1}
-    allowed = pack(str(src), str(tmp_path / "b"), PackOptions(resolutions=(32, 64), workers=1, upscale=True))
-    assert allowed.num_samples == 1
+    save(Image.new("RGB", (40, 40)), src / "small.png")
+    refused = pack(str(src), str(tmp_path / "a"), options(resolutions=(32, 64)))
+    assert refused.manifest.num_samples == 0 and refused.manifest.skipped == {"too_small": 1}
+    allowed = pack(str(src), str(tmp_path / "b"), options(resolutions=(32, 64), upscale=True))
+    assert allowed.manifest.num_samples == 1
 
 
-def test_images_beside_class_folders_are_counted_as_unlabelled(tmp_path):
-    src = tmp_path / "src"
-    (src / "cats").mkdir(parents=True)
-    Image.new("RGB", (40, 40)).save(src / "cats" / "a.png")
-    Image.new("RGB", (40, 40)).save(src / "loose.png")
-    manifest = pack(str(src), str(tmp_path / "out"), PackOptions(resolutions=(32,), workers=1))
-    assert manifest.class_names == ["cats"]
-    assert manifest.skipped == {"no_label": 1}
-
-
-def test_refuses_to_overwrite_without_flag_and_cleans_up_with_it(demo_raw, tmp_path):
+def test_same_destination_needs_same_source_and_layout(demo_raw, tmp_path):
     dest = tmp_path / "out"
-    pack(str(demo_raw), str(dest), PackOptions(resolutions=(32,), shard_size=4, min_side=128, workers=1))
-    with pytest.raises(ConfigError, match="--overwrite"):
-        pack(str(demo_raw), str(dest), PackOptions(resolutions=(32,), workers=1))
-    manifest = pack(str(demo_raw), str(dest), PackOptions(resolutions=(32,), shard_size=100, workers=1, overwrite=True))
+    pack(str(demo_raw), str(dest), options(shard_size=100, min_side=128))
+    with pytest.raises(ConfigError, match="was packed with"):
+        pack(str(demo_raw), str(dest), options(resolutions=(32, 64)))
+    other = tmp_path / "other"
+    save(pattern("rings"), other / "x.png")
+    with pytest.raises(ConfigError, match="was packed from"):
+        pack(str(other), str(dest), options())
+    replaced = pack(str(other), str(dest), options(overwrite=True)).manifest
+    assert replaced.num_samples == 1 and replaced.generation == 1
     assert sorted(p.name for p in (dest / "32").iterdir()) == ["shard-000000.tar"]
-    assert len(manifest.shards_at(32)) == 1
 
 
 def test_missing_source_and_empty_source(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        pack(str(tmp_path / "nope"), str(tmp_path / "out"), PackOptions(resolutions=(32,), workers=1))
+        pack(str(tmp_path / "nope"), str(tmp_path / "out"), options())
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images found"):
-        pack(str(tmp_path / "empty"), str(tmp_path / "out"), PackOptions(resolutions=(32,), workers=1))
+        pack(str(tmp_path / "empty"), str(tmp_path / "out"), options())
 
 
 @pytest.mark.parametrize(
-    ("options", "field"),
-    [({"resolutions": (4,)}, "--resolutions"), ({"resolutions": (32,), "shard_size": 0}, "--shard-size")],
+    ("kw", "flag"),
+    [
+        ({"resolutions": (4,)}, "--resolutions"),
+        ({"shard_size": 0}, "--shard-size"),
+        ({"resize": "stretch"}, "--resize"),
+        ({"output": "gif"}, "--output-format"),
+        ({"output": "jpg", "quality": 90}, "--quality"),
+        ({"near_duplicates": 40}, "--near-duplicates"),
+    ],
 )
-def test_bad_options_name_the_flag(options, field):
-    with pytest.raises(ConfigError, match=field):
-        PackOptions(**options)
+def test_bad_options_name_the_flag(kw, flag):
+    with pytest.raises(ConfigError, match=flag):
+        options(**kw)

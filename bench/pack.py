@@ -1,0 +1,144 @@
+"""Packing speed: gand (decode once, every resolution, JPEG draft) against a naive per-resolution pipeline.
+
+Inputs are WikiArt-like: large JPEGs (1,000 to 2,800 px on the long side, quality 90) painted by gand's demo
+generator. Both pipelines use the same worker count, the same Lanczos filter and the same PNG settings, and
+write tar shards per resolution for 32, 64, 128 and 256 px; only the structure differs:
+  - naive: for every resolution, open the file, decode it fully, crop, resize, encode (what a hand-written
+    script that loops over resolutions does)
+  - gand --no-draft: decode each image once, resize to every resolution
+  - gand: the same, with libjpeg decoding at reduced scale where the 256 px output keeps its quality
+
+    .venv/bin/python bench/pack.py [--images 120] [--workers 2] [--out bench/results/pack.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import tarfile
+import time
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from gand import __version__
+from gand.data.demo import PALETTES, paint_landscape
+from gand.data.images import PNG_COMPRESS_LEVEL, center_square_box
+from gand.data.pack import PackOptions, pack
+
+# Keep this module's imports light: spawned workers (both pipelines') import it again as their __main__.
+REPO = Path(__file__).resolve().parents[1]
+RESOLUTIONS = (32, 64, 128, 256)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work", default="bench/work/pack")
+    parser.add_argument("--out", default="bench/results/pack.json")
+    args = parser.parse_args()
+
+    work = REPO / args.work
+    source = make_inputs(work / f"wikiart-like-{args.images}", args.images)
+    megapixels = sum(Image.open(p).size[0] * Image.open(p).size[1] for p in sorted(source.glob("*.jpg"))) / 1e6
+    print(f"{args.images} JPEGs, {megapixels / args.images:.1f} megapixels on average, {args.workers} workers")
+
+    rows = []
+    naive_seconds = timed(lambda: naive_pack(source, work / "naive", args.workers))
+    rows.append(row("naive: re-open and resize per resolution", args.images, naive_seconds, naive_seconds))
+    for label, draft in (("gand pack --no-draft (decode once)", False), ("gand pack (decode once + JPEG draft)", True)):
+        dest = work / ("gand-draft" if draft else "gand-full")
+        shutil.rmtree(dest, ignore_errors=True)
+        options = PackOptions(resolutions=RESOLUTIONS, workers=args.workers, draft=draft, shard_size=1000)
+        seconds = timed(lambda options=options, dest=dest: pack(str(source), str(dest), options))
+        rows.append(row(label, args.images, seconds, naive_seconds))
+
+    print(f"\n{'pipeline':42} {'images/s':>9} {'vs naive':>9}")
+    for entry in rows:
+        print(f"{entry['pipeline']:42} {entry['images_per_second']:>9.2f} {entry['ratio']:>8.2f}x")
+    target = rows[-1]["ratio"] >= 3.0
+    print(f"target: gand >= 3x naive at equal workers -> {'met' if target else 'MISSED'}")
+    record = {
+        "bench": "pack",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "versions": {"gand": __version__, "python": platform.python_version(), "pillow": Image.__version__},
+        "settings": {
+            "images": args.images,
+            "workers": args.workers,
+            "resolutions": list(RESOLUTIONS),
+            "mean_megapixels": round(megapixels / args.images, 2),
+        },
+        "rows": rows,
+        "target_met": target,
+    }
+    out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(f"written {out.relative_to(REPO)}")
+    return 0
+
+
+def row(label: str, images: int, seconds: float, naive_seconds: float) -> dict:
+    return {"pipeline": label, "seconds": round(seconds, 2), "images_per_second": round(images / seconds, 2),
+            "ratio": round(naive_seconds / seconds, 2)}  # fmt: skip
+
+
+def timed(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def make_inputs(folder: Path, count: int) -> Path:
+    if folder.exists() and len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    styles = list(PALETTES)
+    for index in range(count):
+        rng = np.random.default_rng([7, index])
+        long = int(rng.integers(1000, 2801))
+        short = int(long / rng.uniform(1.2, 1.8))
+        width, height = (long, short) if index % 3 else (short, long)
+        pixels = paint_landscape(rng, PALETTES[styles[index % len(styles)]], width, height)
+        Image.fromarray(pixels).save(folder / f"{index:05d}.jpg", quality=90)
+    return folder
+
+
+# -- the naive pipeline ------------------------------------------------------------------------------------------
+def naive_one(task: tuple[str, int]) -> bytes:
+    path, resolution = task
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    box = center_square_box(image.width, image.height)
+    small = image.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def naive_pack(source: Path, dest: Path, workers: int) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    paths = sorted(str(p) for p in source.glob("*.jpg"))
+    with get_context("spawn").Pool(workers) as pool:
+        for resolution in RESOLUTIONS:
+            with tarfile.open(dest / f"{resolution}.tar", "w") as tar:
+                for path, data in zip(paths, pool.imap(naive_one, [(p, resolution) for p in paths]), strict=True):
+                    info = tarfile.TarInfo(f"{Path(path).stem}.png")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
