@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--metrics-port", type=int, default=9465, help="Prometheus /metrics port (default 9465)")
     daemon.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)  # tests
 
+    plan = verbs.add_parser("plan", help="measure a config's memory and find the fastest setting that fits a GPU")
+    plan.add_argument("config", help="YAML file, e.g. configs/can256.yaml")
+    plan.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.batch_size=128")
+    plan.add_argument("--gpu-mem", required=True, help="memory per GPU, e.g. 16GiB (a T4), 40GiB, 80GiB")
+    plan.add_argument("--ranks", type=int, default=1, help="GPUs the run will use (ZeRO divides state by it)")
+    plan.add_argument("--classes", type=int, default=10, help="class count when the dataset cannot be read")
+    plan.add_argument("--device", default=None, help="where to probe (default: cuda if present, else cpu)")
+
     train = verbs.add_parser("train", help="train from a YAML config (also: accelerate launch -m gand.train)")
     train.add_argument("config", help="YAML file, e.g. configs/dcgan32.yaml")
     train.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.max_steps=20")
@@ -148,7 +156,15 @@ def _read_exclusions(path: str | None) -> tuple[str, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # Overrides may come after options (`gand plan c.yaml --gpu-mem 16GiB precision=bf16`): argparse leaves
+        # those to us. Anything else unknown is an error, as usual.
+        unknown = [token for token in extra if "=" not in token or token.startswith("-")]
+        if unknown or (extra and not hasattr(args, "overrides")):
+            parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
         return _dispatch(args)
     except GandError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -189,10 +205,27 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         configure_logging()
         return run_daemon(args.src, args.dest, _pack_options(args), args.interval, args.metrics_port, args.max_polls)
+    if args.verb == "plan":
+        import torch
+
+        from gand.config import load_config
+        from gand.train.planner import class_count, format_plan, make_plan, parse_size
+
+        cfg = load_config(args.config, args.overrides)
+        try:
+            budget = parse_size(args.gpu_mem)
+        except ValueError as err:
+            raise ConfigError(f"--gpu-mem: {err}") from None
+        if args.ranks < 1:
+            raise ConfigError(f"--ranks must be at least 1 (got {args.ranks})")
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        plan = make_plan(cfg, class_count(cfg, args.classes), budget, args.ranks, device)
+        print(format_plan(plan, cfg))
+        return 0 if plan.best is not None else 1
     if args.verb == "train":
         from gand.config import load_config
         from gand.observability.logging import configure_logging
-        from gand.train.engine import requested_cpu_ranks, run_cpu_ranks
+        from gand.train.engine import requested_cpu_ranks, run_cpu_ranks, shutdown_distributed
         from gand.train.loop import train
 
         configure_logging()
@@ -200,7 +233,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         ranks = requested_cpu_ranks()
         if ranks > 1:
             return run_cpu_ranks(ranks, "gand.train", [args.config, *args.overrides])
-        train(cfg)
+        try:
+            train(cfg)
+        finally:
+            shutdown_distributed()
         return 0
     raise ConfigError(f"unknown command {args.verb!r}")
 

@@ -133,6 +133,27 @@ class AugmentConfig(StrictModel):
         return policy
 
 
+class MemoryConfig(StrictModel):
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage for G and D; 0 = plain DDP")
+    offload_optimizer: Literal["none", "cpu"] = Field("none", description="ZeRO >= 1: optimizer state in CPU RAM")
+    offload_params: Literal["none", "cpu"] = Field("none", description="ZeRO 3: parameters in CPU RAM")
+    grad_checkpointing: Literal["none", "g", "d", "both"] = Field(
+        "none", description="recompute the networks' blocks in backward instead of storing activations"
+    )
+    micro_batch: int | None = Field(
+        None, ge=1, description="images per forward pass per rank; train.batch_size must be a multiple (accumulation)"
+    )
+    channels_last: bool = Field(False, description="NHWC memory format for convolutions")
+    compile: bool = Field(False, description="torch.compile both networks")
+    deepspeed_config: str | None = Field(
+        None, description="DeepSpeed JSON with tuning knobs (buckets, overlap); gand sets batch, ZeRO stage, offload"
+    )
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        return self.zero_stage > 0
+
+
 class TrainConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="images per step, per rank")
     max_steps: int = Field(1000, ge=1)
@@ -165,7 +186,8 @@ class GandConfig(StrictModel):
     ema: EmaConfig = Field(default_factory=EmaConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -213,6 +235,24 @@ def cross_check(cfg: GandConfig) -> list[str]:
             f"loss.real_labels/fake_labels/label_flip: soft labels apply to nonsaturating and minimax losses, "
             f"not {cfg.loss.adversarial}"
         )
+    memory = cfg.memory
+    if memory.offload_params != "none" and memory.zero_stage != 3:
+        problems.append("memory.offload_params: parameter offload needs memory.zero_stage: 3")
+    if memory.offload_optimizer != "none" and memory.zero_stage == 0:
+        problems.append("memory.offload_optimizer: optimizer offload needs memory.zero_stage 1, 2 or 3")
+    if memory.micro_batch is not None and cfg.train.batch_size % memory.micro_batch:
+        problems.append(
+            f"memory.micro_batch: {memory.micro_batch} must divide train.batch_size ({cfg.train.batch_size}) so "
+            "that accumulation keeps the batch exact"
+        )
+    if cfg.loss.gradient_penalty and memory.uses_deepspeed:
+        problems.append(
+            "loss.gradient_penalty: DeepSpeed's ZeRO optimizers cannot take the penalty's second derivative; use "
+            "memory.zero_stage: 0 (WGAN-GP networks are small: micro_batch, grad_checkpointing and bf16 still "
+            "apply) or loss.weight_clip"
+        )
+    if memory.deepspeed_config is not None and not memory.uses_deepspeed:
+        problems.append("memory.deepspeed_config: only used with memory.zero_stage 1, 2 or 3")
     return problems
 
 

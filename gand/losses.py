@@ -116,7 +116,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
     """WGAN-GP (Gulrajani et al. 2017): (||grad_x D(x)||_2 - 1)^2 at random points between real and fake."""
     mix = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
     points = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
-    scores = critic(points)[:, 0]
+    scores = critic(points)[:, 0].float()
     (gradients,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
     return ((gradients.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
@@ -146,6 +146,7 @@ class Objective:
 
     def discriminator(self, real_out: torch.Tensor, fake_out: torch.Tensor, real_classes: torch.Tensor,
                       fake_classes: torch.Tensor | None) -> dict[str, torch.Tensor]:  # fmt: skip
+        real_out, fake_out = real_out.float(), fake_out.float()  # autocast may hand back 16-bit logits
         count, device = real_out.shape[0], real_out.device
         real_target = label_targets(count, *self.real_labels, self.label_flip, *self.fake_labels, device)
         fake_target = label_targets(count, *self.fake_labels, self.label_flip, *self.real_labels, device)
@@ -163,6 +164,7 @@ class Objective:
         return parts
 
     def generator(self, fake_out: torch.Tensor, fake_classes: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        fake_out = fake_out.float()
         parts = {"adv": self.adversarial.generator(fake_out[:, 0])}
         if self.class_mode == "auxiliary":
             parts["class"] = self.class_weight * class_cross_entropy(fake_out[:, 1:], fake_classes)

@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_IMAGES = 48  # 4 styles x 12; a few are 100x100 thumbnails that --min-side drops
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run where there is a GPU; elsewhere (CI, this project's CPU machines) they are skipped."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def demo_raw(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("raw")

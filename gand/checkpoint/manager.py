@@ -5,9 +5,9 @@ Layout under `checkpoint.url` (any fsspec URL):
     ckpt-000000012800/            images seen, zero-padded: names sort by training progress
         generator.safetensors     weights (safetensors: loading runs no code)
         discriminator.safetensors
-        trainer.pt                optimizer states, fixed sample noise (torch.load(weights_only=True))
+        trainer.pt                state shared by all ranks: optimizers (DDP), loss scalers, fixed sample noise
         state.json                counters, config snapshot, gand version
-        rng-rank0.pt ...          each rank's RNG states
+        rank-0.pt ...             each rank's own state: RNG, and its optimizer partitions under ZeRO
         MANIFEST.json             written last, by rank 0, listing every file with size and sha256
 
 A checkpoint without a valid MANIFEST.json does not exist. Discovery takes the newest manifest whose files all
@@ -72,9 +72,10 @@ UNUSABLE = (CorruptCheckpoint, OSError, ValueError, KeyError, RuntimeError, pick
 class Checkpoint:
     name: str
     weights: dict[str, dict[str, torch.Tensor]]  # network name -> state dict
-    trainer: dict[str, Any]
+    trainer: dict[str, Any]  # shared by all ranks
     state: dict[str, Any]
-    rng: dict[str, Any] | None  # this rank's; None when the checkpoint came from a different world size
+    rank_state: dict[str, Any] | None  # this rank's own; None when written by a different number of ranks
+    world_size: int
 
 
 def checkpoint_name(images_seen: int) -> str:
@@ -82,10 +83,11 @@ def checkpoint_name(images_seen: int) -> str:
 
 
 class CheckpointManager:
-    def __init__(self, url: str, collective: Collective, keep_last: int = 2):
+    def __init__(self, url: str, collective: Collective, keep_last: int = 2, safe_globals: list[type] = ()):
         self.store = Store(url)
         self.collective = collective
         self.keep_last = keep_last
+        self.safe_globals = list(safe_globals)  # plain-data classes torch.load(weights_only=True) may build
 
     # -- save ----------------------------------------------------------------------------------------------
     def save(
@@ -95,13 +97,15 @@ class CheckpointManager:
         weights: dict[str, dict[str, torch.Tensor]],
         trainer: dict[str, Any],
         state: dict[str, Any],
-        rng: dict[str, Any],
+        rank_state: dict[str, Any],
     ) -> str:
-        """Collective: every rank calls it. Returns the committed checkpoint's name."""
+        """Collective: every rank calls it. Rank 0's weights, trainer and state are saved; each rank's rank_state.
+
+        Returns the committed checkpoint's name."""
         name = checkpoint_name(images_seen)
         if self.store.exists(f"{name}/{MANIFEST}"):
             return name  # already committed at this count (e.g. the final save right after a periodic one)
-        files: dict[str, bytes] = {f"rng-rank{self.collective.rank}.pt": _torch_bytes(rng)}
+        files: dict[str, bytes] = {f"rank-{self.collective.rank}.pt": _torch_bytes(rank_state)}
         if self.collective.rank == 0:
             for network, tensors in weights.items():
                 files[f"{network}.safetensors"] = save_safetensors(_contiguous(tensors))
@@ -161,7 +165,19 @@ class CheckpointManager:
             log.warning("checkpoint_unusable", checkpoint=name, reasons=problems)
         return None
 
-    def _read(self, name: str) -> Checkpoint:
+    def load_latest_weights(self) -> tuple[str, dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None:
+        """The newest verified checkpoint's consolidated fp32 weights and state.json, without the optimizer
+        partitions: what sampling and evaluation need, in one process, with no DeepSpeed installed."""
+        for name in self.committed()[::-1]:
+            try:
+                checkpoint = self._read(name, weights_only=True)
+            except UNUSABLE as err:
+                log.warning("checkpoint_unusable", checkpoint=name, reasons=[str(err)])
+                continue
+            return checkpoint.name, checkpoint.weights, checkpoint.state
+        return None
+
+    def _read(self, name: str, weights_only: bool = False) -> Checkpoint:
         manifest = json.loads(self.store.read_bytes(f"{name}/{MANIFEST}"))
         if manifest.get("format") != FORMAT:
             raise CorruptCheckpoint(f"{name}: unknown format {manifest.get('format')!r}")
@@ -181,12 +197,21 @@ class CheckpointManager:
             for filename in files
             if filename.endswith(".safetensors")
         }
-        trainer = torch.load(io.BytesIO(read("trainer.pt")), weights_only=True)
         state = json.loads(read("state.json"))
-        rng_file = f"rng-rank{self.collective.rank}.pt"
-        same_world = manifest.get("world_size") == self.collective.world_size
-        rng = torch.load(io.BytesIO(read(rng_file)), weights_only=True) if same_world else None
-        return Checkpoint(name=name, weights=weights, trainer=trainer, state=state, rng=rng)
+        world_size = int(manifest.get("world_size", 1))
+        if weights_only:
+            return Checkpoint(name=name, weights=weights, trainer={}, state=state, rank_state=None,
+                              world_size=world_size)  # fmt: skip
+        trainer = self._load(read("trainer.pt"))
+        rank_file = f"rank-{self.collective.rank}.pt"
+        rank_state = self._load(read(rank_file)) if world_size == self.collective.world_size else None
+        return Checkpoint(name=name, weights=weights, trainer=trainer, state=state, rank_state=rank_state,
+                          world_size=world_size)  # fmt: skip
+
+    def _load(self, data: bytes) -> Any:
+        """Tensors, containers and numbers only (plus the plain-data classes named in safe_globals): no code runs."""
+        with torch.serialization.safe_globals(self.safe_globals):
+            return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 
 def _torch_bytes(obj: Any) -> bytes:

@@ -169,8 +169,14 @@ def read_manifest(path: str, generation: int | None = None) -> tuple[PackedManif
         ) from None
     try:
         manifest = PackedManifest.model_validate(json.loads(raw))
-    except (json.JSONDecodeError, ValidationError) as err:
-        raise DataError(f"{redact(store.url(name))} is not a gand manifest: {err}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{redact(store.url(name))} is not JSON ({err.msg}); is it a gand dataset?") from None
+    except ValidationError as err:
+        fields = ", ".join(sorted({".".join(map(str, e["loc"])) or "(top level)" for e in err.errors()}))
+        raise DataError(
+            f"{redact(store.url(name))} is not a manifest this gand can read (problem fields: {fields}); "
+            "re-pack the images with this version of gand"
+        ) from None
     return manifest, store
 
 

@@ -55,13 +55,14 @@ def load_generator(checkpoint_url: str, use_ema: bool = True):
     from gand.errors import DataError
     from gand.models import build_models, spec_from_config
 
-    checkpoint = CheckpointManager(checkpoint_url, SingleProcess()).load_latest()
-    if checkpoint is None:
+    found = CheckpointManager(checkpoint_url, SingleProcess()).load_latest_weights()
+    if found is None:
         raise DataError(f"no committed checkpoint under {checkpoint_url}")
-    cfg = validate_config(checkpoint.state["config"], source=f"{checkpoint.name}/state.json")
-    num_classes = int(checkpoint.state["num_classes"])
+    name, weights, state = found
+    cfg = validate_config(state["config"], source=f"{name}/state.json")
+    num_classes = int(state["num_classes"])
     spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
     generator, _ = build_models(cfg.model.arch, spec)
-    key = "generator_ema" if use_ema and "generator_ema" in checkpoint.weights else "generator"
-    generator.load_state_dict(checkpoint.weights[key])
+    key = "generator_ema" if use_ema and "generator_ema" in weights else "generator"
+    generator.load_state_dict(weights[key])  # consolidated fp32, whatever ZeRO stage wrote it
     return generator, cfg, num_classes

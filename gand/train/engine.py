@@ -1,16 +1,29 @@
-"""The only module that imports Accelerate (and, later, DeepSpeed): devices, processes, precision, wrapping.
+"""The only module that imports Accelerate and DeepSpeed: processes, devices, precision, wrapping, ZeRO.
 
-The loop asks it for a few verbs (backward, a frozen discriminator for the G step, the unwrapped modules,
-collectives) and never sees DDP or mixed-precision details.
+Two ways to run the same loop:
+- plain: Accelerate sets up the process group; G and D are wrapped in DDP; mixed precision is torch.autocast with
+  one GradScaler per network for fp16 (skipped steps counted per network).
+- DeepSpeed (memory.zero_stage 1-3): Accelerate still sets up the processes and devices, and G and D each become
+  their own `deepspeed.initialize` engine. Accelerate's multi-model DeepSpeed path is not used: it imports
+  transformers. Mixed precision uses DeepSpeed's `torch_autocast` mode: master weights stay fp32, convs and
+  linears run in bf16/fp16, and fp16 gets a GradScaler per engine. The reason is BatchNorm: DeepSpeed's
+  `bf16`/`fp16` modes cast the parameters to 16 bits, and BatchNorm then fails on its fp32 running statistics
+  ("expected scalar type BFloat16 but found Float", ../DESIGN.md).
+
+The loop talks to `Trained` networks through a few verbs: call, accumulate, backward, step, frozen, full_weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,47 +33,171 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 
-PRECISIONS = {"fp32": "no", "bf16": "bf16"}
+from gand.config import MemoryConfig
+from gand.errors import ConfigError
+from gand.train.memory import as_channels_last, checkpoint_blocks, to_channels_last
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = structlog.get_logger("gand.engine")
+
+
+@dataclass
+class Trained:
+    """One network in training: what to call, its optimizer, its loss scaler, and its counters."""
+
+    name: str  # "generator" | "discriminator"
+    module: nn.Module  # the pure model
+    model: Any  # what forward calls: the module, DDP(module), or a DeepSpeed engine
+    optimizer: Any
+    autocast: Any  # a context-manager factory for this network's forward
+    scaler: torch.amp.GradScaler | None = None
+    skipped_steps: int = 0  # fp16 steps skipped because of inf/nan gradients
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, *inputs: Any) -> Any:
+        with self.autocast():
+            return self.model(*inputs)
 
 
 class Engine:
-    def __init__(self, precision: str = "fp32"):
+    """Accelerate (DDP) engine; `DeepSpeedEngine` overrides what ZeRO does differently."""
+
+    def __init__(self, precision: str = "fp32", memory: MemoryConfig | None = None, batch_size: int = 1):
+        self.memory = memory or MemoryConfig()
+        self.precision = precision
         # cpu=True where there is no GPU: Accelerate only sets up a gloo process group (MULTI_CPU) when told.
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=PRECISIONS[precision])
+        # Mixed precision is ours (per-network scalers), so Accelerate's stays off.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        micro = self.memory.micro_batch or batch_size
+        self.micro_batch = micro
+        self.micro_batches = batch_size // micro
+        self._autocast_dtype = AUTOCAST_DTYPES[precision]
+        if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("precision: this GPU has no bf16 (e.g. a T4); use fp16")
 
-    def prepare(self, *objects: Any) -> tuple[Any, ...]:
-        """Move models and optimizers to the device and wrap them for the process group (DDP)."""
-        return self.accelerator.prepare(*objects)
+    # -- set-up -------------------------------------------------------------------------------------------------
+    def setup(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
+              opt_d: torch.optim.Optimizer) -> tuple[Trained, Trained]:  # fmt: skip
+        """Memory savers, devices and process-group wrapping for both networks."""
+        self._apply_memory_savers(generator, discriminator)
+        g_model, d_model, opt_g, opt_d = self.accelerator.prepare(generator, discriminator, opt_g, opt_d)
+        trained = []
+        for name, module, model, optimizer in (("generator", generator, g_model, opt_g),
+                                               ("discriminator", discriminator, d_model, opt_d)):  # fmt: skip
+            scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+            model = torch.compile(model) if self.memory.compile else model
+            trained.append(Trained(name, module, model, optimizer, self._autocast, scaler))
+        return trained[0], trained[1]
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+    def _apply_memory_savers(self, generator: nn.Module, discriminator: nn.Module) -> None:
+        which = self.memory.grad_checkpointing
+        if which in ("g", "both"):
+            checkpoint_blocks(generator)
+        if which in ("d", "both"):
+            checkpoint_blocks(discriminator)
+        if self.memory.channels_last:
+            to_channels_last(generator)
+            to_channels_last(discriminator)
 
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        return self.accelerator.unwrap_model(model)
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return as_channels_last(images) if self.memory.channels_last else images
+
+    # -- one update: micro-batches, backward, step -----------------------------------------------------------
+    @contextlib.contextmanager
+    def accumulate(self, net: Trained, last: bool) -> Iterator[None]:
+        """Around one micro-batch's forward and backward: DDP syncs gradients only on the last one."""
+        if last or not hasattr(net.model, "no_sync"):
+            yield
+        else:
+            with net.model.no_sync():
+                yield
+
+    def backward(self, net: Trained, loss: torch.Tensor) -> None:
+        loss = loss / self.micro_batches  # the update is the mean over the whole batch
+        if net.scaler is not None:
+            net.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, net: Trained) -> None:
+        """Apply the update accumulated over the micro-batches."""
+        if net.scaler is not None:
+            before = net.scaler.get_scale()
+            net.scaler.step(net.optimizer)
+            net.scaler.update()
+            net.skipped_steps += int(net.scaler.get_scale() < before)  # the scale drops only on a skipped step
+        else:
+            net.optimizer.step()
+        net.optimizer.zero_grad(set_to_none=True)
+
+    def loss_scale(self, net: Trained) -> float | None:
+        return net.scaler.get_scale() if net.scaler is not None else None
 
     @contextlib.contextmanager
-    def frozen(self, model: nn.Module) -> Iterator[nn.Module]:
-        """The model to call in the other network's step: no parameter gradients, no DDP gradient sync.
+    def frozen(self, net: Trained) -> Iterator[Any]:
+        """The network to call in the other network's step: no parameter gradients, no gradient sync.
 
-        Gradients still flow through it to its input. Calling the unwrapped module keeps DDP from waiting for
-        gradients that will never come, and requires_grad=False is what ZeRO needs too (../DESIGN.md).
+        Gradients still flow through it to its input. Calling the bare module keeps DDP from waiting for gradients
+        that will never come; requires_grad=False is what ZeRO needs (../DESIGN.md).
         """
-        inner = self.unwrap(model)
-        flags = [p.requires_grad for p in inner.parameters()]
-        inner.requires_grad_(False)
+        flags = [p.requires_grad for p in net.module.parameters()]
+        net.module.requires_grad_(False)
+        target = self._frozen_target(net)
         try:
-            yield inner
+            yield lambda *inputs: _called(target, net.autocast, inputs)
         finally:
-            for param, flag in zip(inner.parameters(), flags, strict=True):
+            for param, flag in zip(net.module.parameters(), flags, strict=True):
                 param.requires_grad_(flag)
 
+    def _frozen_target(self, net: Trained) -> Any:
+        return net.module
+
+    @contextlib.contextmanager
+    def full_weights(self, net: Trained) -> Iterator[nn.Module]:
+        """The module with all of its parameters present (ZeRO-3 gathers them; collective there)."""
+        yield net.module
+
+    @torch.no_grad()
+    def clamp_parameters(self, net: Trained, bound: float) -> None:
+        """WGAN weight clipping of every parameter, wherever its master copy lives."""
+        for param in net.module.parameters():
+            param.clamp_(-bound, bound)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def consolidated_state_dict(self, net: Trained) -> dict[str, torch.Tensor]:
+        """fp32 weights and buffers of the whole network (collective under ZeRO-3)."""
+        with self.full_weights(net) as module:
+            return {key: value.detach().float().cpu() if value.is_floating_point() else value.detach().cpu()
+                    for key, value in module.state_dict().items()}  # fmt: skip
+
+    def trainer_state(self, net: Trained) -> tuple[dict[str, Any], bool]:
+        """What to save to resume this network's optimisation, and whether each rank holds its own part."""
+        state = {"optimizer": net.optimizer.state_dict(), "skipped_steps": net.skipped_steps}
+        if net.scaler is not None:
+            state["scaler"] = net.scaler.state_dict()
+        return state, False
+
+    def load(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Resume: weights into the (not yet wrapped) module, then the optimiser state (after setup)."""
+        net.optimizer.load_state_dict(state["optimizer"])
+        net.skipped_steps = int(state.get("skipped_steps", 0))
+        if net.scaler is not None and "scaler" in state:
+            net.scaler.load_state_dict(state["scaler"])
+
+    # -- collectives -------------------------------------------------------------------------------------------------
     def mean_across_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         """Each value's mean over ranks, in one collective."""
-        stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()])
+        stacked = torch.stack([value.detach().float().reshape(()).to(self.device) for value in values.values()])
         reduced = self.accelerator.reduce(stacked, reduction="mean").tolist()
         return dict(zip(values, reduced, strict=True))
 
@@ -70,7 +207,6 @@ class Engine:
             return value
         return int(broadcast_object_list([value], from_process=0)[0])
 
-    # Collective protocol used by the checkpoint manager.
     def gather_objects(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
             return [obj]
@@ -80,7 +216,210 @@ class Engine:
         self.accelerator.wait_for_everyone()
 
     def close(self) -> None:
-        self.accelerator.end_training()
+        """The end of one training run. The process group outlives it (a notebook may train again); the
+        command line tears it down with shutdown_distributed() before the process exits."""
+        self.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group, if any: at the very end of a process that trained."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _called(target: Any, autocast: Any, inputs: Sequence[Any]) -> Any:
+    with autocast():
+        return target(*inputs)
+
+
+# -- DeepSpeed ZeRO ------------------------------------------------------------------------------------------------
+class DeepSpeedEngine(Engine):
+    """G and D as two DeepSpeed engines (ZeRO 1-3, optional CPU offload), on Accelerate's process group."""
+
+    def __init__(self, precision: str, memory: MemoryConfig, batch_size: int):
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+        _ensure_process_group_variables()
+        super().__init__(precision, memory, batch_size)
+        try:
+            import deepspeed
+        except ImportError:
+            raise ConfigError("memory.zero_stage > 0 needs DeepSpeed: pip install 'gand[deepspeed]'") from None
+        import logging
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self.deepspeed = deepspeed
+        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
+                                   auto_mpi_discovery=False)  # fmt: skip
+
+    def setup(self, generator, discriminator, opt_g, opt_d) -> tuple[Trained, Trained]:
+        self._apply_memory_savers(generator, discriminator)
+        config = deepspeed_config(self.memory, self.precision, self.micro_batch, self.micro_batches,
+                                  cuda=self.device.type == "cuda")  # fmt: skip
+        trained = []
+        for name, module, optimizer in (("generator", generator, opt_g), ("discriminator", discriminator, opt_d)):
+            engine, ds_optimizer, _, _ = self.deepspeed.initialize(
+                model=module, optimizer=optimizer, config=config, dist_init_required=False
+            )
+            model = engine
+            if self.memory.compile:
+                engine.compile()
+            # DeepSpeed's forward applies its own torch_autocast; no second context around it.
+            trained.append(Trained(name, module, model, ds_optimizer, contextlib.nullcontext))
+        log.info(
+            "deepspeed_ready",
+            zero_stage=self.memory.zero_stage,
+            precision=self.precision,
+            micro_batch=self.micro_batch,
+            accumulation=self.micro_batches,
+            offload_optimizer=self.memory.offload_optimizer,
+            offload_params=self.memory.offload_params,
+        )
+        return trained[0], trained[1]
+
+    @contextlib.contextmanager
+    def accumulate(self, net: Trained, last: bool) -> Iterator[None]:
+        yield  # DeepSpeed counts micro-steps itself (gradient_accumulation_steps)
+
+    def backward(self, net: Trained, loss: torch.Tensor) -> None:
+        scaler = self._scaler(net)
+        scale_before = scaler.get_scale() if scaler is not None else None
+        net.model.backward(loss)  # divides by gradient_accumulation_steps itself
+        net.model.step()  # a no-op until the last micro-batch of the update
+        if scaler is not None:
+            net.skipped_steps += int(scaler.get_scale() < scale_before)  # the scale drops only on a skipped step
+
+    def step(self, net: Trained) -> None:
+        pass  # done by DeepSpeed at the accumulation boundary, inside backward()
+
+    def _scaler(self, net: Trained) -> torch.amp.GradScaler | None:
+        return getattr(net.optimizer, "torch_autocast_gradscaler", None) or getattr(
+            net.model, "torch_autocast_z0_gradscaler", None
+        )
+
+    def loss_scale(self, net: Trained) -> float | None:
+        scaler = self._scaler(net)
+        return scaler.get_scale() if scaler is not None else None
+
+    def _frozen_target(self, net: Trained) -> Any:
+        return net.model  # the engine: under ZeRO-3 its hooks gather the partitioned weights
+
+    @contextlib.contextmanager
+    def full_weights(self, net: Trained) -> Iterator[nn.Module]:
+        if self.memory.zero_stage < 3:
+            yield net.module
+            return
+        with self.deepspeed.zero.GatheredParameters(list(net.module.parameters()), modifier_rank=None):
+            yield net.module
+
+    @torch.no_grad()
+    def clamp_parameters(self, net: Trained, bound: float) -> None:
+        # The optimiser's fp32 master partitions are the truth (the next step copies them back to the
+        # module), so they are clamped as well as the module's working copies.
+        for flat in _master_partitions(net.optimizer):
+            flat.clamp_(-bound, bound)
+        for param in net.module.parameters():
+            working = getattr(param, "ds_tensor", None)
+            (working if working is not None else param).clamp_(-bound, bound)
+
+    def trainer_state(self, net: Trained) -> tuple[dict[str, Any], bool]:
+        state: dict[str, Any] = {"optimizer": net.optimizer.state_dict(), "skipped_steps": net.skipped_steps}
+        scaler = self._scaler(net)
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()  # not part of DeepSpeed's own optimizer state
+        return state, True  # ZeRO partitions optimizer state: every rank saves its own
+
+    def load(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        partitions = [None] * self.world_size
+        partitions[self.rank] = state["optimizer"]
+        # load_from_fp32_weights: the saved fp32 master partition, not the working copy, becomes the weights
+        net.optimizer.load_state_dict(partitions, load_optimizer_states=True, load_from_fp32_weights=True)
+        net.skipped_steps = int(state.get("skipped_steps", 0))
+        scaler = self._scaler(net)
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+
+
+def _master_partitions(optimizer: Any) -> list[torch.Tensor]:
+    for attribute in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+        partitions = getattr(optimizer, attribute, None)
+        if partitions:
+            return list(partitions)
+    return []
+
+
+def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch: int, accumulation: int,
+                     cuda: bool) -> dict[str, Any]:  # fmt: skip
+    """The DeepSpeed config gand passes to both engines: the memory.* settings over an optional tuning JSON."""
+    config: dict[str, Any] = {}
+    if memory.deepspeed_config is not None:
+        try:
+            config = json.loads(Path(memory.deepspeed_config).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"memory.deepspeed_config: cannot read {memory.deepspeed_config}: {err}") from None
+    zero = dict(config.get("zero_optimization", {}))
+    if "stage" in zero and zero["stage"] != memory.zero_stage:
+        raise ConfigError(
+            f"memory.deepspeed_config sets ZeRO stage {zero['stage']} but memory.zero_stage is {memory.zero_stage};"
+            " leave the stage out of the JSON"
+        )
+    zero["stage"] = memory.zero_stage
+    if memory.offload_optimizer == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
+    if memory.offload_params == "cpu":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cuda}
+    config.update(
+        {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": accumulation,
+            "zero_optimization": zero,
+            "zero_allow_untested_optimizer": True,  # gand's own Adam / RMSprop / SGD
+            "zero_force_ds_cpu_optimizer": False,  # offload works with them too (DeepSpeedCPUAdam is faster)
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+    )
+    config.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    if precision != "fp32":
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16" if precision == "bf16" else "float16"}
+    for section in ("fp16", "bf16"):
+        if config.get(section, {}).get("enabled"):
+            raise ConfigError(f"memory.deepspeed_config: leave {section!r} out; gand sets precision (see README)")
+    return config
+
+
+def _ensure_process_group_variables() -> None:
+    """A single process run with ZeRO (e.g. optimizer offload on one GPU) still needs a process group."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})  # fmt: skip
+
+
+def build_engine(precision: str, memory: MemoryConfig, batch_size: int) -> Engine:
+    if memory.uses_deepspeed:
+        return DeepSpeedEngine(precision, memory, batch_size)
+    return Engine(precision, memory, batch_size)
+
+
+def deepspeed_safe_globals() -> list[type]:
+    """DeepSpeed's plain-data classes inside its optimizer state, allowed for torch.load(weights_only=True)."""
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:
+        return []
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_state_bytes(data: bytes) -> Any:
+    """torch.load(weights_only=True), allowing only DeepSpeed's plain state classes besides tensors and containers."""
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 
 # -- `accelerate launch --cpu --num_processes N` ------------------------------------------------------------------
@@ -119,9 +458,7 @@ def requested_cpu_ranks() -> int:
 
 def run_cpu_ranks(ranks: int, module: str, args: Sequence[str]) -> int:
     """Start `ranks` processes of `python -m module args` as one gloo process group; their exit code."""
-    structlog.get_logger("gand.engine").info(
-        "starting_cpu_ranks", ranks=ranks, reason="accelerate launch --cpu runs one process without mpirun"
-    )
+    log.info("starting_cpu_ranks", ranks=ranks, reason="accelerate launch --cpu runs one process without mpirun")
     command = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={ranks}",

@@ -13,56 +13,60 @@ from gand.checkpoint.manager import Checkpoint, CheckpointManager
 from gand.config import GandConfig
 from gand.data.loader import ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
+from gand.errors import ConfigError
 from gand.eval.samples import generate, grid_png
 from gand.models import build_models, spec_from_config
 from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
 from gand.storage import Store, is_local, redact
-from gand.train.engine import Engine
+from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals
 from gand.train.optim import GeneratorEMA, build_optimizer
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
-from gand.train.steps import Networks, Recipe, discriminator_update, generator_update
+from gand.train.steps import Recipe, discriminator_update, generator_update
 
 
 def train(cfg: GandConfig) -> TrainState:
-    engine = Engine(cfg.precision)
+    engine = build_engine(cfg.precision, cfg.memory, cfg.train.batch_size)
     local_log = Path(cfg.run_dir) / "train.jsonl" if engine.is_main and is_local(cfg.run_dir) else None
     configure_logging(engine.rank, engine.is_main, local_log)
     log = structlog.get_logger("gand.train")
-    seed_everything(cfg.train.seed + engine.rank)  # ranks draw different noise; DDP syncs the initial weights
+    seed_everything(cfg.train.seed + engine.rank)  # ranks draw different noise; wrapping syncs the initial weights
 
     # -- build everything ----------------------------------------------------------------------------------
     manifest, _ = read_manifest(cfg.data.path)
     num_classes = check_dataset(manifest, cfg)
     spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
     generator, discriminator = build_models(cfg.model.arch, spec)
-    nets = Networks(
-        generator,
-        discriminator,
-        opt_g=build_optimizer(generator.parameters(), cfg.optim.g),
-        opt_d=build_optimizer(discriminator.parameters(), cfg.optim.d),
-    )
-    ema = GeneratorEMA(generator, cfg.ema.half_life_kimg) if cfg.ema.half_life_kimg else None
+    opt_g = build_optimizer(generator.parameters(), cfg.optim.g)
+    opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d)
     recipe = Recipe.from_config(cfg, num_classes)
     fixed_noise, fixed_classes = _fixed_sample_inputs(cfg, recipe)
-    checkpoints = CheckpointManager(cfg.checkpoint_url, engine, keep_last=cfg.checkpoint.keep_last)
+    checkpoints = CheckpointManager(cfg.checkpoint_url, engine, keep_last=cfg.checkpoint.keep_last,
+                                    safe_globals=deepspeed_safe_globals())  # fmt: skip
     run_store = Store(cfg.run_dir)
     state = TrainState()
 
     resumed = checkpoints.load_latest()
     if resumed is not None:
-        state, fixed_noise, fixed_classes = _restore(resumed, nets, ema)
+        _check_resumable(resumed, engine, cfg)
+        generator.load_state_dict(resumed.weights["generator"])
+        discriminator.load_state_dict(resumed.weights["discriminator"])
+        state = TrainState.from_dict(resumed.state["train"])
+        fixed_noise, fixed_classes = resumed.trainer["fixed_noise"], resumed.trainer.get("fixed_classes")
         log.info("resumed", checkpoint=resumed.name, step=state.step, images_seen=state.images_seen)
     if state.step >= cfg.train.max_steps:
         log.info("already_complete", step=state.step, hint="raise train.max_steps to train further")
         engine.close()
         return state
 
-    nets.generator, nets.discriminator, nets.opt_g, nets.opt_d = engine.prepare(
-        nets.generator, nets.discriminator, nets.opt_g, nets.opt_d
-    )
+    ema = GeneratorEMA(generator, cfg.ema.half_life_kimg) if cfg.ema.half_life_kimg else None
+    if ema is not None and resumed is not None and "generator_ema" in resumed.weights:
+        ema.model.load_state_dict(resumed.weights["generator_ema"])
+    g, d = engine.setup(generator, discriminator, opt_g, opt_d)
     if ema is not None:
         ema.model.to(engine.device)
+    if resumed is not None:
+        _restore_training_state(resumed, engine, g, d)
     loader = ImageLoader(
         cfg.data.path,
         cfg.data.resolution,
@@ -90,6 +94,9 @@ def train(cfg: GandConfig) -> TrainState:
         world_size=engine.world_size,
         device=str(engine.device),
         precision=cfg.precision,
+        zero_stage=cfg.memory.zero_stage,
+        micro_batch=engine.micro_batch,
+        accumulation=engine.micro_batches,
         images_per_step=images_per_batch * schedule.d_steps,
         start_step=state.step,
         max_steps=cfg.train.max_steps,
@@ -107,12 +114,13 @@ def train(cfg: GandConfig) -> TrainState:
             batch = next(batches)
             state.record_position(batch.position)
             if train_d:
-                d_losses = discriminator_update(engine, nets, recipe, batch)
+                d_losses = discriminator_update(engine, d, g, recipe, batch)
 
         for _ in range(schedule.g_steps):
-            g_losses = generator_update(engine, nets, recipe, cfg.train.batch_size)
+            g_losses = generator_update(engine, g, d, recipe, cfg.train.batch_size)
             if ema is not None:
-                ema.update(engine.unwrap(nets.generator), images_per_batch)
+                with engine.full_weights(g) as g_module:
+                    ema.update(g_module, images_per_batch)
 
         state.advance(images=images_per_batch * schedule.d_steps)
 
@@ -121,13 +129,17 @@ def train(cfg: GandConfig) -> TrainState:
             rate = window.images_per_second(state.images_seen)
             log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
                      **{f"loss_{name}": round(value, 4) for name, value in losses.items()},
-                     images_per_second=round(rate, 1))  # fmt: skip
+                     images_per_second=round(rate, 1), **_precision_counters(engine, g, d))  # fmt: skip
             metrics.record_step(state.step, state.images_seen, state.epoch, losses, rate)
-        if engine.is_main and _due(state.step, cfg.samples.every_steps, cfg.train.max_steps):
-            sampler = ema.model if ema is not None else engine.unwrap(nets.generator)
-            _write_samples(run_store, sampler, fixed_noise, fixed_classes, recipe, state.step, engine.device)
+        if _due(state.step, cfg.samples.every_steps, cfg.train.max_steps):
+            # Every rank runs G on the same fixed noise: under ZeRO-3 its forward gathers weights collectively.
+            with engine.full_weights(g) as g_module:
+                grid = _sample_grid(ema.model if ema is not None else g_module, fixed_noise, fixed_classes, recipe,
+                                    engine.device)  # fmt: skip
+            if engine.is_main:
+                run_store.write_bytes(f"samples/step-{state.step:06d}.png", grid)
         if _due(state.step, cfg.checkpoint.every_steps, cfg.train.max_steps):
-            _save(checkpoints, engine, nets, ema, fixed_noise, fixed_classes, state, cfg, num_classes)
+            _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes)
             metrics.record_checkpoint()
 
     log.info("train_done", step=state.step, images_seen=state.images_seen, run_dir=redact(cfg.run_dir))
@@ -173,34 +185,47 @@ def _fixed_sample_inputs(cfg: GandConfig, recipe: Recipe) -> tuple[torch.Tensor,
     return noise, classes
 
 
-def _restore(resumed: Checkpoint, nets: Networks, ema: GeneratorEMA | None):
-    nets.generator.load_state_dict(resumed.weights["generator"])
-    nets.discriminator.load_state_dict(resumed.weights["discriminator"])
-    nets.opt_g.load_state_dict(resumed.trainer["optimizer_g"])
-    nets.opt_d.load_state_dict(resumed.trainer["optimizer_d"])
-    if ema is not None and "generator_ema" in resumed.weights:
-        ema.model.load_state_dict(resumed.weights["generator_ema"])
-    elif ema is not None:  # EMA switched on for a run that had none: start it from G
-        ema.model.load_state_dict(resumed.weights["generator"])
-    if resumed.rng is not None:
-        restore_rng(resumed.rng)
-    state = TrainState.from_dict(resumed.state["train"])
-    return state, resumed.trainer["fixed_noise"], resumed.trainer.get("fixed_classes")
+def _check_resumable(resumed: Checkpoint, engine: Engine, cfg: GandConfig) -> None:
+    """ZeRO keeps each rank's slice of the optimizer state: resuming needs the same ranks and stage."""
+    saved = resumed.state.get("config", {}).get("memory", {}).get("zero_stage", 0)
+    if (saved or cfg.memory.zero_stage) and (saved != cfg.memory.zero_stage or resumed.world_size != engine.world_size):
+        raise ConfigError(
+            f"memory.zero_stage: {resumed.name} was written with ZeRO stage {saved} on {resumed.world_size} ranks; "
+            f"resume with the same (now: stage {cfg.memory.zero_stage}, {engine.world_size} ranks), or start a new "
+            "run from its exported weights"
+        )
 
 
-def _save(checkpoints, engine, nets, ema, fixed_noise, fixed_classes, state, cfg, num_classes) -> None:
-    weights = {
-        "generator": engine.unwrap(nets.generator).state_dict(),
-        "discriminator": engine.unwrap(nets.discriminator).state_dict(),
-    }
+def _restore_training_state(resumed: Checkpoint, engine: Engine, g: Trained, d: Trained) -> None:
+    """Optimiser and scaler state (after the engine has wrapped the networks), and this rank's RNG."""
+    own = resumed.rank_state or {}
+    for net in (g, d):
+        net_state = own.get(net.name) or resumed.trainer.get(net.name)
+        engine.load(net, resumed.weights[net.name], net_state)
+    if "rng" in own:
+        restore_rng(own["rng"])
+
+
+def _precision_counters(engine: Engine, g: Trained, d: Trained) -> dict[str, float | int]:
+    counters: dict[str, float | int] = {}
+    for net in (g, d):
+        scale = engine.loss_scale(net)
+        if scale is not None:
+            counters[f"loss_scale_{net.name[0]}"] = scale
+            counters[f"skipped_steps_{net.name[0]}"] = net.skipped_steps
+    return counters
+
+
+def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
+          num_classes) -> None:  # fmt: skip
+    weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
-    trainer = {
-        "optimizer_g": nets.opt_g.state_dict(),
-        "optimizer_d": nets.opt_d.state_dict(),
-        "fixed_noise": fixed_noise,
-        "fixed_classes": fixed_classes,
-    }
+    trainer: dict = {"fixed_noise": fixed_noise, "fixed_classes": fixed_classes}
+    rank_state: dict = {"rng": capture_rng()}
+    for net in (g, d):
+        net_state, per_rank = engine.trainer_state(net)
+        (rank_state if per_rank else trainer)[net.name] = net_state
     checkpoints.save(
         state.images_seen,
         state.step,
@@ -212,10 +237,10 @@ def _save(checkpoints, engine, nets, ema, fixed_noise, fixed_classes, state, cfg
             "num_classes": num_classes,
             "gand_version": __version__,
         },
-        rng=capture_rng(),
+        rank_state=rank_state,
     )
 
 
-def _write_samples(run_store, generator, noise, classes, recipe: Recipe, step: int, device) -> None:
+def _sample_grid(generator, noise, classes, recipe: Recipe, device) -> bytes:
     images = generate(generator, noise.to(device), None if classes is None else classes.to(device))
-    run_store.write_bytes(f"samples/step-{step:06d}.png", grid_png(images, value_range=recipe.value_range))
+    return grid_png(images, value_range=recipe.value_range)

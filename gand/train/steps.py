@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from gand.augment import augment
 from gand.config import GandConfig
 from gand.data.loader import Batch
-from gand.losses import ADVERSARIAL_LOSSES, Objective, clip_weights, gradient_penalty
+from gand.losses import ADVERSARIAL_LOSSES, Objective, gradient_penalty
 from gand.models import MODELS, value_range
-from gand.train.engine import Engine
+from gand.train.engine import Engine, Trained
 
 
 @dataclass(frozen=True)
@@ -63,41 +62,51 @@ class Recipe:
         return images if (low, high) == (-1.0, 1.0) else (images + 1) * (high - low) / 2 + low
 
 
-@dataclass
-class Networks:
-    generator: nn.Module
-    discriminator: nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
+def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe, batch: Batch
+                         ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Real images towards "real", generated ones towards "fake" (plus class/style terms and penalties).
 
-
-def discriminator_update(engine: Engine, nets: Networks, recipe: Recipe, batch: Batch) -> dict[str, torch.Tensor]:
-    """Real images towards "real", generated ones towards "fake" (plus class/style terms and penalties)."""
-    real = recipe.to_model_range(batch.images.to(engine.device, non_blocking=True))
-    z, fake_classes = recipe.latent(real.shape[0], engine.device)
-    with torch.no_grad():
-        fake = nets.generator(z, fake_classes)
-    real, fake = augment(real, recipe.augment_policy), augment(fake, recipe.augment_policy)
-    parts = recipe.objective.discriminator(
-        nets.discriminator(real), nets.discriminator(fake), batch.labels.to(engine.device), fake_classes
-    )
-    if recipe.gradient_penalty:
-        parts["gp"] = recipe.gradient_penalty * gradient_penalty(nets.discriminator, real, fake)
-    nets.opt_d.zero_grad(set_to_none=True)
-    engine.backward(sum(parts.values()))
-    nets.opt_d.step()
+    The batch is split into engine.micro_batches pieces whose gradients add up to the whole batch's; BatchNorm
+    normalises each piece with its own statistics, as it would on a smaller batch.
+    """
+    real_all = recipe.to_model_range(engine.to_device(batch.images))
+    labels_all = batch.labels.to(engine.device)
+    pieces = list(zip(real_all.chunk(engine.micro_batches), labels_all.chunk(engine.micro_batches), strict=True))
+    totals: dict[str, torch.Tensor] = {}
+    for index, (real, labels) in enumerate(pieces):
+        with engine.accumulate(d, last=index == len(pieces) - 1):
+            z, fake_classes = recipe.latent(real.shape[0], engine.device)
+            with torch.no_grad():
+                fake = g(z, fake_classes)
+            real, fake = augment(real, recipe.augment_policy), augment(fake, recipe.augment_policy)
+            parts = recipe.objective.discriminator(d(real), d(fake), labels, fake_classes)
+            if recipe.gradient_penalty:
+                parts["gp"] = recipe.gradient_penalty * gradient_penalty(d, real, fake)
+            engine.backward(d, sum(parts.values()))
+        _add(totals, parts, len(pieces))
+    engine.step(d)
     if recipe.weight_clip is not None:
-        clip_weights(engine.unwrap(nets.discriminator), recipe.weight_clip)
-    return parts
+        engine.clamp_parameters(d, recipe.weight_clip)
+    return totals
 
 
-def generator_update(engine: Engine, nets: Networks, recipe: Recipe, count: int) -> dict[str, torch.Tensor]:
+def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, count: int) -> dict[str, torch.Tensor]:
     """Make the frozen discriminator call fresh samples real (and, per the recipe, of their class / no style)."""
-    z, fake_classes = recipe.latent(count, engine.device)
-    with engine.frozen(nets.discriminator) as judge:
-        fake = augment(nets.generator(z, fake_classes), recipe.augment_policy)
-        parts = recipe.objective.generator(judge(fake), fake_classes)
-        nets.opt_g.zero_grad(set_to_none=True)
-        engine.backward(sum(parts.values()))
-    nets.opt_g.step()
-    return parts
+    totals: dict[str, torch.Tensor] = {}
+    sizes = [piece.shape[0] for piece in torch.empty(count).chunk(engine.micro_batches)]
+    with engine.frozen(d) as judge:
+        for index, size in enumerate(sizes):
+            with engine.accumulate(g, last=index == len(sizes) - 1):
+                z, fake_classes = recipe.latent(size, engine.device)
+                fake = augment(g(z, fake_classes), recipe.augment_policy)
+                parts = recipe.objective.generator(judge(fake), fake_classes)
+                engine.backward(g, sum(parts.values()))
+            _add(totals, parts, len(sizes))
+    engine.step(g)
+    return totals
+
+
+def _add(totals: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], pieces: int) -> None:
+    """The batch's loss terms: the mean over micro-batches, detached (for logging)."""
+    for name, value in parts.items():
+        totals[name] = totals.get(name, 0) + value.detach() / pieces

@@ -100,7 +100,7 @@ def test_two_cpu_ranks_under_accelerate_launch(tmp_path, packed):
     assert done[0]["images_seen"] == 64
     manifest = json.loads((tmp_path / "run" / "checkpoints" / checkpoint_name(64) / MANIFEST).read_text())
     assert manifest["world_size"] == 2
-    assert {"rng-rank0.pt", "rng-rank1.pt"} <= manifest["files"].keys()
+    assert {"rank-0.pt", "rank-1.pt"} <= manifest["files"].keys()
 
 
 def test_bf16_autocast_trains_with_batchnorm_and_keeps_fp32_weights(tmp_path, packed):

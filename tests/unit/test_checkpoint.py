@@ -17,7 +17,7 @@ def save(manager: CheckpointManager, images: int, value: float = 1.0) -> str:
             "fixed_noise": torch.ones(2, 3),
         },
         state={"train": {"step": images // 10, "images_seen": images, "epoch": 0}},
-        rng=capture_rng(),
+        rank_state={"rng": capture_rng()},
     )
 
 
@@ -31,7 +31,7 @@ def test_round_trip_and_layout(tmp_path):
         "discriminator.safetensors",
         "trainer.pt",
         "state.json",
-        "rng-rank0.pt",
+        "rank-0.pt",
     }
     loaded = manager.load_latest()
     assert loaded.name == name
@@ -44,7 +44,7 @@ def test_rng_state_restores_the_same_draws(tmp_path):
     manager = CheckpointManager(str(tmp_path), SingleProcess())
     save(manager, 10)
     expected = torch.randn(5)
-    restore_rng(manager.load_latest().rng)
+    restore_rng(manager.load_latest().rank_state["rng"])
     assert torch.equal(torch.randn(5), expected)
 
 

@@ -1,0 +1,155 @@
+"""Peak GPU memory and speed of CAN at 256 px (configs/can256.yaml) under gand's memory settings.
+
+For batch 64 and 128 per GPU, each setting trains a few real D+G updates on synthetic images (data loading is
+measured in its own bench), in a fresh process, and records the allocator's peak, images per second, the ratio to
+the fp32 step time, and what `gand plan` predicted for the same setting.
+
+    .venv/bin/python bench/memory.py                    # on a GPU machine: the table in docs/benchmarks.md
+    .venv/bin/python bench/memory.py --smoke            # CPU, tiny width: checks the bench itself still runs
+
+Targets: CAN-256 at batch 64 under 15 GiB peak (a Colab T4) at no more than 1.5x the fp32 step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "fp32": ["precision=fp32"],
+    "bf16": ["precision=bf16"],
+    "bf16 + checkpointing": ["precision=bf16", "memory.grad_checkpointing=both"],
+    "bf16 + checkpointing + ZeRO-2": ["precision=bf16", "memory.grad_checkpointing=both", "memory.zero_stage=2"],
+    "bf16 + checkpointing + ZeRO-2 + optimizer offload": [
+        "precision=bf16", "memory.grad_checkpointing=both", "memory.zero_stage=2", "memory.offload_optimizer=cpu"],
+}  # fmt: skip
+GIB = 1024**3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", default="64,128")
+    parser.add_argument("--steps", type=int, default=5, help="timed updates per setting (after 2 warm-up ones)")
+    parser.add_argument("--smoke", action="store_true", help="CPU, width 1/16, batch 4, 1 step: a check, not a bench")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one setting
+    parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="bench/results/memory.json")
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(run_one(args.one, args.batch, args.steps, args.smoke)))
+        return 0
+
+    import torch
+
+    if not torch.cuda.is_available() and not args.smoke:
+        print("bench/memory.py measures GPU memory: run it on a GPU machine (or --smoke to check it on CPU)")
+        return 1
+    batches = [4] if args.smoke else [int(b) for b in args.batches.split(",")]
+    steps = 1 if args.smoke else args.steps
+    rows = []
+    for batch in batches:
+        baseline = None
+        for name in SETTINGS:
+            row = measure_in_subprocess(name, batch, steps, args.smoke)
+            baseline = baseline or row.get("seconds_per_step")
+            if "seconds_per_step" in row:
+                row["vs_fp32_step_time"] = round(row["seconds_per_step"] / baseline, 2)
+            rows.append(row)
+            print(format_row(row), flush=True)
+    record = {
+        "bench": "memory",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke)",
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "rows": rows,
+    }
+    out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(f"written {out}")
+    return 0
+
+
+def measure_in_subprocess(name: str, batch: int, steps: int, smoke: bool) -> dict:
+    command = [sys.executable, str(Path(__file__)), "--one", name, "--batch", str(batch), "--steps", str(steps)]
+    command += ["--smoke"] if smoke else []
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "WORLD_SIZE": ""})
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        return {"setting": name, "batch": batch, "error": (result.stderr or result.stdout)[-600:]}
+    return json.loads(lines[-1])
+
+
+def run_one(name: str, batch: int, steps: int, smoke: bool) -> dict:
+    """One setting, in this process: a few real updates through gand's engine and step functions."""
+    if not os.environ.get("WORLD_SIZE"):
+        os.environ.pop("WORLD_SIZE", None)  # a lone process: ZeRO settings start their own process group
+    import torch
+
+    from gand.config import load_config
+    from gand.data.loader import Batch, DataPosition
+    from gand.models import build_models, spec_from_config
+    from gand.train.engine import build_engine
+    from gand.train.optim import build_optimizer
+    from gand.train.planner import Setting, measure, predict
+    from gand.train.steps import Recipe, discriminator_update, generator_update
+
+    overrides = [*SETTINGS[name], f"train.batch_size={batch}", "ema.half_life_kimg=null"]
+    overrides += ["model.width=0.0625"] if smoke else []
+    cfg = load_config(REPO / "configs" / "can256.yaml", overrides)
+    classes = 27  # WikiArt's styles
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    predicted = predict(measure(cfg, classes, device), Setting(batch, 1, cfg.memory.grad_checkpointing,
+                        cfg.memory.zero_stage, cfg.memory.offload_optimizer), ranks=1)  # fmt: skip
+    generator, discriminator = build_models("can", spec_from_config(cfg.model, 256, 3, classes))
+    engine = build_engine(cfg.precision, cfg.memory, batch)
+    g, d = engine.setup(generator, discriminator, build_optimizer(generator.parameters(), cfg.optim.g),
+                        build_optimizer(discriminator.parameters(), cfg.optim.d))  # fmt: skip
+    recipe = Recipe.from_config(cfg, classes)
+    images = torch.rand(batch, 3, 256, 256) * 2 - 1
+    data = Batch(images, torch.randint(0, classes, (batch,)), [""] * batch, DataPosition())
+
+    def update() -> None:
+        discriminator_update(engine, d, g, recipe, data)
+        generator_update(engine, g, d, recipe, batch)
+
+    for _ in range(1 if smoke else 2):
+        update()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(steps):
+        update()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - started) / steps
+    row = {"setting": name, "batch": batch, "seconds_per_step": round(seconds, 4),
+           "images_per_second": round(batch / seconds, 1), "predicted_peak_gib": round(predicted / GIB, 2)}  # fmt: skip
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        row["peak_gib"] = round(peak / GIB, 2)
+        row["prediction_error"] = round(predicted / peak - 1, 3)
+    return row
+
+
+def format_row(row: dict) -> str:
+    if "error" in row:
+        return f"batch {row['batch']:>4}  {row['setting']:52} FAILED: {row['error'][-200:]}"
+    peak = f"{row['peak_gib']:.2f} GiB" if "peak_gib" in row else "-"
+    predicted = f"{row['predicted_peak_gib']:.2f} GiB"
+    speed = f"{row['images_per_second']:>7.1f} img/s  x{row.get('vs_fp32_step_time', 1.0):.2f} fp32 time"
+    return f"batch {row['batch']:>4}  {row['setting']:52} peak {peak:>10}  predicted {predicted}  {speed}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

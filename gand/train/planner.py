@@ -1,0 +1,373 @@
+"""`gand plan`: measure what a config's training step needs, then find the fastest setting that fits a GPU.
+
+Per-component memory, per rank:
+    params, grads            counted exactly from the built models (fp32 master weights)
+    optimizer state          exactly, from the optimizer kind (Adam 2 tensors per parameter, RMSprop 1-2, SGD 0-1)
+    EMA of G                 one more copy of G's parameters when enabled
+    activations per image    measured by probe steps of the real training code on the current device:
+                             - on a GPU, the allocator's peak over a whole D+G update at two micro-batch sizes
+                               (a line: intercept = everything static, slope = activations per image);
+                             - on a CPU, the bytes autograd saves for backward in the D and G phases at two sizes,
+                               plus, for checkpointed networks, the largest block's recomputed activations.
+
+A setting is (micro-batch, checkpointing, ZeRO stage, offload). ZeRO divides optimizer state (stage >= 1),
+gradients (>= 2) and parameters (3) by the number of ranks; offload moves optimizer state (and, at stage 3,
+parameters) to CPU RAM. The relative-speed figures are estimates, used only to rank the settings that fit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gand.config import GandConfig, MemoryConfig
+from gand.models import MODELS, build_models, spec_from_config
+from gand.train.memory import checkpoint_blocks
+
+GIB = 1024**3
+CHECKPOINTING = ("none", "g", "d", "both")
+PROBE_SIZES = (2, 4)
+OPTIMIZER_STATE_TENSORS = {"adam": 2, "sgd": 0, "rmsprop": 1}
+# Relative throughput estimates (1.0 = plain DDP, no checkpointing, the whole batch in one pass).
+SPEED = {
+    "checkpointing": {"none": 1.0, "g": 0.88, "d": 0.85, "both": 0.75},  # about a third more forward work
+    "zero_stage": {0: 1.0, 1: 0.98, 2: 0.96, 3: 0.85},
+    "offload_optimizer": {"none": 1.0, "cpu": 0.6},
+    "offload_params": {"none": 1.0, "cpu": 0.5},
+}
+MICRO_BATCH_HALF_EFFICIENCY = 4  # a pass of this many images runs at about half the per-image speed of a large one
+
+
+@dataclass(frozen=True)
+class Setting:
+    micro_batch: int
+    accumulation: int
+    checkpointing: str
+    zero_stage: int
+    offload_optimizer: str = "none"
+    offload_params: str = "none"
+
+    def overrides(self) -> list[str]:
+        return [
+            f"memory.micro_batch={self.micro_batch}",
+            f"memory.grad_checkpointing={self.checkpointing}",
+            f"memory.zero_stage={self.zero_stage}",
+            f"memory.offload_optimizer={self.offload_optimizer}",
+            f"memory.offload_params={self.offload_params}",
+        ]
+
+
+@dataclass
+class Components:
+    """What one rank holds, in bytes, for a given model and precision."""
+
+    device: str
+    method: str  # "allocator" (GPU probe) or "saved-tensors" (CPU probe)
+    params: dict[str, int]
+    grads: dict[str, int]
+    optimizer: dict[str, int]
+    ema: int
+    fixed: dict[str, int]  # per checkpointing option: everything that does not grow with the micro-batch
+    per_image: dict[str, int]  # per checkpointing option: activations per image at the peak phase
+    notes: list[str] = field(default_factory=list)
+
+
+def measure(cfg: GandConfig, num_classes: int, device: torch.device) -> Components:
+    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
+    g, d = build_models(cfg.model.arch, spec)
+    params = {"g": _bytes(g.parameters()), "d": _bytes(d.parameters())}
+    optimizer = {name: params[name] * _state_tensors(opt) for name, opt in (("g", cfg.optim.g), ("d", cfg.optim.d))}
+    ema = params["g"] if cfg.ema.half_life_kimg else 0
+    static = sum(params.values()) * 2 + sum(optimizer.values()) + ema  # params + grads + optimizer + EMA
+    components = Components(device.type, "", params, dict(params), optimizer, ema, {}, {})
+    if device.type == "cuda":
+        components.method = "allocator"
+        for option in CHECKPOINTING:
+            peaks = [_gpu_peak(cfg, num_classes, option, size) for size in PROBE_SIZES]
+            slope = (peaks[1] - peaks[0]) / (PROBE_SIZES[1] - PROBE_SIZES[0])
+            components.per_image[option] = round(slope)
+            components.fixed[option] = round(peaks[0] - slope * PROBE_SIZES[0])  # measured: includes `static`
+    else:
+        components.method = "saved-tensors"
+        for option in CHECKPOINTING:
+            components.per_image[option] = _saved_per_image(cfg, num_classes, option)
+            components.fixed[option] = static
+        components.notes.append("CPU probe: activations counted from autograd's saved tensors; allocator "
+                                "overheads (cuDNN workspaces, fragmentation) are not included")  # fmt: skip
+    return components
+
+
+def predict(components: Components, setting: Setting, ranks: int) -> int:
+    """Peak bytes per rank for a setting."""
+    fixed = components.fixed[setting.checkpointing]
+    optimizer = sum(components.optimizer.values())
+    grads = sum(components.grads.values())
+    params = sum(components.params.values())
+    saved = 0.0
+    if setting.zero_stage >= 1:
+        saved += optimizer * (1 - 1 / ranks)
+    if setting.zero_stage >= 2:
+        saved += grads * (1 - 1 / ranks)
+    if setting.zero_stage >= 3:
+        saved += params * (1 - 1 / ranks)
+    if setting.offload_optimizer == "cpu":
+        saved += optimizer / ranks if setting.zero_stage >= 1 else 0
+    if setting.offload_params == "cpu":
+        saved += params / ranks
+    return round(fixed - saved + components.per_image[setting.checkpointing] * setting.micro_batch)
+
+
+def relative_speed(setting: Setting) -> float:
+    speed = SPEED["checkpointing"][setting.checkpointing] * SPEED["zero_stage"][setting.zero_stage]
+    speed *= SPEED["offload_optimizer"][setting.offload_optimizer] * SPEED["offload_params"][setting.offload_params]
+    return speed * setting.micro_batch / (setting.micro_batch + MICRO_BATCH_HALF_EFFICIENCY)
+
+
+def candidates(batch_size: int, ranks: int) -> list[Setting]:
+    micro_batches = [m for m in range(1, batch_size + 1) if batch_size % m == 0]
+    settings = []
+    for micro, option, stage in itertools.product(micro_batches, CHECKPOINTING, (0, 1, 2, 3)):
+        for offload_optimizer, offload_params in (("none", "none"), ("cpu", "none"), ("cpu", "cpu")):
+            if (offload_optimizer == "cpu" and stage == 0) or (offload_params == "cpu" and stage != 3):
+                continue
+            if stage and ranks == 1 and offload_optimizer == "none":
+                continue  # partitioning over one rank saves nothing
+            settings.append(Setting(micro, batch_size // micro, option, stage, offload_optimizer, offload_params))
+    return settings
+
+
+@dataclass
+class Plan:
+    components: Components
+    budget: int
+    ranks: int
+    rows: list[tuple[Setting, int, float]]  # setting, predicted peak, relative speed; fitting ones first
+    best: Setting | None
+
+
+def make_plan(cfg: GandConfig, num_classes: int, budget_bytes: int, ranks: int, device: torch.device) -> Plan:
+    components = measure(cfg, num_classes, device)
+    rows = [(s, predict(components, s, ranks), relative_speed(s)) for s in candidates(cfg.train.batch_size, ranks)]
+    fitting = sorted((r for r in rows if r[1] <= budget_bytes), key=lambda r: (-r[2], r[1]))
+    too_big = sorted((r for r in rows if r[1] > budget_bytes), key=lambda r: r[1])
+    return Plan(components, budget_bytes, ranks, fitting + too_big, fitting[0][0] if fitting else None)
+
+
+def format_plan(plan: Plan, cfg: GandConfig, shown: int = 8) -> str:
+    c = plan.components
+    lines = [
+        f"{cfg.model.arch} at {cfg.data.resolution} px, batch {cfg.train.batch_size} per rank, {plan.ranks} rank(s),"
+        f" {cfg.precision}; probe on {c.device} ({c.method})",
+        "",
+        f"{'component (per rank)':34} {'G':>10} {'D':>10}",
+        f"{'parameters (fp32)':34} {_gib(c.params['g']):>10} {_gib(c.params['d']):>10}",
+        f"{'gradients':34} {_gib(c.grads['g']):>10} {_gib(c.grads['d']):>10}",
+        f"{'optimizer state':34} {_gib(c.optimizer['g']):>10} {_gib(c.optimizer['d']):>10}",
+    ]
+    if c.ema:
+        lines.append(f"{'EMA of G':34} {_gib(c.ema):>10} {'':>10}")
+    for option in CHECKPOINTING:
+        lines.append(f"{'activations / image, ckpt ' + option:34} {_mib(c.per_image[option]):>21}")
+    header = f"{'micro':>5} {'accum':>5} {'ckpt':>5} {'ZeRO':>4} {'offload':>9} {'peak':>10} {'speed':>6}  fits"
+    lines += ["", f"budget {_gib(plan.budget)} per GPU", "", header]
+    for setting, peak, speed in plan.rows[:shown]:
+        offload = f"{setting.offload_optimizer}/{setting.offload_params}"
+        fits = "yes" if peak <= plan.budget else "no"
+        lines.append(f"{setting.micro_batch:>5} {setting.accumulation:>5} {setting.checkpointing:>5} "
+                     f"{setting.zero_stage:>4} {offload:>9} {_gib(peak):>10} {speed:>6.2f}  {fits}")  # fmt: skip
+    lines.append("")
+    if plan.best is None:
+        lines.append("nothing fits: lower train.batch_size, use bf16/fp16, or more GPUs (ZeRO divides the state)")
+    else:
+        lines.append("fastest setting that fits; pass:")
+        lines.append("  " + " ".join(plan.best.overrides()))
+    lines += [f"note: {note}" for note in c.notes]
+    lines.append("note: speed figures are estimates for ranking; measure with bench/memory.py")
+    return "\n".join(lines)
+
+
+# -- probes ---------------------------------------------------------------------------------------------------------
+def _bytes(params) -> int:
+    return sum(p.numel() * 4 for p in params)  # fp32 master copies, whatever the compute precision
+
+
+def _state_tensors(optimizer_cfg) -> int:
+    tensors = OPTIMIZER_STATE_TENSORS[optimizer_cfg.name]
+    if optimizer_cfg.name in ("sgd", "rmsprop") and optimizer_cfg.momentum:
+        tensors += 1
+    return tensors
+
+
+def _probe_config(cfg: GandConfig, option: str, size: int) -> GandConfig:
+    memory = MemoryConfig(grad_checkpointing=option, channels_last=cfg.memory.channels_last)
+    train = cfg.train.model_copy(update={"batch_size": size})
+    return cfg.model_copy(update={"memory": memory, "train": train, "schedule": cfg.schedule.model_copy(
+        update={"d_steps": 1, "g_steps": 1, "d_every": 1})})  # fmt: skip
+
+
+def _gpu_peak(cfg: GandConfig, num_classes: int, option: str, size: int) -> int:
+    """The allocator's peak over one real D update and one G update (after a warm-up that creates the
+    optimizer state), at micro-batch `size`."""
+    from gand.data.loader import Batch, DataPosition
+    from gand.train.engine import Engine
+    from gand.train.optim import build_optimizer
+    from gand.train.steps import Recipe, discriminator_update, generator_update
+
+    probe = _probe_config(cfg, option, size)
+    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
+    generator, discriminator = build_models(cfg.model.arch, spec)
+    engine = Engine(cfg.precision, probe.memory, size)
+    g, d = engine.setup(generator, discriminator, build_optimizer(generator.parameters(), cfg.optim.g),
+                        build_optimizer(discriminator.parameters(), cfg.optim.d))  # fmt: skip
+    recipe = Recipe.from_config(probe, num_classes)
+    images = torch.rand(size, cfg.data.channels, cfg.data.resolution, cfg.data.resolution) * 2 - 1
+    labels = torch.randint(0, max(num_classes, 1), (size,))
+    batch = Batch(images, labels, [""] * size, DataPosition())
+    for measuring in (False, True):
+        if measuring:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        discriminator_update(engine, d, g, recipe, batch)
+        generator_update(engine, g, d, recipe, size)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del g, d, generator, discriminator, engine
+    torch.cuda.empty_cache()
+    return peak
+
+
+def _saved_per_image(cfg: GandConfig, num_classes: int, option: str) -> int:
+    """Activations per image at the larger of the two phases, from autograd's saved tensors."""
+    from gand.train.steps import Recipe
+
+    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
+    g, d = build_models(cfg.model.arch, spec)
+    if option in ("g", "both"):
+        checkpoint_blocks(g)
+    if option in ("d", "both"):
+        checkpoint_blocks(d)
+    recipe = Recipe.from_config(cfg, num_classes)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    per_phase = []
+    for phase in ("d", "g"):
+        counts = [_phase_saved_bytes(phase, g, d, recipe, cfg, size, dtype) for size in PROBE_SIZES]
+        per_phase.append((counts[1] - counts[0]) / (PROBE_SIZES[1] - PROBE_SIZES[0]))
+    # Backward recomputes one checkpointed block at a time (D's, then G's): the largest one is the extra peak.
+    recompute = max(
+        (_largest_block_per_image(network, g, recipe, cfg, dtype)
+         for network, checkpointed in ((g, option in ("g", "both")), (d, option in ("d", "both"))) if checkpointed),
+        default=0.0,
+    )  # fmt: skip
+    return round(max(per_phase) + recompute)
+
+
+def _phase_saved_bytes(phase: str, g: nn.Module, d: nn.Module, recipe, cfg: GandConfig, size: int, dtype) -> int:
+    real = torch.rand(size, cfg.data.channels, cfg.data.resolution, cfg.data.resolution) * 2 - 1
+    z, classes = recipe.latent(size, torch.device("cpu"))
+    kept = []  # outputs stay referenced while counting, so no storage is freed and its address reused
+    with _SavedTensors() as saved, torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        if phase == "d":
+            with torch.no_grad():
+                fake = g(z, classes)
+            kept += [d(real), d(fake)]
+        else:
+            d.requires_grad_(False)
+            try:
+                kept.append(d(g(z, classes)))
+            finally:
+                d.requires_grad_(True)
+    del kept
+    return saved.total
+
+
+def _largest_block_per_image(network: nn.Module, g: nn.Module, recipe, cfg: GandConfig, dtype) -> float:
+    """During backward a checkpointed network recomputes one block at a time: the largest block's activations."""
+    sizes = []
+    for size in PROBE_SIZES:
+        z, classes = recipe.latent(size, torch.device("cpu"))
+        with torch.no_grad():
+            x = g(z, classes) if network is not g else None
+        inputs = _block_inputs(network, z, classes, x)
+        largest = 0
+        for block, block_input in zip(network.blocks, inputs, strict=False):
+            original = getattr(block.forward, "args", None)
+            forward = original[0] if original else block.forward  # the un-checkpointed forward
+            with _SavedTensors() as saved, torch.autocast("cpu", dtype=dtype or torch.bfloat16,
+                                                          enabled=dtype is not None):  # fmt: skip
+                forward(block_input.detach().requires_grad_(True))
+            largest = max(largest, saved.total)
+        sizes.append(largest)
+    return (sizes[1] - sizes[0]) / (PROBE_SIZES[1] - PROBE_SIZES[0])
+
+
+def _block_inputs(network: nn.Module, z, classes, images) -> list[torch.Tensor]:
+    """The tensor each block receives, recorded with forward pre-hooks during one no-grad pass."""
+    recorded: list[torch.Tensor] = []
+    handles = [block.register_forward_pre_hook(lambda _m, args: recorded.append(args[0])) for block in network.blocks]
+    try:
+        with torch.no_grad():
+            network(z, classes) if images is None else network(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded
+
+
+class _SavedTensors:
+    """Counts the distinct storages autograd saves for backward inside the block."""
+
+    def __init__(self):
+        self._sizes: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        self._sizes[storage.data_ptr()] = max(self._sizes.get(storage.data_ptr(), 0), storage.nbytes())
+        return tensor
+
+    @property
+    def total(self) -> int:
+        return sum(self._sizes.values())
+
+    def __enter__(self) -> _SavedTensors:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def _gib(count: float) -> str:
+    return f"{count / GIB:.2f} GiB"
+
+
+def _mib(count: float) -> str:
+    return f"{count / 1024**2:.1f} MiB"
+
+
+def parse_size(text: str) -> int:
+    """'16GiB', '16G', '15.5GB', '800MiB' -> bytes (GB and G are read as GiB, as GPU sizes are quoted)."""
+    units = {"gib": GIB, "gb": GIB, "g": GIB, "mib": 1024**2, "mb": 1024**2, "m": 1024**2}
+    cleaned = text.strip().lower().replace(" ", "")
+    for unit, factor in units.items():
+        if cleaned.endswith(unit):
+            try:
+                return int(float(cleaned[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    raise ValueError(f"{text!r} is not a size like 16GiB or 800MiB")
+
+
+def class_count(cfg: GandConfig, fallback: int) -> int:
+    if not MODELS[cfg.model.arch].class_head and cfg.loss.class_mode == "none":
+        return 0
+    try:
+        from gand.data.manifest import read_manifest
+
+        manifest, _ = read_manifest(cfg.data.path)
+        return len(manifest.class_names or []) or fallback
+    except Exception:  # planning needs no data: the class count only sizes a small head
+        return fallback
