@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="train from a YAML config (also: accelerate launch -m gand.train)")
     train.add_argument("config", help="YAML file, e.g. configs/dcgan32.yaml")
     train.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.max_steps=20")
+    train.add_argument(
+        "--fresh", action="store_true", help="delete this run's checkpoints and start over (default: resume)"
+    )
     return parser
 
 
@@ -232,9 +235,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)  # validate once, before any rank starts
         ranks = requested_cpu_ranks()
         if ranks > 1:
-            return run_cpu_ranks(ranks, "gand.train", [args.config, *args.overrides])
+            return run_cpu_ranks(ranks, "gand.train", [args.config, *args.overrides, *(["--fresh"] * args.fresh)])
         try:
-            train(cfg)
+            train(cfg, fresh=args.fresh)
         finally:
             shutdown_distributed()
         return 0

@@ -167,9 +167,22 @@ class SamplesConfig(StrictModel):
 
 
 class CheckpointConfig(StrictModel):
-    every_steps: int = Field(500, ge=1)
-    url: str | None = Field(None, description="where checkpoints go; default <run.dir>/checkpoints")
-    keep_last: int = Field(2, ge=1)
+    url: str | None = Field(
+        None, description="where checkpoints go (file://, s3://, gs://); default <run.dir>/checkpoints"
+    )
+    # When to save: whichever comes first. Images survive batch-size changes; seconds bound the work a
+    # preemption can cost.
+    every_steps: int | None = Field(500, ge=1)
+    every_images: int | None = Field(None, ge=1)
+    every_seconds: float | None = Field(None, gt=0)
+    keep_last: int = Field(2, ge=2, description="newest checkpoints kept (at least 2: one may be mid-upload)")
+    keep_every: int = Field(0, ge=0, description="also keep every M-th checkpoint for good (0: none)")
+    background_upload: bool = Field(True, description="upload while training goes on (false: wait for each)")
+    grace_seconds: float = Field(25.0, gt=0, description="after SIGTERM: save and upload within this (GCP gives 30)")
+    upload_timeout_seconds: float = Field(900.0, gt=0, description="give up on one checkpoint's upload after this")
+    retry_first_seconds: float = Field(1.0, gt=0, description="first retry delay; doubles up to retry_max_seconds")
+    retry_max_seconds: float = Field(30.0, gt=0)
+    max_rollbacks: int = Field(3, ge=0, description="NaN/Inf losses: roll back this often, then exit 3")
 
 
 class MetricsConfig(StrictModel):

@@ -1,9 +1,12 @@
 """Errors meant for people: each carries the exit code the command line returns for it.
 
-Exit codes (the Kubernetes and Colab docs rely on these):
-    0   finished
-    1   failed at run time (data missing, storage unreachable after retries, ...)
-    2   bad input from the user: config field, command-line argument, dataset that does not match the config
+Exit codes (the Kubernetes Job's podFailurePolicy and the README rely on these):
+    0   finished (or already complete)
+    1   failed at run time (data missing, storage unreachable after retries, a rank died, ...): retrying may help
+    2   bad input from the user: config field, command-line argument, dataset or checkpoint that does not match
+        the config: retrying cannot help
+    3   diverged: losses stayed NaN/Inf after `checkpoint.max_rollbacks` roll-backs: retrying cannot help
+    75  stopped by SIGTERM/SIGINT after saving (EX_TEMPFAIL): run the same command again to resume
 """
 
 from __future__ import annotations
@@ -31,3 +34,15 @@ class StorageError(GandError):
     """Reading or writing a checkpoint, shard or manifest failed."""
 
     exit_code = 1
+
+
+class Diverged(GandError):
+    """Losses kept turning NaN/Inf: rolled back to the last checkpoint too many times."""
+
+    exit_code = 3
+
+
+class Preempted(GandError):
+    """Stopped by a signal after saving a checkpoint; the same command resumes (EX_TEMPFAIL)."""
+
+    exit_code = 75

@@ -64,24 +64,34 @@ class Store:
         self.fs.invalidate_cache(path)
         return path
 
+    @contextlib.contextmanager
+    def _errors(self, doing: str, relpath: str) -> Iterator[None]:
+        """Backend failures (botocore's connection errors are not OSErrors) become StorageError, which callers
+        retry; FileNotFoundError stays what it is: an answer, not a failure."""
+        try:
+            yield
+        except (FileNotFoundError, StorageError):
+            raise
+        except Exception as err:
+            raise StorageError(f"cannot {doing} {redact(self.url(relpath))}: {type(err).__name__}: {err}") from err
+
     def exists(self, relpath: str) -> bool:
-        return self.fs.exists(self._fresh(self._path(relpath)))
+        with self._errors("check", relpath):
+            return self.fs.exists(self._fresh(self._path(relpath)))
 
     def read_bytes(self, relpath: str) -> bytes:
-        try:
+        with self._errors("read", relpath):
             return self.fs.cat_file(self._path(relpath))
-        except FileNotFoundError:
-            raise
-        except OSError as err:
-            raise StorageError(f"cannot read {redact(self.url(relpath))}: {err}") from err
 
     def size(self, relpath: str) -> int:
-        return int(self.fs.size(self._path(relpath)))
+        with self._errors("stat", relpath):
+            return int(self.fs.size(self._path(relpath)))
 
     def list_dir(self, relpath: str = "") -> list[str]:
         """Names (not paths) directly under relpath; empty when it does not exist."""
         try:
-            entries = self.fs.ls(self._fresh(self._path(relpath)), detail=False)
+            with self._errors("list", relpath):
+                entries = self.fs.ls(self._fresh(self._path(relpath)), detail=False)
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
@@ -90,7 +100,8 @@ class Store:
         """Every file below relpath, as sorted paths relative to the root."""
         base = self._fresh(self._path(relpath))
         try:
-            found = self.fs.find(base)
+            with self._errors("list", relpath):
+                found = self.fs.find(base)
         except FileNotFoundError:
             return []
         prefix = self.root.rstrip("/") + "/"
@@ -122,13 +133,11 @@ class Store:
         with tempfile.NamedTemporaryFile(prefix="gand-upload-", suffix=".part") as handle:
             yield handle
             handle.flush()
-            try:
+            with self._errors("write", relpath):
                 self.fs.put_file(handle.name, self._path(relpath))
-            except OSError as err:
-                raise StorageError(f"cannot write {redact(self.url(relpath))}: {err}") from err
 
     def delete_tree(self, relpath: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), self._errors("delete", relpath):
             self.fs.rm(self._path(relpath), recursive=True)
 
 

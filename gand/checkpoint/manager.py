@@ -1,4 +1,4 @@
-"""Checkpoints: save, commit, discover, retain.
+"""Checkpoints: snapshot, upload, commit, discover, retain.
 
 Layout under `checkpoint.url` (any fsspec URL):
 
@@ -6,12 +6,18 @@ Layout under `checkpoint.url` (any fsspec URL):
         generator.safetensors     weights (safetensors: loading runs no code)
         discriminator.safetensors
         trainer.pt                state shared by all ranks: optimizers (DDP), loss scalers, fixed sample noise
-        state.json                counters, config snapshot, gand version
+        state.json                counters, data position, config snapshot, gand version
         rank-0.pt ...             each rank's own state: RNG, and its optimizer partitions under ZeRO
+        rank-1.done ...           ranks other than 0: "my files are uploaded and verified" (with the save's token)
         MANIFEST.json             written last, by rank 0, listing every file with size and sha256
 
 A checkpoint without a valid MANIFEST.json does not exist. Discovery takes the newest manifest whose files all
 verify, falling back to older ones, and every rank agrees on the same one.
+
+Saving has two parts. The synchronous part (the training stall) turns the state into bytes in host memory and
+agrees on the save with the other ranks. The upload runs in the background: each rank writes and verifies its
+files with retries, ranks other than 0 then write their `.done` marker, and rank 0 writes the manifest once every
+marker of this save is there. The background thread never joins a collective, so it cannot deadlock training.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import hashlib
 import io
 import json
 import pickle
+import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -30,6 +38,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from gand import __version__
+from gand.checkpoint.uploader import RetryPolicy, Uploader, UploadResult, with_retries
 from gand.storage import Store, redact
 
 MANIFEST = "MANIFEST.json"
@@ -65,7 +74,9 @@ class CorruptCheckpoint(Exception):
 
 
 # What makes a checkpoint unusable (missing or damaged files, refused pickles, wrong layout): try an older one.
-UNUSABLE = (CorruptCheckpoint, OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError)
+# Other storage errors are not about the checkpoint: they are retried, and then stop the run (never a silent
+# fall-back to an older checkpoint because the network hiccuped).
+UNUSABLE = (CorruptCheckpoint, FileNotFoundError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError)
 
 
 @dataclass
@@ -76,70 +87,181 @@ class Checkpoint:
     state: dict[str, Any]
     rank_state: dict[str, Any] | None  # this rank's own; None when written by a different number of ranks
     world_size: int
+    sequence: int = 0
 
 
 def checkpoint_name(images_seen: int) -> str:
     return f"{PREFIX}{images_seen:012d}"
 
 
+@dataclass
+class Snapshot:
+    """One save, in host memory: what the background upload needs, and nothing that training will change."""
+
+    name: str
+    images_seen: int
+    step: int
+    sequence: int  # how many checkpoints this run has saved, counting this one: "keep every M-th" reads it
+    token: str  # the same on every rank: ties the ranks' `.done` markers to this save and not an older attempt
+    files: dict[str, bytes]  # this rank's files
+    stall_seconds: float = 0.0
+
+
 class CheckpointManager:
-    def __init__(self, url: str, collective: Collective, keep_last: int = 2, safe_globals: list[type] = ()):
+    def __init__(self, url: str, collective: Collective, keep_last: int = 2, keep_every: int = 0,
+                 safe_globals: list[type] = (), retry: RetryPolicy | None = None,
+                 background: bool = False):  # fmt: skip
         self.store = Store(url)
         self.collective = collective
         self.keep_last = keep_last
+        self.keep_every = keep_every  # also keep every M-th checkpoint for good (0: none)
         self.safe_globals = list(safe_globals)  # plain-data classes torch.load(weights_only=True) may build
+        self.retry = retry or RetryPolicy()
+        self.uploader = Uploader() if background else None
+        self.resumed_from: str | None = None  # never deleted by retention
+        self.sequence = 0
+        self._last_snapshot: str | None = None
+        self._results: list[UploadResult] = []  # synchronous mode's results, handed out by poll()
 
     # -- save ----------------------------------------------------------------------------------------------
-    def save(
-        self,
-        images_seen: int,
-        step: int,
-        weights: dict[str, dict[str, torch.Tensor]],
-        trainer: dict[str, Any],
-        state: dict[str, Any],
-        rank_state: dict[str, Any],
-    ) -> str:
-        """Collective: every rank calls it. Rank 0's weights, trainer and state are saved; each rank's rank_state.
+    def save(self, images_seen: int, step: int, weights: dict[str, dict[str, torch.Tensor]], trainer: dict[str, Any],
+             state: dict[str, Any], rank_state: dict[str, Any]) -> Snapshot | None:  # fmt: skip
+        """Collective: every rank calls it with its own rank_state; rank 0's weights, trainer and state are saved.
 
-        Returns the committed checkpoint's name."""
+        Returns once the state is in host memory (with background uploads) or committed (without); None when this
+        count was already saved by this process (e.g. the final save right after a periodic one)."""
         name = checkpoint_name(images_seen)
-        if self.store.exists(f"{name}/{MANIFEST}"):
-            return name  # already committed at this count (e.g. the final save right after a periodic one)
-        files: dict[str, bytes] = {f"rank-{self.collective.rank}.pt": _torch_bytes(rank_state)}
+        if name == self._last_snapshot:
+            return None
+        started = time.perf_counter()
+        files = {f"rank-{self.collective.rank}.pt": _torch_bytes(rank_state)}
         if self.collective.rank == 0:
             for network, tensors in weights.items():
                 files[f"{network}.safetensors"] = save_safetensors(_contiguous(tensors))
             files["trainer.pt"] = _torch_bytes(trainer)
             files["state.json"] = json.dumps(state, indent=2, sort_keys=True).encode()
-        records = {}
-        for filename, data in files.items():
-            self.store.write_bytes(f"{name}/{filename}", data)
-            records[filename] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        every_rank = self.collective.gather_objects(records)
-        if self.collective.rank == 0:
-            manifest = {
-                "format": FORMAT,
-                "gand_version": __version__,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "images_seen": images_seen,
-                "step": step,
-                "world_size": self.collective.world_size,
-                "files": {k: v for rank_records in every_rank for k, v in sorted(rank_records.items())},
-            }
-            self.store.write_bytes(f"{name}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-            self._prune(keep=name)
-        self.collective.barrier()  # nobody goes on (or exits) before the manifest exists
-        log.info("checkpoint_committed", checkpoint=name, url=redact(self.store.url(name)))
-        return name
+        token = self.collective.gather_objects(secrets.token_hex(8))[0]  # rank 0's, on every rank
+        self.sequence += 1
+        self._last_snapshot = name
+        snapshot = Snapshot(name, images_seen, step, self.sequence, token, files)
+        snapshot.stall_seconds = time.perf_counter() - started
+        if self.uploader is not None:
+            self.uploader.submit(name, lambda: self._upload(snapshot))
+        else:
+            began = time.monotonic()
+            self._results.append(UploadResult(name, self._upload(snapshot), time.monotonic() - began))
+            self.collective.barrier()  # nobody goes on (or exits) before the manifest exists
+            snapshot.stall_seconds = time.perf_counter() - started  # here the upload stalls training too
+        return snapshot
 
-    def _prune(self, keep: str) -> None:
-        committed = self.committed()
-        doomed = set(committed[: max(0, len(committed) - self.keep_last)])
+    def poll(self) -> list[UploadResult]:
+        """Uploads finished since the last call (on rank 0: commits; elsewhere: this rank's files)."""
+        if self.uploader is None:
+            results, self._results = self._results, []
+            return results
+        return self.uploader.poll()
+
+    def wait(self, timeout_seconds: float | None = None) -> bool:
+        """Until every snapshot handed over so far is uploaded (or has failed); False on timeout."""
+        return self.uploader.wait(timeout_seconds) if self.uploader is not None else True
+
+    @property
+    def uploads_pending(self) -> int:
+        return self.uploader.busy if self.uploader is not None else 0
+
+    @property
+    def failed_attempts(self) -> int:
+        return self.uploader.failed_attempts if self.uploader is not None else 0
+
+    def _upload(self, snapshot: Snapshot) -> bool:
+        """Write and verify this rank's files, then the marker (ranks > 0) or the manifest (rank 0).
+
+        Checksums are computed here, off the training thread; ranks > 0 hand theirs to rank 0 in the marker."""
+        deadline = time.monotonic() + self.retry.timeout_seconds
+        records = {filename: _record(data) for filename, data in sorted(snapshot.files.items())}
+        for filename, data in snapshot.files.items():
+            self._retried(lambda f=filename, d=data: self._write_verified(f"{snapshot.name}/{f}", d),
+                          f"{snapshot.name}/{filename}", deadline)  # fmt: skip
+        rank = self.collective.rank
+        if rank != 0:
+            marker = f"{snapshot.name}/rank-{rank}.done"
+            content = json.dumps({"token": snapshot.token, "files": records}).encode()
+            self._retried(lambda: self.store.write_bytes(marker, content), marker, deadline)
+            return True
+        for other in range(1, self.collective.world_size):
+            records.update(self._wait_for_marker(snapshot, other, deadline))
+        manifest = {
+            "format": FORMAT,
+            "gand_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "images_seen": snapshot.images_seen,
+            "step": snapshot.step,
+            "sequence": snapshot.sequence,
+            "world_size": self.collective.world_size,
+            "files": dict(sorted(records.items())),
+        }
+        path = f"{snapshot.name}/{MANIFEST}"
+        self._retried(lambda: self.store.write_bytes(path, json.dumps(manifest, indent=2).encode()), path, deadline)
+        log.info("checkpoint_committed", checkpoint=snapshot.name, url=redact(self.store.url(snapshot.name)))
+        try:
+            self._prune(newest=snapshot.name)
+        except Exception as err:  # a failed clean-up loses nothing; the next commit tries again
+            log.warning("checkpoint_prune_failed", error=str(err)[:300])
+        return True
+
+    def _retried(self, action, what: str, deadline: float):
+        count = self.uploader.count_failure if self.uploader is not None else lambda: None
+        return with_retries(action, what, self.retry, deadline, on_failure=count)
+
+    def _write_verified(self, relpath: str, data: bytes) -> None:
+        self.store.write_bytes(relpath, data)
+        written = self.store.size(relpath)
+        if written != len(data):
+            raise OSError(f"{relpath}: {written} bytes stored, {len(data)} written")
+
+    def _wait_for_marker(self, snapshot: Snapshot, rank: int, deadline: float) -> dict[str, dict[str, Any]]:
+        """That rank's file records, once its marker for this save (this token, not an older attempt's) is there."""
+        marker = f"{snapshot.name}/rank-{rank}.done"
+        while True:
+            try:
+                content = json.loads(self._retried(lambda: self.store.read_bytes(marker), marker, deadline))
+                if content.get("token") == snapshot.token:
+                    return content["files"]
+            except (FileNotFoundError, ValueError):  # not there yet, or unreadable: wait for this save's
+                pass
+            if time.monotonic() > deadline:
+                raise CorruptCheckpoint(f"{snapshot.name}: rank {rank} did not finish its upload in time")
+            time.sleep(0.2)
+
+    def _prune(self, newest: str) -> None:
+        """Rank 0, right after committing `newest`: keep the last K, every M-th, and the one resumed from."""
+        sequences = {name: self._sequence(name) for name in self.committed()}
+        ordered = sorted(sequences)
+        keep = set(ordered[-self.keep_last :]) | {newest}
+        if self.resumed_from:
+            keep.add(self.resumed_from)
+        if self.keep_every:
+            keep |= {name for name, sequence in sequences.items() if sequence and sequence % self.keep_every == 0}
+        doomed = set(ordered) - keep
         # Directories without a manifest older than the newest commit are leftovers of interrupted saves.
-        doomed |= {name for name in self._all_dirs() if name not in committed and name < keep}
-        for name in sorted(doomed - {keep}):
+        doomed |= {name for name in self._all_dirs() if name not in sequences and name < newest}
+        for name in sorted(doomed):
             self.store.delete_tree(name)
             log.info("checkpoint_deleted", checkpoint=name)
+
+    def _sequence(self, name: str) -> int:
+        try:
+            return int(json.loads(self.store.read_bytes(f"{name}/{MANIFEST}")).get("sequence", 0))
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def discard_all(self) -> list[str]:
+        """`--fresh`: delete this run's checkpoints (rank 0 only; callers hold the other ranks at a barrier)."""
+        names = self._all_dirs()
+        for name in names:
+            self.store.delete_tree(name)
+            log.info("checkpoint_deleted", checkpoint=name, reason="--fresh")
+        return names
 
     # -- discover and load ---------------------------------------------------------------------------------
     def committed(self) -> list[str]:
@@ -151,7 +273,7 @@ class CheckpointManager:
 
     def load_latest(self) -> Checkpoint | None:
         """Collective. The newest checkpoint that every rank can read and verify, or None for a fresh run."""
-        candidates = self.committed()[::-1] if self.collective.rank == 0 else None
+        candidates = self._listing() if self.collective.rank == 0 else None
         candidates = self.collective.gather_objects(candidates)[0]  # rank 0's listing decides for everyone
         for name in candidates:
             try:
@@ -161,14 +283,21 @@ class CheckpointManager:
                 loaded, problem = None, str(err)
             problems = [p for p in self.collective.gather_objects(problem) if p]
             if not problems:
+                self.resumed_from = name
+                self.sequence = loaded.sequence
+                self._last_snapshot = name
                 return loaded
             log.warning("checkpoint_unusable", checkpoint=name, reasons=problems)
         return None
 
+    def _listing(self) -> list[str]:
+        deadline = time.monotonic() + self.retry.timeout_seconds
+        return self._retried(lambda: self.committed()[::-1], "listing checkpoints", deadline)
+
     def load_latest_weights(self) -> tuple[str, dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None:
         """The newest verified checkpoint's consolidated fp32 weights and state.json, without the optimizer
         partitions: what sampling and evaluation need, in one process, with no DeepSpeed installed."""
-        for name in self.committed()[::-1]:
+        for name in self._listing():
             try:
                 checkpoint = self._read(name, weights_only=True)
             except UNUSABLE as err:
@@ -178,16 +307,22 @@ class CheckpointManager:
         return None
 
     def _read(self, name: str, weights_only: bool = False) -> Checkpoint:
-        manifest = json.loads(self.store.read_bytes(f"{name}/{MANIFEST}"))
+        deadline = time.monotonic() + self.retry.timeout_seconds
+
+        def fetch(filename: str) -> bytes:  # transient errors are retried; a missing file is an answer
+            return self._retried(lambda: self.store.read_bytes(f"{name}/{filename}"), f"{name}/{filename}", deadline)
+
+        manifest = json.loads(fetch(MANIFEST))
         if manifest.get("format") != FORMAT:
             raise CorruptCheckpoint(f"{name}: unknown format {manifest.get('format')!r}")
         files: dict[str, dict[str, Any]] = manifest["files"]
         for filename, record in files.items():
-            if self.store.size(f"{name}/{filename}") != record["bytes"]:
+            size = self._retried(lambda f=filename: self.store.size(f"{name}/{f}"), f"{name}/{filename}", deadline)
+            if size != record["bytes"]:
                 raise CorruptCheckpoint(f"{name}/{filename}: size differs from the manifest")
 
         def read(filename: str) -> bytes:
-            data = self.store.read_bytes(f"{name}/{filename}")
+            data = fetch(filename)
             if hashlib.sha256(data).hexdigest() != files[filename]["sha256"]:
                 raise CorruptCheckpoint(f"{name}/{filename}: checksum differs from the manifest")
             return data
@@ -198,20 +333,24 @@ class CheckpointManager:
             if filename.endswith(".safetensors")
         }
         state = json.loads(read("state.json"))
-        world_size = int(manifest.get("world_size", 1))
+        common = {"name": name, "weights": weights, "state": state, "world_size": int(manifest.get("world_size", 1)),
+                  "sequence": int(manifest.get("sequence", 0))}  # fmt: skip
         if weights_only:
-            return Checkpoint(name=name, weights=weights, trainer={}, state=state, rank_state=None,
-                              world_size=world_size)  # fmt: skip
+            return Checkpoint(trainer={}, rank_state=None, **common)
         trainer = self._load(read("trainer.pt"))
         rank_file = f"rank-{self.collective.rank}.pt"
-        rank_state = self._load(read(rank_file)) if world_size == self.collective.world_size else None
-        return Checkpoint(name=name, weights=weights, trainer=trainer, state=state, rank_state=rank_state,
-                          world_size=world_size)  # fmt: skip
+        same_ranks = common["world_size"] == self.collective.world_size
+        rank_state = self._load(read(rank_file)) if same_ranks else None
+        return Checkpoint(trainer=trainer, rank_state=rank_state, **common)
 
     def _load(self, data: bytes) -> Any:
         """Tensors, containers and numbers only (plus the plain-data classes named in safe_globals): no code runs."""
         with torch.serialization.safe_globals(self.safe_globals):
             return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+
+
+def _record(data: bytes) -> dict[str, Any]:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _torch_bytes(obj: Any) -> bytes:

@@ -55,6 +55,25 @@ class TrainingMetrics:
             "Unix time of the last committed checkpoint",
             registry=self.registry,
         )
+        self.checkpoint_images = Gauge("gand_checkpoint_last_commit_images", "images_seen of the last commit",
+                                       registry=self.registry)  # fmt: skip
+        self.commits = Counter("gand_checkpoint_commits", "Checkpoints committed", registry=self.registry)
+        self.upload_failures = Counter(
+            "gand_checkpoint_upload_failures",
+            "Failed storage requests while uploading checkpoints (each retry counts)",
+            registry=self.registry,
+        )
+        self.uploads_failed = Counter("gand_checkpoint_uploads_abandoned",
+                                      "Checkpoint uploads given up after retries", registry=self.registry)  # fmt: skip
+        self.uploads_pending = Gauge("gand_checkpoint_uploads_pending", "Snapshots uploading or waiting to",
+                                     registry=self.registry)  # fmt: skip
+        self.stall = Gauge("gand_checkpoint_stall_seconds", "Training stall of the last save (the synchronous part)",
+                           registry=self.registry)  # fmt: skip
+        self.upload_seconds = Gauge("gand_checkpoint_upload_seconds", "Duration of the last committed upload",
+                                    registry=self.registry)  # fmt: skip
+        self.rollbacks = Counter("gand_train_rollbacks", "Roll-backs to the last commit after NaN/Inf losses",
+                                 registry=self.registry)  # fmt: skip
+        self._failed_attempts_seen = 0
         self.server = _serve(self.registry, port)
         self.enabled = self.server is not None
         self.port = self.server.server_port if self.server is not None else None
@@ -71,9 +90,31 @@ class TrainingMetrics:
             network, _, term = name.partition("_")
             self.loss.labels(network=network, term=term or "total").set(value)
 
-    def record_checkpoint(self) -> None:
+    def record_snapshot(self, stall_seconds: float) -> None:
         if self.enabled:
-            self.checkpoint_time.set(time.time())
+            self.stall.set(stall_seconds)
+
+    def record_commit(self, result) -> None:
+        """A finished upload that committed (an UploadResult)."""
+        if not self.enabled:
+            return
+        self.commits.inc()
+        self.checkpoint_time.set(time.time())
+        self.checkpoint_images.set(int(result.name.removeprefix("ckpt-")))
+        self.upload_seconds.set(result.seconds)
+
+    def record_uploads(self, pending: int, failed_attempts_total: int, abandoned: int = 0) -> None:
+        if not self.enabled:
+            return
+        self.uploads_pending.set(pending)
+        self.upload_failures.inc(max(0, failed_attempts_total - self._failed_attempts_seen))
+        self._failed_attempts_seen = max(self._failed_attempts_seen, failed_attempts_total)
+        if abandoned:
+            self.uploads_failed.inc(abandoned)
+
+    def record_rollback(self) -> None:
+        if self.enabled:
+            self.rollbacks.inc()
 
     def close(self) -> None:
         if self.enabled:

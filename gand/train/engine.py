@@ -20,7 +20,6 @@ import io
 import json
 import os
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -187,9 +186,15 @@ class Engine:
             state["scaler"] = net.scaler.state_dict()
         return state, False
 
+    def restore(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Weights, optimiser and scaler state into a network already set up: resume, and roll-back after NaN."""
+        net.module.load_state_dict(weights)
+        self.load(net, weights, state)
+
     def load(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        """Resume: weights into the (not yet wrapped) module, then the optimiser state (after setup)."""
-        net.optimizer.load_state_dict(state["optimizer"])
+        """The optimiser and scaler state (after setup)."""
+        with configured_hyperparameters(net):
+            net.optimizer.load_state_dict(state["optimizer"])
         net.skipped_steps = int(state.get("skipped_steps", 0))
         if net.scaler is not None and "scaler" in state:
             net.scaler.load_state_dict(state["scaler"])
@@ -200,6 +205,14 @@ class Engine:
         stacked = torch.stack([value.detach().float().reshape(()).to(self.device) for value in values.values()])
         reduced = self.accelerator.reduce(stacked, reduction="mean").tolist()
         return dict(zip(values, reduced, strict=True))
+
+    def any_across_ranks(self, flags: Sequence[bool]) -> list[bool]:
+        """Each flag, true if it is true on any rank (collective): how ranks agree to stop, save or roll back."""
+        if self.world_size == 1:
+            return list(flags)
+        tensor = torch.tensor([int(flag) for flag in flags], dtype=torch.int32, device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return [bool(value) for value in tensor.tolist()]
 
     def from_rank_zero(self, value: int) -> int:
         """Rank 0's value on every rank (collective)."""
@@ -219,6 +232,20 @@ class Engine:
         """The end of one training run. The process group outlives it (a notebook may train again); the
         command line tears it down with shutdown_distributed() before the process exits."""
         self.barrier()
+
+
+@contextlib.contextmanager
+def configured_hyperparameters(net: Trained) -> Iterator[None]:
+    """Loading optimizer state also loads its learning rate and betas; the config's win, so that a run resumed
+    with a new `optim.g.lr` uses it (gand has no LR schedules whose progress that would undo)."""
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in net.optimizer.param_groups]
+    yield
+    for group, settings in zip(net.optimizer.param_groups, configured, strict=True):
+        changed = {k: (group.get(k), v) for k, v in settings.items() if group.get(k) != v}
+        group.update(settings)
+        if changed and any(k in ("lr", "betas", "momentum", "alpha", "weight_decay") for k in changed):
+            log.info("optimizer_settings_from_config", network=net.name,
+                     changed={k: {"saved": str(a), "now": str(b)} for k, (a, b) in changed.items()})  # fmt: skip
 
 
 def shutdown_distributed() -> None:
@@ -329,11 +356,19 @@ class DeepSpeedEngine(Engine):
             state["scaler"] = scaler.state_dict()  # not part of DeepSpeed's own optimizer state
         return state, True  # ZeRO partitions optimizer state: every rank saves its own
 
+    def restore(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        # Parameters come back from the optimiser's fp32 master partitions (load_from_fp32_weights); buffers
+        # (BatchNorm statistics) are not partitioned, so they load into the module directly.
+        buffers = {name for name, _ in net.module.named_buffers()}
+        net.module.load_state_dict({k: v for k, v in weights.items() if k in buffers}, strict=False)
+        self.load(net, weights, state)
+
     def load(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         partitions = [None] * self.world_size
         partitions[self.rank] = state["optimizer"]
         # load_from_fp32_weights: the saved fp32 master partition, not the working copy, becomes the weights
-        net.optimizer.load_state_dict(partitions, load_optimizer_states=True, load_from_fp32_weights=True)
+        with configured_hyperparameters(net):
+            net.optimizer.load_state_dict(partitions, load_optimizer_states=True, load_from_fp32_weights=True)
         net.skipped_steps = int(state.get("skipped_steps", 0))
         scaler = self._scaler(net)
         if scaler is not None and "scaler" in state:
@@ -392,11 +427,14 @@ def _ensure_process_group_variables() -> None:
     """A single process run with ZeRO (e.g. optimizer offload on one GPU) still needs a process group."""
     if "WORLD_SIZE" in os.environ:
         return
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(_free_port())})  # fmt: skip
+
+
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)})  # fmt: skip
+        return probe.getsockname()[1]
 
 
 def build_engine(precision: str, memory: MemoryConfig, batch_size: int) -> Engine:
@@ -457,13 +495,29 @@ def requested_cpu_ranks() -> int:
 
 
 def run_cpu_ranks(ranks: int, module: str, args: Sequence[str]) -> int:
-    """Start `ranks` processes of `python -m module args` as one gloo process group; their exit code."""
+    """Start `ranks` processes of `python -m module args` as one gloo process group; their exit code.
+
+    torch.distributed.run's own command line reports every failure as 1; its API says which rank failed first and
+    with what code, which keeps 75 (preempted, resume me) and 2/3 (do not retry) intact for Kubernetes. A SIGTERM
+    to this process reaches every rank (the elastic agent forwards it and allows 30 s before SIGKILL)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     log.info("starting_cpu_ranks", ranks=ranks, reason="accelerate launch --cpu runs one process without mpirun")
-    command = [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--nproc_per_node={ranks}",
-        f"--master_addr={os.environ['MASTER_ADDR']}",
-        f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
-        "-m", module, *args,
-    ]  # fmt: skip
-    return subprocess.call(command)
+    # One machine: any free port serves, and 29500 (Accelerate's default) may belong to another run.
+    endpoint = f"127.0.0.1:{_free_port()}"
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=ranks, run_id="gand", rdzv_backend="static",
+                          rdzv_endpoint=endpoint, rdzv_configs={"rank": 0}, max_restarts=0,
+                          monitor_interval=0.5)  # fmt: skip
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", module, *args)
+    except ChildFailedError as failed:
+        first_rank, failure = failed.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 1  # negative: killed by a signal
+        log.error("rank_failed", rank=first_rank, exit_code=failure.exitcode, exiting_with=code)
+        return code
+    except SignalException as stopped:
+        log.warning("ranks_stopped_by_signal", signal=str(stopped.sigval))
+        return 75
+    return 0

@@ -4,34 +4,49 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 import torch
 
 from gand import __version__
-from gand.checkpoint.manager import Checkpoint, CheckpointManager
+from gand.checkpoint.manager import Checkpoint, CheckpointManager, Snapshot, checkpoint_name
+from gand.checkpoint.uploader import RetryPolicy, UploadResult
 from gand.config import GandConfig
 from gand.data.loader import ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
-from gand.errors import ConfigError
+from gand.errors import ConfigError, Diverged, Preempted, StorageError
 from gand.eval.samples import generate, grid_png
 from gand.models import build_models, spec_from_config
 from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
 from gand.storage import Store, is_local, redact
+from gand.train.control import RunControl, all_finite
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals
 from gand.train.optim import GeneratorEMA, build_optimizer
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
 from gand.train.steps import Recipe, discriminator_update, generator_update
 
 
-def train(cfg: GandConfig) -> TrainState:
+def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
+    """Train until train.max_steps, resuming from the newest committed checkpoint unless `fresh`.
+
+    Raises Preempted (exit 75) after a SIGTERM/SIGINT and a save, Diverged (exit 3) after too many NaN roll-backs.
+    """
     engine = build_engine(cfg.precision, cfg.memory, cfg.train.batch_size)
     local_log = Path(cfg.run_dir) / "train.jsonl" if engine.is_main and is_local(cfg.run_dir) else None
     configure_logging(engine.rank, engine.is_main, local_log)
     log = structlog.get_logger("gand.train")
     seed_everything(cfg.train.seed + engine.rank)  # ranks draw different noise; wrapping syncs the initial weights
+    control = RunControl(engine, cfg.checkpoint, cfg.train.max_steps)
+    control.install_signal_handlers()  # from here on a SIGTERM means "save at the next step boundary"
+    try:
+        return _train(cfg, fresh, engine, control, log)
+    finally:
+        control.restore_signal_handlers()
 
+
+def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, log) -> TrainState:
     # -- build everything ----------------------------------------------------------------------------------
     manifest, _ = read_manifest(cfg.data.path)
     num_classes = check_dataset(manifest, cfg)
@@ -41,17 +56,20 @@ def train(cfg: GandConfig) -> TrainState:
     opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d)
     recipe = Recipe.from_config(cfg, num_classes)
     fixed_noise, fixed_classes = _fixed_sample_inputs(cfg, recipe)
-    checkpoints = CheckpointManager(cfg.checkpoint_url, engine, keep_last=cfg.checkpoint.keep_last,
-                                    safe_globals=deepspeed_safe_globals())  # fmt: skip
+    checkpoints = _checkpoint_manager(cfg, engine)
     run_store = Store(cfg.run_dir)
     state = TrainState()
 
+    if fresh:
+        if engine.is_main:
+            checkpoints.discard_all()
+        engine.barrier()
     resumed = checkpoints.load_latest()
     if resumed is not None:
-        _check_resumable(resumed, engine, cfg)
+        _check_resumable(resumed, engine, cfg, num_classes)
         generator.load_state_dict(resumed.weights["generator"])
         discriminator.load_state_dict(resumed.weights["discriminator"])
-        state = TrainState.from_dict(resumed.state["train"])
+        state = _resumed_state(resumed, engine, log)
         fixed_noise, fixed_classes = resumed.trainer["fixed_noise"], resumed.trainer.get("fixed_classes")
         log.info("resumed", checkpoint=resumed.name, step=state.step, images_seen=state.images_seen)
     if state.step >= cfg.train.max_steps:
@@ -67,6 +85,8 @@ def train(cfg: GandConfig) -> TrainState:
         ema.model.to(engine.device)
     if resumed is not None:
         _restore_training_state(resumed, engine, g, d)
+        if resumed.rank_state is not None:
+            restore_rng(resumed.rank_state["rng"])
     loader = ImageLoader(
         cfg.data.path,
         cfg.data.resolution,
@@ -100,6 +120,7 @@ def train(cfg: GandConfig) -> TrainState:
         images_per_step=images_per_batch * schedule.d_steps,
         start_step=state.step,
         max_steps=cfg.train.max_steps,
+        checkpoint_url=redact(cfg.checkpoint_url),
     )
 
     # -- the loop ------------------------------------------------------------------------------------------
@@ -108,6 +129,7 @@ def train(cfg: GandConfig) -> TrainState:
     batches = loader.batches(start=state.data_position)
     window = Throughput(state.images_seen)
     d_losses: dict[str, torch.Tensor] = {}
+    rollbacks = 0
     while state.step < cfg.train.max_steps:
         train_d = state.step % schedule.d_every == 0
         for _ in range(schedule.d_steps):
@@ -122,7 +144,15 @@ def train(cfg: GandConfig) -> TrainState:
                 with engine.full_weights(g) as g_module:
                     ema.update(g_module, images_per_batch)
 
+        images_before = state.images_seen
         state.advance(images=images_per_batch * schedule.d_steps)
+        # Every rank takes the same branch: stop after a signal, save when due, roll back after NaN/Inf.
+        decision = control.decide(state.step, images_before, state.images_seen, all_finite(g_losses, d_losses))
+        if decision.roll_back or (decision.save and not _weights_finite(engine, g, d)):
+            rollbacks += 1
+            state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks)
+            metrics.record_rollback()
+            continue
 
         if _due(state.step, cfg.train.log_every_steps, cfg.train.max_steps):
             losses = engine.mean_across_ranks(_named_losses(g_losses, d_losses))
@@ -138,13 +168,28 @@ def train(cfg: GandConfig) -> TrainState:
                                     engine.device)  # fmt: skip
             if engine.is_main:
                 run_store.write_bytes(f"samples/step-{state.step:06d}.png", grid)
-        if _due(state.step, cfg.checkpoint.every_steps, cfg.train.max_steps):
-            _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes)
-            metrics.record_checkpoint()
+        if decision.save:
+            snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes)
+            control.saved()
+            if snapshot is not None:
+                log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
+                         stall_seconds=round(snapshot.stall_seconds, 4))  # fmt: skip
+                metrics.record_snapshot(snapshot.stall_seconds)
+        _report_uploads(checkpoints, metrics, log)
+        if decision.stop:
+            _stop_after_signal(checkpoints, control, metrics, state, log)
 
+    engine.close()  # the last collective; from here each rank only waits for its own uploads
+    uploaded = checkpoints.wait(cfg.checkpoint.upload_timeout_seconds)
+    final = [r for r in _report_uploads(checkpoints, metrics, log) if r.name == checkpoint_name(state.images_seen)]
     log.info("train_done", step=state.step, images_seen=state.images_seen, run_dir=redact(cfg.run_dir))
     metrics.close()
-    engine.close()
+    if not uploaded or any(not result.committed for result in final):
+        problem = final[-1].error if final else f"not finished after {cfg.checkpoint.upload_timeout_seconds} s"
+        raise StorageError(
+            f"training reached step {state.step}, but its checkpoint could not be uploaded to "
+            f"{redact(cfg.checkpoint_url)} ({problem}); the same command resumes from the last commit"
+        )
     return state
 
 
@@ -185,25 +230,126 @@ def _fixed_sample_inputs(cfg: GandConfig, recipe: Recipe) -> tuple[torch.Tensor,
     return noise, classes
 
 
-def _check_resumable(resumed: Checkpoint, engine: Engine, cfg: GandConfig) -> None:
-    """ZeRO keeps each rank's slice of the optimizer state: resuming needs the same ranks and stage."""
-    saved = resumed.state.get("config", {}).get("memory", {}).get("zero_stage", 0)
-    if (saved or cfg.memory.zero_stage) and (saved != cfg.memory.zero_stage or resumed.world_size != engine.world_size):
+def _checkpoint_manager(cfg: GandConfig, engine: Engine) -> CheckpointManager:
+    section = cfg.checkpoint
+    retry = RetryPolicy(section.retry_first_seconds, section.retry_max_seconds, section.upload_timeout_seconds)
+    return CheckpointManager(cfg.checkpoint_url, engine, keep_last=section.keep_last, keep_every=section.keep_every,
+                             safe_globals=deepspeed_safe_globals(), retry=retry,
+                             background=section.background_upload)  # fmt: skip
+
+
+# Settings that change the networks' shapes or the meaning of their weights: a checkpoint cannot carry over.
+ARCHITECTURE_FIELDS = (("data", "resolution"), ("data", "channels"), ("optim", "g"), ("optim", "d"))
+
+
+def _check_resumable(resumed: Checkpoint, engine: Engine, cfg: GandConfig, num_classes: int) -> None:
+    """An architecture change is an error naming the fields; ZeRO needs the same ranks and stage."""
+    saved = resumed.state.get("config", {})
+    now = cfg.snapshot()
+    fields = [("model", name) for name in now["model"]] + list(ARCHITECTURE_FIELDS)
+    changed = []
+    for section, name in fields:
+        before, after = saved.get(section, {}).get(name), now[section][name]
+        if section == "optim":  # the optimiser kind decides the state's layout; its rates may change freely
+            before, after = (before or {}).get("name"), after["name"]
+        if before is not None and before != after:
+            changed.append(f"{section}.{name}{'.name' if section == 'optim' else ''}: {before!r} -> {after!r}")
+    saved_classes = resumed.state.get("num_classes")
+    if saved_classes is not None and saved_classes != num_classes:
+        changed.append(f"dataset classes: {saved_classes} -> {num_classes}")
+    if changed:
         raise ConfigError(
-            f"memory.zero_stage: {resumed.name} was written with ZeRO stage {saved} on {resumed.world_size} ranks; "
+            f"checkpoint {resumed.name} was trained with a different architecture ({'; '.join(changed)}); "
+            f"keep the old settings to resume, or start over with --fresh or a new run.name"
+        )
+    stage = saved.get("memory", {}).get("zero_stage", 0)
+    if (stage or cfg.memory.zero_stage) and (stage != cfg.memory.zero_stage or resumed.world_size != engine.world_size):
+        raise ConfigError(
+            f"memory.zero_stage: {resumed.name} was written with ZeRO stage {stage} on {resumed.world_size} ranks; "
             f"resume with the same (now: stage {cfg.memory.zero_stage}, {engine.world_size} ranks), or start a new "
             "run from its exported weights"
         )
 
 
+def _resumed_state(resumed: Checkpoint, engine: Engine, log) -> TrainState:
+    state = TrainState.from_dict(resumed.state["train"])
+    if resumed.world_size != engine.world_size:
+        # Models and optimizers carry over (DDP keeps them whole); each rank's data slice and RNG do not.
+        drawn = state.epoch_batches * resumed.world_size
+        state.epoch_batches = drawn // engine.world_size
+        log.warning("world_size_changed", checkpoint=resumed.name, saved_ranks=resumed.world_size,
+                    ranks=engine.world_size, effect="models and optimizers resume; data order and noise differ "
+                    "from an uninterrupted run from here on")  # fmt: skip
+    return state
+
+
 def _restore_training_state(resumed: Checkpoint, engine: Engine, g: Trained, d: Trained) -> None:
-    """Optimiser and scaler state (after the engine has wrapped the networks), and this rank's RNG."""
+    """Weights, optimiser and scaler state into networks already set up by the engine."""
     own = resumed.rank_state or {}
     for net in (g, d):
         net_state = own.get(net.name) or resumed.trainer.get(net.name)
-        engine.load(net, resumed.weights[net.name], net_state)
-    if "rng" in own:
-        restore_rng(own["rng"])
+        engine.restore(net, resumed.weights[net.name], net_state)
+
+
+def _weights_finite(engine: Engine, g: Trained, d: Trained) -> bool:
+    """Before saving: a NaN can hide in the weights a step before it shows in a loss. Same answer on every rank
+    (the weights are the same everywhere; ZeRO-3 gathers them), so no collective is needed to agree."""
+    for net in (g, d):
+        with engine.full_weights(net) as module:
+            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                return False
+    return True
+
+
+def _roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Trained, ema, state: TrainState,
+               rollbacks: int, max_rollbacks: int) -> TrainState:  # fmt: skip
+    """Back to the newest commit after a NaN/Inf; the data stream goes on, so the offending batch is skipped."""
+    log = structlog.get_logger("gand.train")
+    log.warning("non_finite_loss", step=state.step, rollbacks=rollbacks, max_rollbacks=max_rollbacks)
+    if rollbacks > max_rollbacks:
+        raise Diverged(
+            f"losses turned NaN/Inf at step {state.step} after {max_rollbacks} roll-backs (checkpoint.max_rollbacks); "
+            "lower the learning rates, use fp32 or bf16, or add a gradient penalty / spectral norm"
+        )
+    checkpoints.wait()  # the newest snapshot may still be uploading
+    resumed = checkpoints.load_latest()
+    if resumed is None:
+        raise Diverged(f"losses turned NaN/Inf at step {state.step}, before any checkpoint to roll back to")
+    _restore_training_state(resumed, engine, g, d)
+    if ema is not None and "generator_ema" in resumed.weights:
+        ema.model.load_state_dict(resumed.weights["generator_ema"])
+    rolled = TrainState.from_dict(resumed.state["train"])
+    rolled.record_position(state.data_position)
+    log.warning("rolled_back", checkpoint=resumed.name, step=rolled.step, images_seen=rolled.images_seen)
+    return rolled
+
+
+def _report_uploads(checkpoints: CheckpointManager, metrics: TrainingMetrics, log) -> list[UploadResult]:
+    """Finished uploads into the log and the metrics; training goes on either way."""
+    results = checkpoints.poll()
+    for result in results:
+        if result.committed:
+            metrics.record_commit(result)
+        else:
+            log.error("checkpoint_upload_failed", checkpoint=result.name, error=result.error,
+                      effect="training goes on; the next checkpoint tries again")  # fmt: skip
+    abandoned = sum(not result.committed for result in results)
+    metrics.record_uploads(checkpoints.uploads_pending, checkpoints.failed_attempts, abandoned)
+    return results
+
+
+def _stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics,
+                       state: TrainState, log) -> NoReturn:  # fmt: skip
+    """The save of this step is handed over: wait for its upload within the grace period, then exit 75."""
+    uploaded = checkpoints.wait(control.grace_left_seconds())
+    results = _report_uploads(checkpoints, metrics, log)
+    name = checkpoint_name(state.images_seen)
+    committed = uploaded and all(r.committed for r in results if r.name == name)
+    log.warning("stopped_by_signal", signal=control.stop_signal, step=state.step, checkpoint=name,
+                uploaded=committed, exit_code=Preempted.exit_code)  # fmt: skip
+    metrics.close()
+    outcome = f"saved {name}" if committed else f"the upload of {name} did not finish; resumes from the last commit"
+    raise Preempted(f"stopped by {control.stop_signal} at step {state.step}: {outcome}; run the same command to resume")
 
 
 def _precision_counters(engine: Engine, g: Trained, d: Trained) -> dict[str, float | int]:
@@ -217,7 +363,7 @@ def _precision_counters(engine: Engine, g: Trained, d: Trained) -> dict[str, flo
 
 
 def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
-          num_classes) -> None:  # fmt: skip
+          num_classes) -> Snapshot | None:  # fmt: skip
     weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
@@ -226,7 +372,7 @@ def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise,
     for net in (g, d):
         net_state, per_rank = engine.trainer_state(net)
         (rank_state if per_rank else trainer)[net.name] = net_state
-    checkpoints.save(
+    return checkpoints.save(
         state.images_seen,
         state.step,
         weights=weights,

@@ -8,7 +8,7 @@ from gand.train.state import capture_rng, restore_rng
 
 
 def save(manager: CheckpointManager, images: int, value: float = 1.0) -> str:
-    return manager.save(
+    snapshot = manager.save(
         images,
         images // 10,
         weights={"generator": {"w": torch.full((3, 2), value)}, "discriminator": {"b": torch.arange(4.0)}},
@@ -19,6 +19,7 @@ def save(manager: CheckpointManager, images: int, value: float = 1.0) -> str:
         state={"train": {"step": images // 10, "images_seen": images, "epoch": 0}},
         rank_state={"rng": capture_rng()},
     )
+    return checkpoint_name(images) if snapshot is None else snapshot.name
 
 
 def test_round_trip_and_layout(tmp_path):
@@ -109,3 +110,122 @@ def test_pickled_code_is_refused(tmp_path):
     manifest["files"]["trainer.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (tmp_path / name / MANIFEST).write_text(json.dumps(manifest))
     assert manager.load_latest() is None  # weights_only loading refuses it; no older checkpoint to fall back to
+
+
+# -- background uploads, retention, the multi-rank commit, retries -------------------------------------------------
+def test_background_upload_commits_and_reports(tmp_path):
+    manager = CheckpointManager(str(tmp_path), SingleProcess(), background=True)
+    name = save(manager, 100)
+    assert manager.wait(timeout_seconds=30)
+    results = manager.poll()
+    assert [(r.name, r.committed, r.error) for r in results] == [(name, True, None)]
+    assert manager.uploads_pending == 0 and manager.load_latest().name == name
+
+
+def test_retention_keeps_every_mth_and_the_one_resumed_from(tmp_path):
+    manager = CheckpointManager(str(tmp_path), SingleProcess(), keep_last=2, keep_every=3)
+    for images in range(100, 800, 100):  # sequences 1..7
+        save(manager, images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint_name(n) for n in (300, 600, 700)]
+
+    # A run that resumed from an older checkpoint (the newest was damaged) never deletes that one.
+    (tmp_path / checkpoint_name(700) / "trainer.pt").write_bytes(b"damaged")
+    (tmp_path / checkpoint_name(600) / "trainer.pt").write_bytes(b"damaged")
+    resumed = CheckpointManager(str(tmp_path), SingleProcess(), keep_last=2)
+    assert resumed.load_latest().name == checkpoint_name(300)
+    save(resumed, 400)
+    save(resumed, 500)
+    assert checkpoint_name(300) in {p.name for p in tmp_path.iterdir()}
+
+
+class ThreadRanks:
+    """Two ranks as two threads sharing an all-gather: the commit protocol without a process group."""
+
+    def __init__(self, world_size: int):
+        import threading
+
+        self.world_size = world_size
+        self.slots: list = [None] * world_size
+        self.gathered = threading.Barrier(world_size)
+        self.read = threading.Barrier(world_size)
+
+    def rank(self, rank: int):
+        ranks = self
+
+        class Rank:
+            def __init__(self):
+                self.rank, self.world_size = rank, ranks.world_size
+
+            def gather_objects(self, obj):
+                ranks.slots[rank] = obj
+                ranks.gathered.wait()
+                result = list(ranks.slots)
+                ranks.read.wait()
+                return result
+
+            def barrier(self):
+                ranks.gathered.wait()
+
+        return Rank()
+
+
+def test_two_ranks_commit_only_after_both_uploaded(tmp_path):
+    import threading
+
+    ranks = ThreadRanks(2)
+    managers = [CheckpointManager(str(tmp_path), ranks.rank(r), background=True) for r in range(2)]
+    threads = [threading.Thread(target=save, args=(managers[r], 64)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(manager.wait(30) for manager in managers)
+    manifest = json.loads((tmp_path / checkpoint_name(64) / MANIFEST).read_text())
+    assert {"rank-0.pt", "rank-1.pt", "trainer.pt"} <= manifest["files"].keys()
+    assert manifest["world_size"] == 2 and (tmp_path / checkpoint_name(64) / "rank-1.done").exists()
+
+
+def test_a_marker_from_an_older_attempt_does_not_count(tmp_path):
+    import time
+
+    from gand.checkpoint.manager import CorruptCheckpoint, Snapshot
+
+    manager = CheckpointManager(str(tmp_path), SingleProcess())
+    (tmp_path / "ckpt-x").mkdir()
+    (tmp_path / "ckpt-x" / "rank-1.done").write_text(json.dumps({"token": "old-token", "files": {}}))
+    snapshot = Snapshot("ckpt-x", 1, 1, 1, "new-token", {})
+    with pytest.raises(CorruptCheckpoint, match="rank 1 did not finish"):
+        manager._wait_for_marker(snapshot, 1, deadline=time.monotonic() + 0.5)
+
+
+def test_retries_back_off_then_succeed_or_time_out():
+    import time
+
+    from gand.checkpoint.uploader import RetryPolicy, UploadTimeout, with_retries
+
+    policy = RetryPolicy(first_delay_seconds=0.01, max_delay_seconds=0.02)
+    calls, failures = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("endpoint refused")
+        return "ok"
+
+    assert with_retries(flaky, "x", policy, time.monotonic() + 10, lambda: failures.append(1)) == "ok"
+    assert len(calls) == 3 and len(failures) == 2
+
+    def down():
+        raise ConnectionError("endpoint refused")
+
+    with pytest.raises(UploadTimeout, match="still failing"):
+        with_retries(down, "x", policy, time.monotonic() + 0.1)
+
+    def missing():
+        calls.append(1)
+        raise FileNotFoundError("no such key")
+
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        with_retries(missing, "x", policy, time.monotonic() + 10)
+    assert len(calls) == 1  # an answer, not a failure: not retried

@@ -135,3 +135,11 @@ def test_snapshot_carries_no_credentials(tmp_path):
     snapshot = str(cfg.snapshot())
     assert "secret" not in snapshot and "SECRET" not in snapshot
     assert "https://example.com/set/manifest.json" in snapshot and "s3://bucket/run" in snapshot
+
+
+def test_checkpoint_settings_name_the_field(tmp_path):
+    path = write(tmp_path, {"data": {"path": "d"}})
+    assert "checkpoint.keep_last" in config_error(path, "checkpoint.keep_last=1")
+    assert "checkpoint.grace_seconds" in config_error(path, "checkpoint.grace_seconds=0")
+    cfg = load_config(path, ["checkpoint.every_steps=null", "checkpoint.every_seconds=600"])
+    assert cfg.checkpoint.every_steps is None and cfg.checkpoint.every_seconds == 600

@@ -1,0 +1,137 @@
+"""Background uploads: one checkpoint at a time, retried with exponential backoff and jitter, under a hard timeout.
+
+Training hands over a finished snapshot (bytes in host memory) and goes on. While one upload is in flight, a newer
+snapshot waits in a single slot; a still newer one replaces it (the newest state is the one worth keeping). What
+happened comes back to the training loop through `poll()`, so it can log it and put it in the metrics.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+
+from gand.errors import StorageError
+
+log = structlog.get_logger("gand.checkpoint")
+T = TypeVar("T")
+
+# What a retry can cure: network and service errors. FileNotFoundError is an answer, not a failure.
+TRANSIENT = (OSError, StorageError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    first_delay_seconds: float = 1.0
+    max_delay_seconds: float = 30.0
+    timeout_seconds: float = 900.0  # one checkpoint's whole upload; no new attempt starts after it
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter (uniform in [0, cap]) so that ranks and restarted jobs do not retry in lock-step."""
+        cap = min(self.max_delay_seconds, self.first_delay_seconds * 2**attempt)
+        return random.uniform(0.0, cap)
+
+
+class UploadTimeout(StorageError):
+    pass
+
+
+def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadline: float,
+                 on_failure: Callable[[], None] = lambda: None) -> T:  # fmt: skip
+    """`action()`, tried again after transient errors until it succeeds or `deadline` (monotonic) passes."""
+    attempt = 0
+    while True:
+        try:
+            return action()
+        except FileNotFoundError:
+            raise
+        except TRANSIENT as err:
+            on_failure()
+            wait = policy.delay(attempt)
+            if time.monotonic() + wait > deadline:
+                raise UploadTimeout(f"{what}: still failing after {attempt + 1} attempts: {err}") from err
+            log.warning("storage_retry", what=what, attempt=attempt + 1, retry_in_seconds=round(wait, 2),
+                        error=str(err)[:300])  # fmt: skip
+            time.sleep(wait)
+            attempt += 1
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    name: str
+    committed: bool
+    seconds: float
+    error: str | None = None
+
+
+class Uploader:
+    """A daemon thread that runs upload jobs (callables) one at a time, newest pending job first."""
+
+    def __init__(self):
+        self._lock = threading.Condition()
+        self._pending: tuple[str, Callable[[], bool]] | None = None
+        self._running: str | None = None
+        self._results: list[UploadResult] = []
+        self.failed_attempts = 0  # every failed storage request, retried or not: the metrics' failure count
+        self.replaced = 0  # snapshots dropped because a newer one arrived before they started uploading
+        self._thread: threading.Thread | None = None
+
+    def count_failure(self) -> None:
+        with self._lock:
+            self.failed_attempts += 1
+
+    def submit(self, name: str, job: Callable[[], bool]) -> None:
+        with self._lock:
+            if self._pending is not None:
+                self.replaced += 1
+                log.warning("checkpoint_replaced", checkpoint=self._pending[0], by=name,
+                            reason="the previous upload is still running")  # fmt: skip
+            self._pending = (name, job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="gand-checkpoint-upload", daemon=True)
+                self._thread.start()
+            self._lock.notify_all()
+
+    @property
+    def busy(self) -> int:
+        """Snapshots not yet finished: the one uploading plus the one waiting."""
+        with self._lock:
+            return int(self._running is not None) + int(self._pending is not None)
+
+    def poll(self) -> list[UploadResult]:
+        with self._lock:
+            results, self._results = self._results, []
+            return results
+
+    def wait(self, timeout_seconds: float | None = None) -> bool:
+        """Until nothing is uploading or waiting; False when the timeout came first."""
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        with self._lock:
+            while self._running is not None or self._pending is not None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+            return True
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None:
+                    self._lock.wait()
+                (name, job), self._pending = self._pending, None
+                self._running = name
+            started = time.monotonic()
+            try:
+                result = UploadResult(name, job(), time.monotonic() - started)
+            except Exception as err:  # surfaced to the training loop, which decides what to do
+                result = UploadResult(name, False, time.monotonic() - started, f"{type(err).__name__}: {err}")
+            with self._lock:
+                self._results.append(result)
+                self._running = None
+                self._lock.notify_all()

@@ -1,0 +1,100 @@
+"""What the ranks agree on at every step boundary: stop (a signal came), save (a checkpoint is due), roll back
+(a loss went NaN/Inf). One small collective per step carries all three, so every rank takes the same branch even
+when only one of them was signalled, or only rank 0's clock says a timed checkpoint is due.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+import torch
+
+from gand.config import CheckpointConfig
+
+log = structlog.get_logger("gand.train")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Agreeing(Protocol):
+    rank: int
+
+    def any_across_ranks(self, flags: list[bool]) -> list[bool]: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    stop: bool  # a signal reached some rank: save, upload, exit 75
+    save: bool  # a checkpoint is due (steps, images, seconds, or the end)
+    roll_back: bool  # some rank saw a NaN/Inf loss: back to the last commit, skip the batch
+
+
+class RunControl:
+    def __init__(self, engine: Agreeing, checkpoint: CheckpointConfig, max_steps: int):
+        self.engine = engine
+        self.checkpoint = checkpoint
+        self.max_steps = max_steps
+        self.stop_signal: str | None = None
+        self.stop_requested_at: float | None = None  # monotonic: the grace period counts from the signal
+        self._last_save = time.monotonic()
+        self._previous_handlers: dict[int, object] = {}
+
+    # -- signals -------------------------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT set a flag that the next step boundary acts on; a second SIGINT interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # e.g. training from a notebook thread: signals stay with the host
+        for signum in STOP_SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def restore_signal_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now, the last commit stays the resume point
+        if self.stop_signal is None:
+            self.stop_signal = signal.Signals(signum).name
+            self.stop_requested_at = time.monotonic()
+
+    def grace_left_seconds(self) -> float:
+        started = self.stop_requested_at or time.monotonic()
+        return max(0.0, self.checkpoint.grace_seconds - (time.monotonic() - started))
+
+    # -- the step boundary ---------------------------------------------------------------------------------------
+    def decide(self, step: int, images_before: int, images_after: int, losses_finite: bool) -> Decision:
+        """Collective: what every rank does after the step that took images_seen from before to after."""
+        local_stop = self.stop_signal is not None
+        stop, timed, bad = self.engine.any_across_ranks([local_stop, self._seconds_due(), not losses_finite])
+        if stop and self.stop_requested_at is None:  # the signal reached another rank: same grace from here
+            self.stop_requested_at = time.monotonic()
+            self.stop_signal = "peer rank"
+        save = stop or timed or self._count_due(step, images_before, images_after)
+        return Decision(stop=stop, save=save and not bad, roll_back=bad)
+
+    def _seconds_due(self) -> bool:
+        every = self.checkpoint.every_seconds
+        return bool(every) and self.engine.rank == 0 and time.monotonic() - self._last_save >= every
+
+    def _count_due(self, step: int, images_before: int, images_after: int) -> bool:
+        every_steps, every_images = self.checkpoint.every_steps, self.checkpoint.every_images
+        if step >= self.max_steps:
+            return True
+        if every_steps and step % every_steps == 0:
+            return True
+        return bool(every_images) and images_after // every_images > images_before // every_images
+
+    def saved(self) -> None:
+        self._last_save = time.monotonic()
+
+
+def all_finite(*loss_dicts: dict[str, torch.Tensor]) -> bool:
+    """True when every loss term is a finite number (one device sync for all of them)."""
+    values = [value.detach().float().reshape(()) for losses in loss_dicts for value in losses.values()]
+    return not values or bool(torch.isfinite(torch.stack(values)).all())
