@@ -11,7 +11,7 @@ DEMO_RAW    ?= data/demo/raw
 DEMO_PACKED ?= data/demo/packed
 DEMO_N      ?= 2000
 
-.PHONY: demo test lint format clean-demo
+.PHONY: demo test tools lint format clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,17 +38,21 @@ demo: $(VENV)/.installed $(DEMO_PACKED)/manifest.json
 	$(BIN)/gand train configs/quickstart.yaml
 	@echo "samples: runs/quickstart/samples/  (run 'make demo' again: it resumes from the last checkpoint)"
 
-## make test: the whole suite, unit and integration
-test: $(VENV)/.installed-test
+## make test: the whole suite, unit and integration (installs Prometheus + promtool for the metrics tests)
+test: $(VENV)/.installed-test tools
 	$(BIN)/python -m pytest
 
+# System tools the tests run for real. Debian's prometheus package brings promtool; it needs root (CI is root).
+tools:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; } || echo "promtool missing: sudo apt-get install prometheus (the metrics tests need it)"; }
+
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check gand tests bench
-	$(BIN)/ruff format --check gand tests bench
+	$(BIN)/ruff check gand tests bench deploy
+	$(BIN)/ruff format --check gand tests bench deploy
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format gand tests bench
-	$(BIN)/ruff check --fix gand tests bench
+	$(BIN)/ruff format gand tests bench deploy
+	$(BIN)/ruff check --fix gand tests bench deploy
 
 clean-demo:
 	rm -rf data/demo runs/quickstart

@@ -123,3 +123,14 @@ def make_bucket(name: str) -> str:
 
     boto3.client("s3").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's own checker; `make test` installs it (Debian's prometheus package)."""
+    import shutil
+
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is missing: run `make test` (it installs it as root) or apt-get install prometheus")
+    return found

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, start_http_server
 
 from gand import __version__
 
@@ -27,58 +27,83 @@ def _serve(registry: CollectorRegistry, port: int):
 
 
 class TrainingMetrics:
-    """Training progress for Prometheus. With no port it records nothing and serves nothing."""
+    """Training progress and GAN health for Prometheus, served by the main rank with values combined over ranks
+    (the loop averages them across ranks before recording). With no port it records nothing and serves nothing.
+    """
 
     def __init__(self, port: int | None, run_name: str):
         self.enabled = port is not None
+        self.server = None
         if not self.enabled:
             return
-        self.registry = CollectorRegistry()
-        Info("gand_build", "gand version", registry=self.registry).info({"version": __version__, "run": run_name})
-        self.steps = Gauge("gand_train_steps", "Optimisation steps done", registry=self.registry)
-        self.images_seen = Gauge("gand_train_images_seen", "Real images consumed, all ranks", registry=self.registry)
-        self.epoch = Gauge("gand_train_epoch", "Current data epoch", registry=self.registry)
-        self.images_per_second = Gauge(
-            "gand_train_images_per_second", "Training throughput, all ranks", registry=self.registry
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_start_time_seconds, ...
+        Info("gand_build", "gand version", registry=registry).info({"version": __version__, "run": run_name})
+
+        def gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, documentation, labels, registry=registry)
+
+        def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, documentation, labels, registry=registry)
+
+        # progress
+        self.steps = gauge("gand_train_steps", "Optimisation steps done (survives resumes)")
+        self.images_seen = gauge("gand_train_images_seen", "Real images consumed by all ranks (survives resumes)")
+        self.epoch = gauge("gand_train_epoch", "Current data epoch")
+        self.images_per_second = gauge("gand_train_images_per_second", "Training throughput, all ranks")
+        self.last_step = gauge("gand_train_last_step_timestamp_seconds", "Unix time of the last logged step")
+        self.resumes = counter("gand_train_resumes", "Runs of this process that resumed from a checkpoint")
+        self.resumed_step = gauge("gand_train_resumed_from_step", "Step of the checkpoint this process resumed")
+        self.rollbacks = counter("gand_train_rollbacks", "Roll-backs to the last commit after NaN/Inf losses")
+        # losses and the game
+        self.loss = gauge("gand_train_loss", "Latest loss per network and term (total, adv, class, style, "
+                          "ambiguity, gp)", ("network", "term"))  # fmt: skip
+        self.d_output = gauge(
+            "gand_discriminator_output", "Mean D probability of 'real', on real and on fake images", ("input",)
         )
-        self.last_step = Gauge(
-            "gand_train_last_step_timestamp_seconds",
-            "Unix time of the last finished step",
-            registry=self.registry,
+        self.d_accuracy = gauge(
+            "gand_discriminator_accuracy", "Share of real / fake images D classifies right", ("input",)
         )
-        self.loss = Gauge(
-            "gand_train_loss", "Latest loss per network and term (total, adv, class, style, ambiguity, gp)",
-            ["network", "term"], registry=self.registry,
-        )  # fmt: skip
-        self.checkpoint_time = Gauge(
-            "gand_checkpoint_last_commit_timestamp_seconds",
-            "Unix time of the last committed checkpoint",
-            registry=self.registry,
-        )
-        self.checkpoint_images = Gauge("gand_checkpoint_last_commit_images", "images_seen of the last commit",
-                                       registry=self.registry)  # fmt: skip
-        self.commits = Counter("gand_checkpoint_commits", "Checkpoints committed", registry=self.registry)
-        self.upload_failures = Counter(
-            "gand_checkpoint_upload_failures",
-            "Failed storage requests while uploading checkpoints (each retry counts)",
-            registry=self.registry,
-        )
-        self.uploads_failed = Counter("gand_checkpoint_uploads_abandoned",
-                                      "Checkpoint uploads given up after retries", registry=self.registry)  # fmt: skip
-        self.uploads_pending = Gauge("gand_checkpoint_uploads_pending", "Snapshots uploading or waiting to",
-                                     registry=self.registry)  # fmt: skip
-        self.stall = Gauge("gand_checkpoint_stall_seconds", "Training stall of the last save (the synchronous part)",
-                           registry=self.registry)  # fmt: skip
-        self.upload_seconds = Gauge("gand_checkpoint_upload_seconds", "Duration of the last committed upload",
-                                    registry=self.registry)  # fmt: skip
-        self.rollbacks = Counter("gand_train_rollbacks", "Roll-backs to the last commit after NaN/Inf losses",
-                                 registry=self.registry)  # fmt: skip
+        self.grad_norm = gauge("gand_grad_norm", "L2 norm of the gradient, per network", ("network",))
+        self.vanishing = gauge("gand_vanishing_gradient_ratio", "Share of gradient entries with |g| < 0.01 per "
+                               "layer group (the Duke report's signal)", ("network", "group"))  # fmt: skip
+        self.learning_rate = gauge("gand_learning_rate", "Current learning rate", ("network",))
+        self.loss_scale = gauge("gand_fp16_loss_scale", "fp16 loss scale", ("network",))
+        self.skipped_steps = gauge("gand_fp16_skipped_steps", "fp16 steps skipped for inf/NaN gradients, whole run",
+                                   ("network",))  # fmt: skip
+        # health
+        self.diversity = gauge("gand_health_sample_diversity", "Pairwise distance of fixed-noise samples over that "
+                               "of real images (about 1 healthy, towards 0 mode collapse)")  # fmt: skip
+        self.d_dominating = gauge("gand_health_discriminator_dominating", "1 while D has been right on >= 95% "
+                                  "of real and fake images for 20 log points in a row")  # fmt: skip
+        # data and memory
+        self.data_wait = counter("gand_data_wait_seconds", "Time the training loop waited for batches (mean rank)")
+        self.batches = counter("gand_data_batches", "Batches drawn per rank")
+        self.gpu_memory = gauge("gand_gpu_memory_bytes", "GPU memory of the main rank", ("kind",))
+        # checkpoints
+        self.checkpoint_time = gauge("gand_checkpoint_last_commit_timestamp_seconds", "Unix time of the last commit")
+        self.checkpoint_images = gauge("gand_checkpoint_last_commit_images", "images_seen of the last commit")
+        self.checkpoint_bytes = gauge("gand_checkpoint_size_bytes", "Bytes of the last snapshot (main rank)")
+        self.commits = counter("gand_checkpoint_commits", "Checkpoints committed")
+        self.upload_failures = counter("gand_checkpoint_upload_failures", "Failed storage requests while uploading "
+                                       "checkpoints (each retry counts)")  # fmt: skip
+        self.uploads_failed = counter("gand_checkpoint_uploads_abandoned", "Checkpoint uploads given up after retries")
+        self.uploads_pending = gauge("gand_checkpoint_uploads_pending", "Snapshots uploading or waiting to")
+        buckets = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+        self.stall = Histogram("gand_checkpoint_stall_seconds", "Training stall per save (the synchronous part)",
+                               registry=registry, buckets=buckets)  # fmt: skip
+        self.upload_seconds = Histogram("gand_checkpoint_upload_seconds", "Duration of committed uploads",
+                                        registry=registry, buckets=buckets)  # fmt: skip
         self._failed_attempts_seen = 0
-        self.server = _serve(self.registry, port)
+        self.server = _serve(registry, port)
         self.enabled = self.server is not None
         self.port = self.server.server_port if self.server is not None else None
 
-    def record_step(self, step: int, images_seen: int, epoch: int, losses: dict[str, float], rate: float) -> None:
+    def record_step(self, step: int, images_seen: int, epoch: int, losses: dict[str, float], rate: float,
+                    stats: dict[str, float] | None = None) -> None:  # fmt: skip
+        """One logging step. `losses`: "g", "d" (totals) and "d_gp"-style terms; `stats`: the health statistics
+        (d_real, acc_fake, grad_norm_g, vanishing_d/blocks.0, lr_g, loss_scale_d, skipped_steps_d, data_wait,
+        batches, d_dominating), already combined across ranks."""
         if not self.enabled:
             return
         self.steps.set(step)
@@ -86,13 +111,54 @@ class TrainingMetrics:
         self.epoch.set(epoch)
         self.images_per_second.set(rate)
         self.last_step.set(time.time())
-        for name, value in losses.items():  # "g", "d" are totals; "d_gp" is D's gradient-penalty term
+        for name, value in losses.items():
             network, _, term = name.partition("_")
             self.loss.labels(network=network, term=term or "total").set(value)
+        for name, value in (stats or {}).items():
+            self._record_stat(name, value)
 
-    def record_snapshot(self, stall_seconds: float) -> None:
+    def _record_stat(self, name: str, value: float) -> None:
+        network = {"g": "generator", "d": "discriminator"}.get(name[-1], "")
+        if name in ("d_real", "d_fake"):
+            self.d_output.labels(input=name[2:]).set(value)
+        elif name in ("acc_real", "acc_fake"):
+            self.d_accuracy.labels(input=name[4:]).set(value)
+        elif name.startswith("vanishing_"):
+            tag, _, group = name.removeprefix("vanishing_").partition("/")
+            self.vanishing.labels(network={"g": "generator", "d": "discriminator"}[tag], group=group).set(value)
+        elif name.startswith("grad_norm_"):
+            self.grad_norm.labels(network=network).set(value)
+        elif name.startswith("lr_"):
+            self.learning_rate.labels(network=network).set(value)
+        elif name.startswith("loss_scale_"):
+            self.loss_scale.labels(network=network).set(value)
+        elif name.startswith("skipped_steps_"):
+            self.skipped_steps.labels(network=network).set(value)
+        elif name == "data_wait":
+            self.data_wait.inc(value)
+        elif name == "batches":
+            self.batches.inc(value)
+        elif name == "d_dominating":
+            self.d_dominating.set(value)
+
+    def record_resume(self, step: int) -> None:
         if self.enabled:
-            self.stall.set(stall_seconds)
+            self.resumes.inc()
+            self.resumed_step.set(step)
+
+    def record_diversity(self, value: float) -> None:
+        if self.enabled:
+            self.diversity.set(value)
+
+    def record_gpu_memory(self, allocated: int, reserved: int, peak: int) -> None:
+        if self.enabled:
+            for kind, value in (("allocated", allocated), ("reserved", reserved), ("peak", peak)):
+                self.gpu_memory.labels(kind=kind).set(value)
+
+    def record_snapshot(self, stall_seconds: float, size_bytes: int) -> None:
+        if self.enabled:
+            self.stall.observe(stall_seconds)
+            self.checkpoint_bytes.set(size_bytes)
 
     def record_commit(self, result) -> None:
         """A finished upload that committed (an UploadResult)."""
@@ -101,7 +167,7 @@ class TrainingMetrics:
         self.commits.inc()
         self.checkpoint_time.set(time.time())
         self.checkpoint_images.set(int(result.name.removeprefix("ckpt-")))
-        self.upload_seconds.set(result.seconds)
+        self.upload_seconds.observe(result.seconds)
 
     def record_uploads(self, pending: int, failed_attempts_total: int, abandoned: int = 0) -> None:
         if not self.enabled:
@@ -117,9 +183,10 @@ class TrainingMetrics:
             self.rollbacks.inc()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+            self.server = None
 
 
 class PackMetrics:

@@ -34,6 +34,7 @@ from torch import nn
 
 from gand.config import MemoryConfig
 from gand.errors import ConfigError
+from gand.observability.health import gradient_stats
 from gand.train.memory import as_channels_last, checkpoint_blocks, to_channels_last
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -141,6 +142,20 @@ class Engine:
 
     def loss_scale(self, net: Trained) -> float | None:
         return net.scaler.get_scale() if net.scaler is not None else None
+
+    def gradient_stats(self, net: Trained) -> dict[str, torch.Tensor]:
+        """Between backward and step: the gradient norm and, per layer group, the share of vanishing entries.
+
+        With fp16 the gradients are still scaled here, so they are unscaled first (GradScaler allows that once
+        per step, and step() then skips its own unscale)."""
+        if net.scaler is not None:
+            net.scaler.unscale_(net.optimizer)
+        norm, vanishing = gradient_stats(net.module)
+        tag = net.name[0]
+        return {f"grad_norm_{tag}": norm, **{f"vanishing_{tag}/{group}": share for group, share in vanishing.items()}}
+
+    def learning_rate(self, net: Trained) -> float:
+        return float(net.optimizer.param_groups[0]["lr"])
 
     @contextlib.contextmanager
     def frozen(self, net: Trained) -> Iterator[Any]:
@@ -327,6 +342,12 @@ class DeepSpeedEngine(Engine):
     def loss_scale(self, net: Trained) -> float | None:
         scaler = self._scaler(net)
         return scaler.get_scale() if scaler is not None else None
+
+    def gradient_stats(self, net: Trained) -> dict[str, torch.Tensor]:
+        # ZeRO keeps gradients in flat partitions (and steps inside backward): per-layer statistics are not
+        # available here, so only the global norm DeepSpeed computed at its last step is reported.
+        norm = net.model.get_global_grad_norm() if hasattr(net.model, "get_global_grad_norm") else None
+        return {} if norm is None else {f"grad_norm_{net.name[0]}": torch.as_tensor(float(norm))}
 
     def _frozen_target(self, net: Trained) -> Any:
         return net.model  # the engine: under ZeRO-3 its hooks gather the partitioned weights

@@ -18,6 +18,7 @@ from gand.data.manifest import check_dataset, read_manifest
 from gand.errors import ConfigError, Diverged, Preempted, StorageError
 from gand.eval.samples import generate, grid_png
 from gand.models import build_models, spec_from_config
+from gand.observability.health import DominanceWindow, sample_diversity
 from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
 from gand.storage import Store, is_local, redact
@@ -102,6 +103,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
         agree=engine.from_rank_zero,
     )
     metrics = TrainingMetrics(cfg.metrics.port if engine.is_main else None, cfg.run.name)
+    if resumed is not None:
+        metrics.record_resume(state.step)
+    dominance = DominanceWindow()
     schedule = cfg.schedule
     images_per_batch = cfg.train.batch_size * engine.world_size
     log.info(
@@ -130,16 +134,20 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
     window = Throughput(state.images_seen)
     d_losses: dict[str, torch.Tensor] = {}
     rollbacks = 0
+    data = DataWait()
     while state.step < cfg.train.max_steps:
         train_d = state.step % schedule.d_every == 0
+        # Health statistics cost a little, so they are only gathered on steps that get logged.
+        stats: dict[str, torch.Tensor] | None = {} if _due(state.step + 1, cfg.train.log_every_steps,
+                                                             cfg.train.max_steps) else None  # fmt: skip
         for _ in range(schedule.d_steps):
-            batch = next(batches)
+            batch = data.next(batches)
             state.record_position(batch.position)
             if train_d:
-                d_losses = discriminator_update(engine, d, g, recipe, batch)
+                d_losses = discriminator_update(engine, d, g, recipe, batch, stats)
 
         for _ in range(schedule.g_steps):
-            g_losses = generator_update(engine, g, d, recipe, cfg.train.batch_size)
+            g_losses = generator_update(engine, g, d, recipe, cfg.train.batch_size, stats)
             if ema is not None:
                 with engine.full_weights(g) as g_module:
                     ema.update(g_module, images_per_batch)
@@ -154,27 +162,36 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
             metrics.record_rollback()
             continue
 
-        if _due(state.step, cfg.train.log_every_steps, cfg.train.max_steps):
-            losses = engine.mean_across_ranks(_named_losses(g_losses, d_losses))
+        if stats is not None:
+            named = _named_losses(g_losses, d_losses)
+            combined = engine.mean_across_ranks({**named, **stats, **data.since_last_log()})
+            losses = {name: combined.pop(name) for name in named}
+            combined.update(_local_stats(engine, g, d, dominance, combined))
             rate = window.images_per_second(state.images_seen)
             log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
                      **{f"loss_{name}": round(value, 4) for name, value in losses.items()},
+                     **{name: round(combined[name], 3) for name in ("d_real", "d_fake") if name in combined},
                      images_per_second=round(rate, 1), **_precision_counters(engine, g, d))  # fmt: skip
-            metrics.record_step(state.step, state.images_seen, state.epoch, losses, rate)
+            metrics.record_step(state.step, state.images_seen, state.epoch, losses, rate, combined)
+            if engine.device.type == "cuda":
+                metrics.record_gpu_memory(torch.cuda.memory_allocated(), torch.cuda.memory_reserved(),
+                                          torch.cuda.max_memory_allocated())  # fmt: skip
         if _due(state.step, cfg.samples.every_steps, cfg.train.max_steps):
             # Every rank runs G on the same fixed noise: under ZeRO-3 its forward gathers weights collectively.
             with engine.full_weights(g) as g_module:
-                grid = _sample_grid(ema.model if ema is not None else g_module, fixed_noise, fixed_classes, recipe,
-                                    engine.device)  # fmt: skip
+                images = generate(ema.model if ema is not None else g_module, fixed_noise.to(engine.device),
+                                  None if fixed_classes is None else fixed_classes.to(engine.device))  # fmt: skip
             if engine.is_main:
+                grid = grid_png(images, value_range=recipe.value_range)
                 run_store.write_bytes(f"samples/step-{state.step:06d}.png", grid)
+                metrics.record_diversity(sample_diversity(images, recipe.to_model_range(batch.images)))
         if decision.save:
             snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes)
             control.saved()
             if snapshot is not None:
                 log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
                          stall_seconds=round(snapshot.stall_seconds, 4))  # fmt: skip
-                metrics.record_snapshot(snapshot.stall_seconds)
+                metrics.record_snapshot(snapshot.stall_seconds, sum(map(len, snapshot.files.values())))
         _report_uploads(checkpoints, metrics, log)
         if decision.stop:
             _stop_after_signal(checkpoints, control, metrics, state, log)
@@ -207,6 +224,35 @@ def _named_losses(g_losses: dict[str, torch.Tensor], d_losses: dict[str, torch.T
     named.update({f"g_{term}": value for term, value in g_losses.items()})
     named.update({f"d_{term}": value for term, value in d_losses.items()})
     return named
+
+
+class DataWait:
+    """Time the loop spends waiting for batches, and how many it drew, since the last log step."""
+
+    def __init__(self):
+        self.seconds, self.batches = 0.0, 0
+
+    def next(self, batches):
+        started = time.perf_counter()
+        batch = next(batches)
+        self.seconds += time.perf_counter() - started
+        self.batches += 1
+        return batch
+
+    def since_last_log(self) -> dict[str, torch.Tensor]:
+        values = {"data_wait": torch.tensor(self.seconds), "batches": torch.tensor(float(self.batches))}
+        self.seconds, self.batches = 0.0, 0
+        return values
+
+
+def _local_stats(engine: Engine, g: Trained, d: Trained, dominance: DominanceWindow,
+                 combined: dict[str, float]) -> dict[str, float]:  # fmt: skip
+    """Statistics that are the same on every rank: learning rates, fp16 scaling, and D's winning streak."""
+    local: dict[str, float] = {f"lr_{net.name[0]}": engine.learning_rate(net) for net in (g, d)}
+    local.update(_precision_counters(engine, g, d))
+    if "acc_real" in combined:
+        local["d_dominating"] = float(dominance.update(combined["acc_real"], combined["acc_fake"]))
+    return local
 
 
 class Throughput:
@@ -385,8 +431,3 @@ def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise,
         },
         rank_state=rank_state,
     )
-
-
-def _sample_grid(generator, noise, classes, recipe: Recipe, device) -> bytes:
-    images = generate(generator, noise.to(device), None if classes is None else classes.to(device))
-    return grid_png(images, value_range=recipe.value_range)

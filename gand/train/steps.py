@@ -14,6 +14,7 @@ from gand.config import GandConfig
 from gand.data.loader import Batch
 from gand.losses import ADVERSARIAL_LOSSES, Objective, gradient_penalty
 from gand.models import MODELS, value_range
+from gand.observability.health import discriminator_outputs
 from gand.train.engine import Engine, Trained
 
 
@@ -27,6 +28,7 @@ class Recipe:
     num_classes: int  # classes G is conditioned on / the class head predicts; 0 = none
     sample_classes: bool  # whether generated images get class labels (AC-GAN)
     value_range: tuple[float, float]
+    critic: bool = False  # a Wasserstein critic: its outputs have no zero point (health statistics need to know)
 
     @classmethod
     def from_config(cls, cfg: GandConfig, num_classes: int) -> Recipe:
@@ -49,6 +51,7 @@ class Recipe:
             num_classes=num_classes,
             sample_classes=sample_classes,
             value_range=value_range(cfg.model.g_output),
+            critic=loss.adversarial == "wasserstein",
         )
 
     def latent(self, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -62,12 +65,13 @@ class Recipe:
         return images if (low, high) == (-1.0, 1.0) else (images + 1) * (high - low) / 2 + low
 
 
-def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe, batch: Batch
-                         ) -> dict[str, torch.Tensor]:  # fmt: skip
+def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe, batch: Batch,
+                         stats: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Real images towards "real", generated ones towards "fake" (plus class/style terms and penalties).
 
     The batch is split into engine.micro_batches pieces whose gradients add up to the whole batch's; BatchNorm
-    normalises each piece with its own statistics, as it would on a smaller batch.
+    normalises each piece with its own statistics, as it would on a smaller batch. With `stats`, D's outputs on
+    the first piece and its gradient statistics are added to it (health metrics, on logging steps only).
     """
     real_all = recipe.to_model_range(engine.to_device(batch.images))
     labels_all = batch.labels.to(engine.device)
@@ -79,18 +83,24 @@ def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe,
             with torch.no_grad():
                 fake = g(z, fake_classes)
             real, fake = augment(real, recipe.augment_policy), augment(fake, recipe.augment_policy)
-            parts = recipe.objective.discriminator(d(real), d(fake), labels, fake_classes)
+            real_out, fake_out = d(real), d(fake)
+            parts = recipe.objective.discriminator(real_out, fake_out, labels, fake_classes)
             if recipe.gradient_penalty:
                 parts["gp"] = recipe.gradient_penalty * gradient_penalty(d, real, fake)
             engine.backward(d, sum(parts.values()))
+            if stats is not None and index == 0:
+                stats.update(discriminator_outputs(real_out, fake_out, recipe.critic))
         _add(totals, parts, len(pieces))
+    if stats is not None:
+        stats.update(engine.gradient_stats(d))
     engine.step(d)
     if recipe.weight_clip is not None:
         engine.clamp_parameters(d, recipe.weight_clip)
     return totals
 
 
-def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, count: int) -> dict[str, torch.Tensor]:
+def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, count: int,
+                     stats: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Make the frozen discriminator call fresh samples real (and, per the recipe, of their class / no style)."""
     totals: dict[str, torch.Tensor] = {}
     sizes = [piece.shape[0] for piece in torch.empty(count).chunk(engine.micro_batches)]
@@ -102,6 +112,8 @@ def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, cou
                 parts = recipe.objective.generator(judge(fake), fake_classes)
                 engine.backward(g, sum(parts.values()))
             _add(totals, parts, len(sizes))
+    if stats is not None:
+        stats.update(engine.gradient_stats(g))
     engine.step(g)
     return totals
 

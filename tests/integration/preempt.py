@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -71,9 +73,15 @@ class Live:
 
     def finish(self, timeout: float = 300.0) -> int:
         code = self.proc.wait(timeout=timeout)
-        while self._drain(timeout=1.0):
+        deadline = time.monotonic() + 10  # children that outlive the process may hold the pipe open
+        while self._drain(timeout=0.5) and time.monotonic() < deadline:
             pass
         return code
+
+    def stop_group(self, signum: int = signal.SIGTERM) -> None:
+        """Signal the whole process group, as a terminal's Ctrl-C or a container runtime does."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signum)
 
     @property
     def output(self) -> str:

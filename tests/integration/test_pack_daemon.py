@@ -116,7 +116,7 @@ def read_manifest_at(url: str) -> PackedManifest | None:
         return None
 
 
-def run_daemon_and_add_images(src_url: str, dest_url: str, add_images) -> str:
+def run_daemon_and_add_images(src_url: str, dest_url: str, add_images, promtool: str) -> str:
     port = free_port()
     daemon = gand_process("daemon", src_url, dest_url, "--resolutions", "32", "--shard-size", "4", "--workers", "1",
                           "--interval", "0.5", "--metrics-port", str(port))  # fmt: skip
@@ -131,6 +131,8 @@ def run_daemon_and_add_images(src_url: str, dest_url: str, add_images) -> str:
         assert "gand_pack_images_packed_total 8.0" in metrics
         assert "gand_pack_last_success_timestamp_seconds" in metrics
         assert f"gand_pack_manifest_generation {float(second.generation)}" in metrics
+        checked = subprocess.run([promtool, "check", "metrics"], input=metrics, capture_output=True, text=True)
+        assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
     finally:
         daemon.send_signal(signal.SIGTERM)
         output, _ = daemon.communicate(timeout=60)
@@ -140,7 +142,7 @@ def run_daemon_and_add_images(src_url: str, dest_url: str, add_images) -> str:
     return output
 
 
-def test_daemon_packs_new_images_from_a_folder(tmp_path):
+def test_daemon_packs_new_images_from_a_folder(tmp_path, promtool):
     src, dest = tmp_path / "src", tmp_path / "dest"
     for index in range(5):
         save(pattern("blobs", seed=index), src / f"{index}.png")
@@ -149,10 +151,10 @@ def test_daemon_packs_new_images_from_a_folder(tmp_path):
         for index in range(5, 8):
             save(pattern("blobs", seed=index), src / f"{index}.png")
 
-    run_daemon_and_add_images(str(src), str(dest), add_images)
+    run_daemon_and_add_images(str(src), str(dest), add_images, promtool)
 
 
-def test_daemon_on_s3_and_training_reads_from_s3(s3_endpoint, tmp_path):
+def test_daemon_on_s3_and_training_reads_from_s3(s3_endpoint, tmp_path, promtool):
     bucket = make_bucket("gand-daemon")
     fs = fsspec.filesystem("s3")
     local = tmp_path / "images"
@@ -165,6 +167,6 @@ def test_daemon_on_s3_and_training_reads_from_s3(s3_endpoint, tmp_path):
         for index in range(5, 8):
             fs.put_file(str(local / f"{index}.png"), f"{bucket}/raw/{index}.png")
 
-    run_daemon_and_add_images(f"{bucket}/raw", f"{bucket}/packed", add_images)
+    run_daemon_and_add_images(f"{bucket}/raw", f"{bucket}/packed", add_images, promtool)
     batch = next(ImageLoader(f"{bucket}/packed", 32, 4, seed=0, workers=0, shuffle_buffer=4).batches())
     assert batch.images.shape == (4, 3, 32, 32) and batch.position.generation >= 2

@@ -16,5 +16,7 @@ RUFF = Path(sys.executable).parent / "ruff"
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
 def test_ruff(command):
     ruff = str(RUFF) if RUFF.exists() else "ruff"
-    result = subprocess.run([ruff, *command, "gand", "tests", "bench"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [ruff, *command, "gand", "tests", "bench", "deploy"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
