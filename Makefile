@@ -44,7 +44,7 @@ test: $(VENV)/.installed-test tools
 
 # System tools the tests run for real. Debian's prometheus package brings promtool; it needs root (CI is root).
 tools:
-	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; } || echo "promtool missing: sudo apt-get install prometheus (the metrics tests need it)"; }
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || echo "promtool missing: sudo apt-get install prometheus (the metrics tests need it)"; }
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gand tests bench deploy
