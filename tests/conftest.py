@@ -81,6 +81,15 @@ def gand(*args: str, timeout: float = 300, env: dict | None = None) -> subproces
     return run_command([sys.executable, "-m", "gand.cli", *args], timeout=timeout, env=env)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def bin_path(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
@@ -88,13 +97,9 @@ def bin_path(name: str) -> str:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-protocol server on 127.0.0.1 (moto), with the standard variables s3fs and boto read set."""
-    import socket
-
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

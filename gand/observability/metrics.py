@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from gand import __version__
 
 log = structlog.get_logger("gand.metrics")
+NETWORKS = {"g": "generator", "d": "discriminator"}  # the one-letter tags in statistic names
 
 
 def _serve(registry: CollectorRegistry, port: int):
@@ -118,14 +119,14 @@ class TrainingMetrics:
             self._record_stat(name, value)
 
     def _record_stat(self, name: str, value: float) -> None:
-        network = {"g": "generator", "d": "discriminator"}.get(name[-1], "")
+        network = NETWORKS.get(name[-1], "")
         if name in ("d_real", "d_fake"):
             self.d_output.labels(input=name[2:]).set(value)
         elif name in ("acc_real", "acc_fake"):
             self.d_accuracy.labels(input=name[4:]).set(value)
         elif name.startswith("vanishing_"):
             tag, _, group = name.removeprefix("vanishing_").partition("/")
-            self.vanishing.labels(network={"g": "generator", "d": "discriminator"}[tag], group=group).set(value)
+            self.vanishing.labels(network=NETWORKS[tag], group=group).set(value)
         elif name.startswith("grad_norm_"):
             self.grad_norm.labels(network=network).set(value)
         elif name.startswith("lr_"):

@@ -171,7 +171,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
             log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
                      **{f"loss_{name}": round(value, 4) for name, value in losses.items()},
                      **{name: round(combined[name], 3) for name in ("d_real", "d_fake") if name in combined},
-                     images_per_second=round(rate, 1), **_precision_counters(engine, g, d))  # fmt: skip
+                     images_per_second=round(rate, 1),
+                     **{k: v for k, v in combined.items() if k.startswith(PRECISION_COUNTERS)})  # fmt: skip
             metrics.record_step(state.step, state.images_seen, state.epoch, losses, rate, combined)
             if engine.device.type == "cuda":
                 metrics.record_gpu_memory(torch.cuda.memory_allocated(), torch.cuda.memory_reserved(),
@@ -396,6 +397,9 @@ def _stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metr
     metrics.close()
     outcome = f"saved {name}" if committed else f"the upload of {name} did not finish; resumes from the last commit"
     raise Preempted(f"stopped by {control.stop_signal} at step {state.step}: {outcome}; run the same command to resume")
+
+
+PRECISION_COUNTERS = ("loss_scale_", "skipped_steps_")
 
 
 def _precision_counters(engine: Engine, g: Trained, d: Trained) -> dict[str, float | int]:

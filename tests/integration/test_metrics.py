@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
+import time
 import urllib.request
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import free_port, tiny_config
 from tests.integration.preempt import Live, accelerate_command, train_command
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(port: int) -> str:
@@ -41,7 +35,10 @@ def test_a_training_run_exports_progress_health_data_and_checkpoint_metrics(tmp_
     try:
         live.wait_for(lambda e: e["event"] == "checkpoint_committed" and e["checkpoint"] >= "ckpt-000000000064")
         live.wait_for(lambda e: e["event"] == "train_step" and e["step"] >= 10)
-        text = scrape(port)
+        # The log line comes just before the metrics update: scrape until the exporter has caught up.
+        deadline = time.monotonic() + 30
+        while value(text := scrape(port), "gand_train_steps") < 10 and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         live.proc.send_signal(signal.SIGTERM)
         assert live.finish() == 75

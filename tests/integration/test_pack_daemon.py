@@ -18,7 +18,7 @@ from gand.data.demo import generate_landscapes
 from gand.data.loader import ImageLoader
 from gand.data.manifest import PackedManifest, read_parts
 from gand.storage import Store
-from tests.conftest import REPO, make_bucket
+from tests.conftest import REPO, free_port, make_bucket
 from tests.corpus import build_bad_corpus, pattern, save
 
 pytestmark = pytest.mark.integration
@@ -98,14 +98,6 @@ def wait_for(condition, timeout: float = 90.0, what: str = "condition"):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def read_manifest_at(url: str) -> PackedManifest | None:

@@ -10,14 +10,13 @@ import logging
 import os
 import random
 import signal
-import socket
 import time
 import urllib.request
 
 import pytest
 
 from gand.checkpoint.manager import MANIFEST, checkpoint_name
-from tests.conftest import gand, make_bucket, tiny_config
+from tests.conftest import free_port, gand, make_bucket, tiny_config
 from tests.integration.preempt import (
     Live,
     accelerate_command,
@@ -94,12 +93,6 @@ def test_sigkill_at_random_moments_never_loads_an_uncommitted_checkpoint(tmp_pat
     assert_same_weights(final_weights(url), straight)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     values = {}
@@ -113,7 +106,7 @@ def _scrape(port: int) -> dict[str, float]:
 def test_storage_outage_training_goes_on_and_uploads_retry_until_it_returns(tmp_path, packed, monkeypatch):
     from moto.server import ThreadedMotoServer
 
-    s3_port, metrics_port = _free_port(), _free_port()
+    s3_port, metrics_port = free_port(), free_port()
     for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "AWS_ACCESS_KEY_ID": "testing",
                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)

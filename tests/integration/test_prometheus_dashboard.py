@@ -15,9 +15,8 @@ import urllib.request
 import pytest
 import torch
 
-from tests.conftest import REPO, gand, tiny_config
+from tests.conftest import REPO, free_port, gand, tiny_config
 from tests.integration.preempt import Live, train_command
-from tests.integration.test_metrics import free_port
 
 pytestmark = pytest.mark.integration
 sys.path.insert(0, str(REPO / "deploy" / "grafana"))
