@@ -162,7 +162,9 @@ class TrainConfig(StrictModel):
 
 
 class SamplesConfig(StrictModel):
+    # The sample grid and the loss curve are written together, whichever of the two comes first.
     every_steps: int = Field(100, ge=1)
+    every_images: int | None = Field(None, ge=1, description="also every N images seen (survives batch changes)")
     count: int = Field(64, ge=1, le=1024, description="images in the fixed-noise grid")
 
 
@@ -183,6 +185,9 @@ class CheckpointConfig(StrictModel):
     retry_first_seconds: float = Field(1.0, gt=0, description="first retry delay; doubles up to retry_max_seconds")
     retry_max_seconds: float = Field(30.0, gt=0)
     max_rollbacks: int = Field(3, ge=0, description="NaN/Inf losses: roll back this often, then exit 3")
+    progress_every_seconds: float | None = Field(
+        30.0, gt=0, description="note how far training got next to the checkpoints, for 'steps lost' at a resume"
+    )
 
 
 class MetricsConfig(StrictModel):

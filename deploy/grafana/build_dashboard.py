@@ -20,6 +20,7 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
         ("Steps and epoch", "short", [(f"gand_train_steps{RUN}", "step"), (f"gand_train_epoch{RUN}", "epoch")]),
         ("Since the last step", "s", [(f"time() - gand_train_last_step_timestamp_seconds{RUN}", "seconds")]),
         ("Resumes and roll-backs", "short", [(f"gand_train_resumed_from_step{RUN}", "resumed from step"),
+                                            (f"gand_train_steps_lost_at_resume{RUN}", "steps lost at that resume"),
                                             (f"gand_train_rollbacks_total{RUN}", "NaN roll-backs")]),
     ]),
     ("Losses and the game", [
@@ -42,6 +43,9 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
     ("Data and memory", [
         ("Waiting for data", "percentunit", [(f"rate(gand_data_wait_seconds_total{RUN}[5m])", "share of time")]),
         ("Batches per second", "short", [(f"rate(gand_data_batches_total{RUN}[5m])", "per rank")]),
+        ("Shards opened and samples skipped", "short",
+         [(f"increase(gand_data_shards_opened_total{RUN}[15m])", "shards opened / 15m"),
+          (f"increase(gand_data_samples_skipped_total{RUN}[15m])", "skipped {{reason}} / 15m")]),
         ("GPU memory", "bytes", [(f"gand_gpu_memory_bytes{RUN}", "{{kind}}")]),
         ("Process memory", "bytes", [(f"process_resident_memory_bytes{RUN}", "RSS {{instance}}")]),
     ]),

@@ -42,12 +42,17 @@ class DataPosition:
     generation: int = 0  # 0: not chosen yet (take the newest)
 
 
+# What a loader worker counts between two batches; the same keys always, so ranks can average them.
+READ_COUNTERS = ("shards_opened", "skipped_unknown_class", "skipped_undecodable")
+
+
 @dataclass(frozen=True)
 class Batch:
     images: torch.Tensor  # float32 N x C x H x W in [-1, 1]
     labels: torch.Tensor  # int64 N; UNLABELLED where the dataset has no classes
     keys: list[str] = field(repr=False)
     position: DataPosition  # after this batch: resume from here to draw the next one
+    counts: dict[str, int] = field(default_factory=dict)  # READ_COUNTERS since the previous batch of this worker
 
     @property
     def epoch(self) -> int:
@@ -82,8 +87,9 @@ class ShardStream(IterableDataset):
         # Each worker holds its own copy of these counters and advances them in step with the others.
         self.epoch = first_epoch - 1
         self.skip_batches = skip_batches
+        self.counts = dict.fromkeys(READ_COUNTERS, 0)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str], dict[str, int]]]:
         self.epoch += 1
         worker, workers = _worker_slot()
         rng = random.Random(f"gand:{self.seed}:{self.epoch}:{len(self.shard_urls)}:{self.rank}:{worker}")
@@ -94,7 +100,28 @@ class ShardStream(IterableDataset):
         for _ in islice(samples, skip):
             pass
         while True:
-            yield _collate(list(islice(samples, self.batch_size)), self.channels)
+            yield self._batch(samples)
+
+    def _batch(self, samples: Iterator[dict]) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, int]]:
+        """The next batch_size samples that decode. A sample that does not (storage damage: the packer checks
+        every image it publishes) is counted and replaced by the next one rather than stopping the run."""
+        pixels, labels, keys = [], [], []
+        while len(pixels) < self.batch_size:
+            sample = next(samples)
+            try:
+                array = image_to_array(_image_bytes(sample), self.channels)
+            except (OSError, ValueError, KeyError, SyntaxError) as err:  # PIL raises all of these for bad data
+                self.counts["skipped_undecodable"] += 1
+                log.warning("sample_skipped", key=sample.get("__key__"), shard=sample.get("__url__"),
+                            reason="undecodable", error=str(err))  # fmt: skip
+                continue
+            pixels.append(array)
+            labels.append(int(sample["cls"]) if "cls" in sample else UNLABELLED)
+            keys.append(sample["__key__"])
+        counts, self.counts = self.counts, dict.fromkeys(READ_COUNTERS, 0)
+        # uint8 crosses the worker boundary (4x less than float); the trainer's process converts.
+        images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
+        return images, torch.tensor(labels, dtype=torch.int64), keys, counts
 
     def _samples(self, rng: random.Random, worker: int, workers: int) -> Iterator[dict]:
         slots = self.world_size * workers
@@ -102,10 +129,12 @@ class ShardStream(IterableDataset):
         mine = self.shard_urls[slot::slots] if len(self.shard_urls) >= slots else self.shard_urls
         while True:
             url = rng.choice(mine)
+            self.counts["shards_opened"] += 1
             with open_url(url) as stream:
                 for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
                     # Classes the daemon added after the model was built cannot be learned by it: leave them out.
                     if self.num_classes and "cls" in sample and int(sample["cls"]) >= self.num_classes:
+                        self.counts["skipped_unknown_class"] += 1
                         continue
                     yield sample
 
@@ -124,14 +153,6 @@ def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> 
         index = rng.randrange(len(buffer))
         yield buffer[index]
         buffer[index] = sample
-
-
-def _collate(samples: list[dict], channels: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    # uint8 crosses the worker boundary (4x less than float); the trainer's process converts.
-    pixels = np.stack([image_to_array(_image_bytes(sample), channels) for sample in samples])
-    labels = [int(sample["cls"]) if "cls" in sample else UNLABELLED for sample in samples]
-    keys = [sample["__key__"] for sample in samples]
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64), keys
 
 
 def _image_bytes(sample: dict) -> bytes:
@@ -197,10 +218,10 @@ class ImageLoader:
             if loader is None or loader_generation != manifest.generation or done:
                 loader, loader_generation = self._data_loader(manifest, epoch, skipped_by_workers), manifest.generation
             drop = done - skipped_by_workers
-            for pixels, labels, keys in islice(loader, drop, per_epoch - skipped_by_workers):
+            for pixels, labels, keys, counts in islice(loader, drop, per_epoch - skipped_by_workers):
                 done += 1
                 position = DataPosition(epoch, done, manifest.generation)
-                yield Batch(pixels.float().div_(127.5).sub_(1.0), labels, keys, position)
+                yield Batch(pixels.float().div_(127.5).sub_(1.0), labels, keys, position, counts)
             epoch, done, generation = epoch + 1, 0, 0
 
     def _manifest(self, generation: int) -> PackedManifest:

@@ -55,6 +55,8 @@ class TrainingMetrics:
         self.last_step = gauge("gand_train_last_step_timestamp_seconds", "Unix time of the last logged step")
         self.resumes = counter("gand_train_resumes", "Runs of this process that resumed from a checkpoint")
         self.resumed_step = gauge("gand_train_resumed_from_step", "Step of the checkpoint this process resumed")
+        self.steps_lost = gauge("gand_train_steps_lost_at_resume", "Steps the previous process trained past the "
+                                "checkpoint this one resumed from (a lower bound; 0 when none or unknown)")  # fmt: skip
         self.rollbacks = counter("gand_train_rollbacks", "Roll-backs to the last commit after NaN/Inf losses")
         # losses and the game
         self.loss = gauge("gand_train_loss", "Latest loss per network and term (total, adv, class, style, "
@@ -80,6 +82,9 @@ class TrainingMetrics:
         # data and memory
         self.data_wait = counter("gand_data_wait_seconds", "Time the training loop waited for batches (mean rank)")
         self.batches = counter("gand_data_batches", "Batches drawn per rank")
+        self.shards_opened = counter("gand_data_shards_opened", "Shards opened by the loader workers, all ranks")
+        self.samples_skipped = counter("gand_data_samples_skipped", "Samples the loader left out, all ranks, by "
+                                       "reason: unknown_class, undecodable", ("reason",))  # fmt: skip
         self.gpu_memory = gauge("gand_gpu_memory_bytes", "GPU memory of the main rank", ("kind",))
         # checkpoints
         self.checkpoint_time = gauge("gand_checkpoint_last_commit_timestamp_seconds", "Unix time of the last commit")
@@ -139,13 +144,19 @@ class TrainingMetrics:
             self.data_wait.inc(value)
         elif name == "batches":
             self.batches.inc(value)
+        elif name == "shards_opened":
+            self.shards_opened.inc(value)
+        elif name.startswith("skipped_"):  # (after skipped_steps_, the fp16 counter, above)
+            self.samples_skipped.labels(reason=name.removeprefix("skipped_")).inc(value)
         elif name == "d_dominating":
             self.d_dominating.set(value)
 
-    def record_resume(self, step: int) -> None:
+    def record_resume(self, step: int, steps_lost: int | None = None) -> None:
         if self.enabled:
             self.resumes.inc()
             self.resumed_step.set(step)
+            if steps_lost is not None:
+                self.steps_lost.set(steps_lost)
 
     def record_diversity(self, value: float) -> None:
         if self.enabled:

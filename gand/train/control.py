@@ -83,15 +83,21 @@ class RunControl:
         return bool(every) and self.engine.rank == 0 and time.monotonic() - self._last_save >= every
 
     def _count_due(self, step: int, images_before: int, images_after: int) -> bool:
-        every_steps, every_images = self.checkpoint.every_steps, self.checkpoint.every_images
-        if step >= self.max_steps:
-            return True
-        if every_steps and step % every_steps == 0:
-            return True
-        return bool(every_images) and images_after // every_images > images_before // every_images
+        section = self.checkpoint
+        return count_due(step, images_before, images_after, section.every_steps, section.every_images, self.max_steps)
 
     def saved(self) -> None:
         self._last_save = time.monotonic()
+
+
+def count_due(step: int, images_before: int, images_after: int, every_steps: int | None, every_images: int | None,
+              max_steps: int) -> bool:  # fmt: skip
+    """Periodic work is due every N steps, when images seen crosses a multiple of M, and at the very end."""
+    if step >= max_steps:
+        return True
+    if every_steps and step % every_steps == 0:
+        return True
+    return bool(every_images) and images_after // every_images > images_before // every_images
 
 
 def all_finite(*loss_dicts: dict[str, torch.Tensor]) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import socket
 import sys
@@ -35,6 +36,7 @@ from torch import nn
 from gand.config import MemoryConfig
 from gand.errors import ConfigError
 from gand.observability.health import gradient_stats
+from gand.observability.logging import route_library_logs
 from gand.train.memory import as_channels_last, checkpoint_blocks, to_channels_last
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -279,17 +281,11 @@ class DeepSpeedEngine(Engine):
     """G and D as two DeepSpeed engines (ZeRO 1-3, optional CPU offload), on Accelerate's process group."""
 
     def __init__(self, precision: str, memory: MemoryConfig, batch_size: int):
-        if not torch.cuda.is_available():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
         _ensure_process_group_variables()
         super().__init__(precision, memory, batch_size)
-        try:
-            import deepspeed
-        except ImportError:
-            raise ConfigError("memory.zero_stage > 0 needs DeepSpeed: pip install 'gand[deepspeed]'") from None
-        import logging
-
-        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        deepspeed = import_deepspeed()
+        if deepspeed is None:
+            raise ConfigError("memory.zero_stage > 0 needs DeepSpeed: pip install 'gand[deepspeed]'")
         self.deepspeed = deepspeed
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
                                    auto_mpi_discovery=False)  # fmt: skip
@@ -464,8 +460,23 @@ def build_engine(precision: str, memory: MemoryConfig, batch_size: int) -> Engin
     return Engine(precision, memory, batch_size)
 
 
+def import_deepspeed():
+    """DeepSpeed, quiet and with its log lines routed through gand's logging; None when it is not installed."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else its import warns that it guessed the CPU
+    try:
+        import deepspeed
+    except ImportError:
+        return None
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    route_library_logs()  # DeepSpeed installs its own stdout handler on import
+    return deepspeed
+
+
 def deepspeed_safe_globals() -> list[type]:
     """DeepSpeed's plain-data classes inside its optimizer state, allowed for torch.load(weights_only=True)."""
+    if import_deepspeed() is None:
+        return []
     try:
         from deepspeed.runtime.fp16.loss_scaler import LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum

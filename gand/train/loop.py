@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -11,18 +12,20 @@ import torch
 
 from gand import __version__
 from gand.checkpoint.manager import Checkpoint, CheckpointManager, Snapshot, checkpoint_name
+from gand.checkpoint.progress import ProgressMarker
 from gand.checkpoint.uploader import RetryPolicy, UploadResult
 from gand.config import GandConfig
-from gand.data.loader import ImageLoader
+from gand.data.loader import READ_COUNTERS, Batch, ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
 from gand.errors import ConfigError, Diverged, Preempted, StorageError
 from gand.eval.samples import generate, grid_png
 from gand.models import build_models, spec_from_config
+from gand.observability.curves import LossHistory, loss_curve_png
 from gand.observability.health import DominanceWindow, sample_diversity
 from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
 from gand.storage import Store, is_local, redact
-from gand.train.control import RunControl, all_finite
+from gand.train.control import RunControl, all_finite, count_due
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals
 from gand.train.optim import GeneratorEMA, build_optimizer
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
@@ -36,7 +39,7 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
     """
     engine = build_engine(cfg.precision, cfg.memory, cfg.train.batch_size)
     local_log = Path(cfg.run_dir) / "train.jsonl" if engine.is_main and is_local(cfg.run_dir) else None
-    configure_logging(engine.rank, engine.is_main, local_log)
+    configure_logging(engine.rank, engine.is_main, local_log, run_name=cfg.run.name)
     log = structlog.get_logger("gand.train")
     seed_everything(cfg.train.seed + engine.rank)  # ranks draw different noise; wrapping syncs the initial weights
     control = RunControl(engine, cfg.checkpoint, cfg.train.max_steps)
@@ -58,21 +61,29 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
     recipe = Recipe.from_config(cfg, num_classes)
     fixed_noise, fixed_classes = _fixed_sample_inputs(cfg, recipe)
     checkpoints = _checkpoint_manager(cfg, engine)
+    progress = ProgressMarker(checkpoints.store, cfg.checkpoint.progress_every_seconds if engine.is_main else None)
     run_store = Store(cfg.run_dir)
     state = TrainState()
+    history = LossHistory()
 
     if fresh:
         if engine.is_main:
             checkpoints.discard_all()
+            progress.discard()
         engine.barrier()
+    previous_progress = progress.read() if engine.is_main else None  # before this process writes its own
     resumed = checkpoints.load_latest()
+    steps_lost = None
     if resumed is not None:
         _check_resumable(resumed, engine, cfg, num_classes)
         generator.load_state_dict(resumed.weights["generator"])
         discriminator.load_state_dict(resumed.weights["discriminator"])
         state = _resumed_state(resumed, engine, log)
         fixed_noise, fixed_classes = resumed.trainer["fixed_noise"], resumed.trainer.get("fixed_classes")
-        log.info("resumed", checkpoint=resumed.name, step=state.step, images_seen=state.images_seen)
+        history = LossHistory.from_state(resumed.trainer.get("loss_history"))
+        steps_lost = progress.steps_lost(previous_progress, state.step)
+        log.info("resumed", checkpoint=resumed.name, step=state.step, images_seen=state.images_seen,
+                 steps_lost=steps_lost)  # fmt: skip
     if state.step >= cfg.train.max_steps:
         log.info("already_complete", step=state.step, hint="raise train.max_steps to train further")
         engine.close()
@@ -104,13 +115,12 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
     )
     metrics = TrainingMetrics(cfg.metrics.port if engine.is_main else None, cfg.run.name)
     if resumed is not None:
-        metrics.record_resume(state.step)
+        metrics.record_resume(state.step, steps_lost)
     dominance = DominanceWindow()
     schedule = cfg.schedule
     images_per_batch = cfg.train.batch_size * engine.world_size
     log.info(
         "train_start",
-        run=cfg.run.name,
         arch=cfg.model.arch,
         resolution=cfg.data.resolution,
         dataset_images=manifest.num_samples,
@@ -154,17 +164,20 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
 
         images_before = state.images_seen
         state.advance(images=images_per_batch * schedule.d_steps)
+        progress.update(state.step, state.images_seen)
         # Every rank takes the same branch: stop after a signal, save when due, roll back after NaN/Inf.
         decision = control.decide(state.step, images_before, state.images_seen, all_finite(g_losses, d_losses))
         if decision.roll_back or (decision.save and not _weights_finite(engine, g, d)):
             rollbacks += 1
             state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks)
+            history.truncate(state.images_seen)
             metrics.record_rollback()
             continue
 
         if stats is not None:
             named = _named_losses(g_losses, d_losses)
             combined = engine.mean_across_ranks({**named, **stats, **data.since_last_log()})
+            combined.update({name: combined[name] * engine.world_size for name in READ_COUNTERS})  # all ranks' sum
             losses = {name: combined.pop(name) for name in named}
             combined.update(_local_stats(engine, g, d, dominance, combined))
             rate = window.images_per_second(state.images_seen)
@@ -174,20 +187,26 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
                      images_per_second=round(rate, 1),
                      **{k: v for k, v in combined.items() if k.startswith(PRECISION_COUNTERS)})  # fmt: skip
             metrics.record_step(state.step, state.images_seen, state.epoch, losses, rate, combined)
+            history.record(state.images_seen, losses)
             if engine.device.type == "cuda":
                 metrics.record_gpu_memory(torch.cuda.memory_allocated(), torch.cuda.memory_reserved(),
                                           torch.cuda.max_memory_allocated())  # fmt: skip
-        if _due(state.step, cfg.samples.every_steps, cfg.train.max_steps):
+        if count_due(state.step, images_before, state.images_seen, cfg.samples.every_steps, cfg.samples.every_images,
+                     cfg.train.max_steps):  # fmt: skip
             # Every rank runs G on the same fixed noise: under ZeRO-3 its forward gathers weights collectively.
             with engine.full_weights(g) as g_module:
                 images = generate(ema.model if ema is not None else g_module, fixed_noise.to(engine.device),
                                   None if fixed_classes is None else fixed_classes.to(engine.device))  # fmt: skip
             if engine.is_main:
+                # The grid and the loss curve that led to it, side by side in the samples folder.
                 grid = grid_png(images, value_range=recipe.value_range)
                 run_store.write_bytes(f"samples/step-{state.step:06d}.png", grid)
+                curve = loss_curve_png(history, title=f"{cfg.run.name}: losses up to step {state.step}")
+                run_store.write_bytes(f"samples/step-{state.step:06d}-losses.png", curve)
                 metrics.record_diversity(sample_diversity(images, recipe.to_model_range(batch.images)))
         if decision.save:
-            snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes)
+            snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
+                             history)  # fmt: skip
             control.saved()
             if snapshot is not None:
                 log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
@@ -228,21 +247,25 @@ def _named_losses(g_losses: dict[str, torch.Tensor], d_losses: dict[str, torch.T
 
 
 class DataWait:
-    """Time the loop spends waiting for batches, and how many it drew, since the last log step."""
+    """Time the loop spends waiting for batches, how many it drew, and what the loader workers counted (shards
+    opened, samples skipped) since the last log step."""
 
     def __init__(self):
-        self.seconds, self.batches = 0.0, 0
+        self.seconds, self.batches, self.counts = 0.0, 0, dict.fromkeys(READ_COUNTERS, 0)
 
-    def next(self, batches):
+    def next(self, batches: Iterator[Batch]) -> Batch:
         started = time.perf_counter()
         batch = next(batches)
         self.seconds += time.perf_counter() - started
         self.batches += 1
+        for name, count in batch.counts.items():
+            self.counts[name] += count
         return batch
 
     def since_last_log(self) -> dict[str, torch.Tensor]:
         values = {"data_wait": torch.tensor(self.seconds), "batches": torch.tensor(float(self.batches))}
-        self.seconds, self.batches = 0.0, 0
+        values.update({name: torch.tensor(float(count)) for name, count in self.counts.items()})
+        self.seconds, self.batches, self.counts = 0.0, 0, dict.fromkeys(READ_COUNTERS, 0)
         return values
 
 
@@ -413,11 +436,11 @@ def _precision_counters(engine: Engine, g: Trained, d: Trained) -> dict[str, flo
 
 
 def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
-          num_classes) -> Snapshot | None:  # fmt: skip
+          num_classes, history: LossHistory) -> Snapshot | None:  # fmt: skip
     weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
-    trainer: dict = {"fixed_noise": fixed_noise, "fixed_classes": fixed_classes}
+    trainer: dict = {"fixed_noise": fixed_noise, "fixed_classes": fixed_classes, "loss_history": history.to_state()}
     rank_state: dict = {"rng": capture_rng()}
     for net in (g, d):
         net_state, per_rank = engine.trainer_state(net)

@@ -19,7 +19,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def checkpoint_at(run_dir: Path, step: int) -> Path:
-    for directory in sorted((run_dir / "checkpoints").iterdir()):
+    for directory in sorted((run_dir / "checkpoints").glob("ckpt-*")):
         if json.loads((directory / "state.json").read_text())["train"]["step"] == step:
             return directory
     raise AssertionError(f"no checkpoint at step {step} in {run_dir}")

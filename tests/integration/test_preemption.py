@@ -210,7 +210,7 @@ def test_resume_rules_architecture_change_fresh_and_world_size(tmp_path, packed)
     fresh = gand("train", str(config), "model.width=0.25", "train.max_steps=2", "--fresh")
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert '"resumed"' not in fresh.stdout
-    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*"))
     assert names == [checkpoint_name(16)]  # the old checkpoints are gone; two steps of 8 images
 
 
@@ -224,7 +224,7 @@ def test_nan_losses_roll_back_then_give_up_with_exit_3(tmp_path, packed):
     assert "checkpoint.max_rollbacks" in exploding.stderr
     rolled = [json.loads(line) for line in exploding.stdout.splitlines() if '"rolled_back"' in line]
     assert [e["checkpoint"] for e in rolled] == [checkpoint_name(32)] * 2 and all(e["step"] == 4 for e in rolled)
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())[-1] == checkpoint_name(32)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*"))[-1] == checkpoint_name(32)
 
 
 def test_zero2_two_ranks_sigterm_resume_is_exact_and_nan_rolls_back(tmp_path, packed):
@@ -249,3 +249,35 @@ def test_zero2_two_ranks_sigterm_resume_is_exact_and_nan_rolls_back(tmp_path, pa
     assert exploding.finish() != 0 and "exit status 3" in exploding.output, exploding.output[-3000:]
     rolled = [e for e in exploding.events() if e["event"] == "rolled_back"]
     assert rolled and all(e["step"] == end_step for e in rolled)
+
+
+def test_a_sigkilled_run_reports_the_steps_it_lost_at_the_next_resume(tmp_path, packed):
+    """The run notes how far it got next to its checkpoints; after a SIGKILL the next process says what was lost."""
+    config = tiny_config(tmp_path, packed, train={"max_steps": 100_000, "log_every_steps": 1},
+                         samples={"every_steps": 100_000},
+                         checkpoint={"every_steps": 4, "progress_every_seconds": 0.05})  # fmt: skip
+    progress = tmp_path / "run" / "checkpoints" / "PROGRESS.json"
+    first = Live(train_command(config))
+    first.wait_for(lambda e: e["event"] == "checkpoint_committed")
+
+    def noted_step() -> int:
+        try:
+            return json.loads(progress.read_text())["step"]
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    deadline = time.monotonic() + 60
+    while noted_step() % 4 == 0 or noted_step() < 5:  # a note that is past a checkpoint, not on one
+        assert time.monotonic() < deadline, "the progress note never moved past a checkpoint"
+        time.sleep(0.01)
+    first.proc.kill()
+    first.finish()
+    checkpoints = str(tmp_path / "run" / "checkpoints")
+    noted, resume_from = noted_step(), json.loads((tmp_path / "run" / "checkpoints" / newest_valid(checkpoints) /
+                                                   MANIFEST).read_text())["step"]  # fmt: skip
+
+    second = Live(train_command(config, f"train.max_steps={max(noted, resume_from) + 2}"))
+    assert second.finish() == 0, second.output[-3000:]
+    resumed = next(e for e in second.events() if e["event"] == "resumed")
+    assert resumed["step"] == resume_from
+    assert resumed["steps_lost"] == max(0, noted - resume_from)  # (0 only if a commit overtook the note)

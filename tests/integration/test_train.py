@@ -38,6 +38,8 @@ def test_smoke_run_writes_samples_logs_checkpoints_and_resumes_exactly(tmp_path,
 
     resumed = [e for e in events(second.stdout) if e["event"] == "resumed"]
     assert resumed and resumed[0]["step"] == 4 and resumed[0]["images_seen"] == 32
+    assert resumed[0]["steps_lost"] == 0  # the first run ended cleanly at its own checkpoint
+    assert all(e["run"] == "tiny" and e["rank"] == 0 for e in events(second.stdout) if "level" in e)
     steps = [e["step"] for e in events(second.stdout) if e["event"] == "train_step"]
     assert steps == [5, 6]
 
@@ -49,9 +51,13 @@ def test_smoke_run_writes_samples_logs_checkpoints_and_resumes_exactly(tmp_path,
             assert torch.equal(a[key], b[key]), f"{network}.{key} differs after resume"
 
     samples = sorted(p.name for p in (run_dir / "samples").glob("*.png"))
-    assert samples == ["step-000002.png", "step-000004.png", "step-000006.png"]
+    assert samples == sorted(f"step-{step:06d}{kind}.png" for step in (2, 4, 6) for kind in ("", "-losses"))
     assert Image.open(run_dir / "samples" / "step-000006.png").size == (4 * 34 + 2, 4 * 34 + 2)
-    committed = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    # The loss curve at step 6 still holds the steps trained before the resume: the history is in the checkpoint.
+    trainer = torch.load(sorted((run_dir / "checkpoints").glob("ckpt-*"))[-1] / "trainer.pt", weights_only=True)
+    history = trainer["loss_history"]
+    assert history["names"][:2] == ["g", "d"] and history["values"][:, 0].tolist() == [8, 16, 24, 32, 40, 48]
+    committed = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*"))
     assert committed == [checkpoint_name(32), checkpoint_name(48)]  # keep_last=2
     manifest = json.loads((run_dir / "checkpoints" / checkpoint_name(48) / MANIFEST).read_text())
     assert manifest["step"] == 6 and manifest["world_size"] == 1

@@ -105,3 +105,31 @@ def test_resume_uses_the_generation_its_epoch_started_with(tmp_path):
     resumed = list(islice(make_loader(dest, batch_size=2).batches(straight[1].position), 2))
     assert [b.keys for b in resumed] == [b.keys for b in straight[2:4]]  # still generation 1 until the epoch ends
     assert {b.position.generation for b in resumed} == {1}
+
+
+def test_a_damaged_sample_is_skipped_and_counted_and_batches_stay_full(tmp_path):
+    """Storage damage after packing (a flipped member) costs one sample, not the run."""
+    import io
+    import tarfile
+
+    src, dest = tmp_path / "src", tmp_path / "out"
+    for index in range(8):
+        save(pattern("blobs", seed=index), src / f"{index}.png")
+    pack(str(src), str(dest), PackOptions(resolutions=(32,), shard_size=4, workers=1))
+    manifest, _ = read_manifest(str(dest))
+    shard = dest / manifest.shards_at(32)[0].path
+    with tarfile.open(shard) as tar:
+        members = [(member, tar.extractfile(member).read()) for member in tar.getmembers()]
+    damaged = next(member.name for member, _ in members if member.name.endswith(".png"))
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            data = b"\x89PNG garbage" if member.name == damaged else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+    batches = list(islice(make_loader(dest, batch_size=3, epoch_images=24, workers=1).batches(), 8))
+    assert all(len(batch.keys) == 3 for batch in batches)
+    assert damaged.rsplit(".", 1)[0] not in {key for batch in batches for key in batch.keys}
+    totals = {name: sum(batch.counts[name] for batch in batches) for name in batches[0].counts}
+    assert totals["skipped_undecodable"] >= 1 and totals["shards_opened"] >= 2
+    assert totals["skipped_unknown_class"] == 0
