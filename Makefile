@@ -43,8 +43,13 @@ test: $(VENV)/.installed-test tools
 	$(BIN)/python -m pytest
 
 # System tools the tests run for real. Debian's prometheus package brings promtool; it needs root (CI is root).
-tools:
+# prometheus-operator's CRD schemas (for the PodMonitor and PrometheusRule tests) come from the npm registry.
+tools: tests/k8s/node_modules/.package-lock.json
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } || echo "promtool missing: sudo apt-get install prometheus (the metrics tests need it)"; }
+
+tests/k8s/node_modules/.package-lock.json: tests/k8s/package-lock.json
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }; }
+	cd tests/k8s && npm ci --no-audit --no-fund --loglevel=error
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gand tests bench deploy

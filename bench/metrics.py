@@ -1,8 +1,18 @@
-"""What metrics and health statistics cost: the same training run with the exporter and per-step statistics on
-(log every `--log-every` steps, /metrics served and scraped once a second) and off (no exporter, one log line at the
-end), alternating, several times. Reports seconds per step for each and their ratio.
+"""What metrics and health statistics cost per training step, measured inside one process so that the machine's
+drift cancels out.
 
-    .venv/bin/python bench/metrics.py [--config configs/dcgan64.yaml] [--steps 200] [--repeats 3]
+The training loop gathers health statistics (D outputs and accuracy, gradient norms and vanishing shares per
+layer group, the cross-rank mean, learning rates, D dominance) only on logging steps, then updates the exporter
+and the loss history. Here the same functions the loop calls run on a real model, real packed data and a live
+exporter, in alternating blocks of `--log-every` steps:
+
+    off: log-every plain steps            on: log-every - 1 plain steps + 1 step with statistics and metrics
+
+Blocks alternate (off, on, off, on, ...) so slow drift hits both alike; the overhead is the ratio of the median
+block times. The exporter is scraped once a second throughout, as Prometheus would; what one scrape costs is
+timed on its own.
+
+    .venv/bin/python bench/metrics.py [--config configs/dcgan64.yaml] [--blocks 30] [--log-every 10]
 """
 
 from __future__ import annotations
@@ -12,8 +22,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +32,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from gand.config import load_config  # noqa: E402
+from gand.data.loader import ImageLoader  # noqa: E402
+from gand.data.manifest import check_dataset, read_manifest  # noqa: E402
+from gand.models import build_models, spec_from_config  # noqa: E402
+from gand.observability.curves import LossHistory  # noqa: E402
+from gand.observability.health import DominanceWindow, discriminator_outputs  # noqa: E402
+from gand.observability.metrics import TrainingMetrics  # noqa: E402
+from gand.train.control import all_finite  # noqa: E402
+from gand.train.engine import build_engine  # noqa: E402
+from gand.train.loop import _local_stats, _named_losses  # noqa: E402  (the loop's own helpers)
+from gand.train.optim import build_optimizer  # noqa: E402
+from gand.train.steps import Recipe, discriminator_update, generator_update  # noqa: E402
 
 
 def main() -> int:
@@ -32,35 +56,51 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--blocks", type=int, default=30, help="blocks of each kind")
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", default="bench/work/metrics")
     parser.add_argument("--out", default="bench/results/metrics.json")
     args = parser.parse_args()
 
-    work = REPO / args.work
-    shutil.rmtree(work, ignore_errors=True)
-    data = work / "packed"
-    run([sys.executable, "-m", "gand.cli", "demo-data", str(work / "raw"), "--n", "256"])
-    run([sys.executable, "-m", "gand.cli", "pack", str(work / "raw"), str(data), "--resolutions",
-         str(args.resolution), "--min-side", "128", "--workers", "2"])  # fmt: skip
+    data = pack_demo(REPO / args.work, args.resolution)
+    cfg = load_config(REPO / args.config, [f"data.path={data}", f"data.resolution={args.resolution}",
+                                           f"model.width={args.width}", f"train.batch_size={args.batch}",
+                                           "data.workers=1", "metrics.port=0"])  # fmt: skip
+    run = Harness(cfg)
+    scraper = threading.Thread(target=scrape_forever, args=(run.metrics.port, run.stop), daemon=True)
+    scraper.start()
+    for _ in range(3):  # warm-up: allocator, data workers, first exporter updates
+        run.block(args.log_every, with_stats=True)
     seconds: dict[str, list[float]] = {"off": [], "on": []}
-    for repeat in range(args.repeats):
+    for index in range(args.blocks):
         for mode in ("off", "on"):
-            seconds[mode].append(seconds_per_step(args, data, work / f"{mode}-{repeat}", mode == "on"))
-            print(f"repeat {repeat} metrics {mode}: {seconds[mode][-1] * 1000:.1f} ms/step", flush=True)
+            seconds[mode].append(run.block(args.log_every, with_stats=mode == "on"))
+        print(f"block {index}: off {seconds['off'][-1]:.3f} s, on {seconds['on'][-1]:.3f} s", flush=True)
+    scrape_seconds = time_scrapes(run.metrics.port)
+    added_seconds = run.time_added_work()
+    run.stop.set()
+
     off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
+    step_seconds = off / args.log_every
     result = {
         "bench": "metrics",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "config": args.config,
-        "steps": args.steps,
+        "resolution": args.resolution,
+        "width": args.width,
+        "batch": args.batch,
         "log_every_steps": args.log_every,
-        "ms_per_step_metrics_off": round(off * 1000, 2),
-        "ms_per_step_metrics_on": round(on * 1000, 2),
+        "blocks": args.blocks,
+        "ms_per_step_off": round(step_seconds * 1000, 2),
+        "ms_per_block_off": round(off * 1000, 1),
+        "ms_per_block_on": round(on * 1000, 1),
         "overhead_percent": round((on / off - 1) * 100, 2),
+        "paired_overhead_percent_median": round(statistics.median(paired_ratios(seconds)) * 100 - 100, 2),
+        "ms_added_per_log_step_direct": round(added_seconds * 1000, 2),
+        "direct_overhead_percent": round(added_seconds / args.log_every / step_seconds * 100, 3),
+        "ms_per_scrape": round(scrape_seconds * 1000, 2),
+        "scrape_percent_of_time_at_1_per_second": round(scrape_seconds * 100, 3),
         "runs": seconds,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
@@ -70,28 +110,87 @@ def main() -> int:
     return 0
 
 
-def seconds_per_step(args, data: Path, run_dir: Path, metrics_on: bool) -> float:
-    port = free_port() if metrics_on else None
-    command = [
-        sys.executable, "-m", "gand.cli", "train", str(REPO / args.config), f"data.path={data}",
-        f"data.resolution={args.resolution}", f"run.dir={run_dir}", f"model.width={args.width}",
-        f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "data.workers=1",
-        f"train.log_every_steps={args.log_every if metrics_on else args.steps}",
-        f"metrics.port={port if metrics_on else 'null'}", "samples.every_steps=100000",
-        "checkpoint.every_steps=100000", "ema.half_life_kimg=null",
-    ]  # fmt: skip
-    stop = threading.Event()
-    if metrics_on:  # a Prometheus-like scraper, once a second
-        threading.Thread(target=scrape_forever, args=(port, stop), daemon=True).start()
-    output = run(command)
-    stop.set()
-    stamps = {}
-    for line in output.splitlines():
-        if line.startswith("{"):
-            event = json.loads(line)
-            if event["event"] in ("train_start", "train_done"):
-                stamps[event["event"]] = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
-    return (stamps["train_done"] - stamps["train_start"]).total_seconds() / args.steps
+class Harness:
+    """What the training loop builds, and its step, with the statistics switched per call."""
+
+    def __init__(self, cfg):
+        manifest, _ = read_manifest(cfg.data.path)
+        num_classes = check_dataset(manifest, cfg)
+        spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
+        generator, discriminator = build_models(cfg.model.arch, spec)
+        self.engine = build_engine(cfg.precision, cfg.memory, cfg.train.batch_size)
+        opt_g = build_optimizer(generator.parameters(), cfg.optim.g)
+        opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d)
+        self.g, self.d = self.engine.setup(generator, discriminator, opt_g, opt_d)
+        self.recipe = Recipe.from_config(cfg, num_classes)
+        self.batch_size = cfg.train.batch_size
+        self.batches = ImageLoader(cfg.data.path, cfg.data.resolution, cfg.train.batch_size, seed=0,
+                                   workers=cfg.data.workers, num_classes=num_classes).batches()  # fmt: skip
+        self.metrics = TrainingMetrics(cfg.metrics.port, "bench")
+        self.dominance, self.history = DominanceWindow(), LossHistory()
+        self.step, self.stop = 0, threading.Event()
+
+    def block(self, steps: int, with_stats: bool) -> float:
+        started = time.perf_counter()
+        for index in range(steps):
+            self.train_step(with_stats and index == steps - 1)
+        return time.perf_counter() - started
+
+    def time_added_work(self, repeats: int = 200) -> float:
+        """Median seconds of what a logging step adds, timed directly on the model's real gradients (far less
+        noisy than whole steps): D's outputs and accuracy, both networks' gradient statistics, the cross-rank
+        mean, the local statistics, the exporter update and the loss history."""
+        for net in (self.g, self.d):  # gradients of the real shapes (the optimizer step cleared the real ones)
+            for parameter in net.module.parameters():
+                parameter.grad = torch.randn_like(parameter) * 0.01
+        real_logits, fake_logits = torch.randn(self.batch_size, 1), torch.randn(self.batch_size, 1)
+        timings = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            stats = discriminator_outputs(real_logits, fake_logits, self.recipe.critic)
+            stats.update(self.engine.gradient_stats(self.d))
+            stats.update(self.engine.gradient_stats(self.g))
+            losses = {"g": torch.tensor(1.0), "d": torch.tensor(1.0), "g_adv": torch.tensor(1.0),
+                      "d_adv": torch.tensor(1.0)}  # fmt: skip
+            self.record(losses, stats)
+            timings.append(time.perf_counter() - started)
+        for net in (self.g, self.d):
+            net.optimizer.zero_grad(set_to_none=True)
+        return statistics.median(timings)
+
+    def record(self, named: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]) -> None:
+        """The loop's logging-step bookkeeping after the statistics are gathered."""
+        combined = self.engine.mean_across_ranks({**named, **stats})
+        losses = {name: combined.pop(name) for name in named}
+        combined.update(_local_stats(self.engine, self.g, self.d, self.dominance, combined))
+        self.metrics.record_step(self.step, self.step * self.batch_size, 0, losses, 0.0, combined)
+        self.history.record(self.step * self.batch_size, losses)
+
+    def train_step(self, with_stats: bool) -> None:
+        stats: dict | None = {} if with_stats else None
+        batch = next(self.batches)
+        d_losses = discriminator_update(self.engine, self.d, self.g, self.recipe, batch, stats)
+        g_losses = generator_update(self.engine, self.g, self.d, self.recipe, self.batch_size, stats)
+        all_finite(g_losses, d_losses)  # every step, as in the loop
+        self.step += 1
+        if stats is None:
+            return
+        self.record(_named_losses(g_losses, d_losses), stats)
+
+
+def paired_ratios(seconds: dict[str, list[float]]) -> list[float]:
+    """Each "on" block over the "off" block just before it: neighbours share the machine's state."""
+    return [on / off for off, on in zip(seconds["off"], seconds["on"], strict=True)]
+
+
+def pack_demo(work: Path, resolution: int) -> Path:
+    data = work / "packed"
+    if not (data / "manifest.json").exists():
+        gand = [sys.executable, "-m", "gand.cli"]
+        subprocess.run([*gand, "demo-data", str(work / "raw"), "--n", "256"], check=True, capture_output=True)
+        subprocess.run([*gand, "pack", str(work / "raw"), str(data), "--resolutions", str(resolution),
+                        "--min-side", "128", "--workers", "2"], check=True, capture_output=True)  # fmt: skip
+    return data
 
 
 def scrape_forever(port: int, stop: threading.Event) -> None:
@@ -100,21 +199,14 @@ def scrape_forever(port: int, stop: threading.Event) -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def run(command: list) -> str:
-    started = time.perf_counter()
-    result = subprocess.run(
-        command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    if result.returncode != 0:
-        sys.exit(f"failed ({result.returncode}) after {time.perf_counter() - started:.0f} s: {command}\n"
-                 f"{result.stderr[-3000:]}")  # fmt: skip
-    return result.stdout
+def time_scrapes(port: int, count: int = 50) -> float:
+    """Median seconds for one full scrape (request, exposition of every series, response)."""
+    timings = []
+    for _ in range(count):
+        started = time.perf_counter()
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--fresh", action="store_true", help="delete this run's checkpoints and start over (default: resume)"
     )
+
+    launch = verbs.add_parser("launch", help="start one training process per GPU on this node (keeps exit codes)")
+    launch.add_argument("config", help="YAML file")
+    launch.add_argument("overrides", nargs="*", help="section.field=value")
+    launch.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) on this node")
+    launch.add_argument("--nnodes", type=int, default=1, help="nodes in the run")
+    launch.add_argument("--node-rank", type=int, default=None, help="default: $JOB_COMPLETION_INDEX, else 0")
+    launch.add_argument("--main-address", default="127.0.0.1", help="host of node rank 0")
+    launch.add_argument("--main-port", type=int, default=None, help="on node rank 0 (default 29500; one node: any)")
+
+    submit = verbs.add_parser("submit", help="run a config as a Kubernetes Job (spot-friendly; resumes itself)")
+    submit.add_argument("config", help="YAML file; data.path and checkpoint.url must be object storage URLs")
+    submit.add_argument("overrides", nargs="*", help="section.field=value")
+    submit.add_argument("--image", required=True, help="gand container image, e.g. ghcr.io/you/gand:0.1.0")
+    submit.add_argument("--gpus", type=int, default=1, help="GPUs per pod (default 1; 0 = CPU only)")
+    submit.add_argument("--nodes", type=int, default=1, help="pods (nodes); more than 1 makes an Indexed Job")
+    submit.add_argument("--spot", default=None, help="gke, eks or aks: schedule on that provider's spot nodes")
+    submit.add_argument("--namespace", default="default")
+    submit.add_argument("--dry-run", action="store_true", help="print the objects as YAML; create nothing")
+
+    status = verbs.add_parser("status", help="a submitted run: its Job, pods, restarts and newest checkpoint")
+    status.add_argument("run", help="run.name (or the Job's name, gand-<run>)")
+    status.add_argument("--namespace", default="default")
     return parser
 
 
@@ -240,6 +263,42 @@ def _dispatch(args: argparse.Namespace) -> int:
             train(cfg, fresh=args.fresh)
         finally:
             shutdown_distributed()
+        return 0
+    if args.verb == "launch":
+        import os
+
+        from gand.config import load_config
+        from gand.observability.logging import configure_logging
+        from gand.train.engine import free_port, launch_ranks
+
+        configure_logging()
+        load_config(args.config, args.overrides)  # a bad config fails here, once, with exit code 2
+        if args.nproc_per_node < 1 or args.nnodes < 1:
+            raise ConfigError("--nproc-per-node and --nnodes must be at least 1")
+        node_rank = args.node_rank if args.node_rank is not None else int(os.environ.get("JOB_COMPLETION_INDEX", 0))
+        port = args.main_port or (free_port() if args.nnodes == 1 else 29500)
+        return launch_ranks("gand.train", [args.config, *args.overrides], args.nproc_per_node, args.nnodes,
+                            node_rank, args.main_address, port)  # fmt: skip
+    if args.verb == "submit":
+        from gand.config import load_config
+        from gand.k8s.render import SubmitOptions, render_run, to_yaml
+
+        cfg = load_config(args.config, args.overrides)
+        options = SubmitOptions(image=args.image, gpus=args.gpus, nodes=args.nodes, spot=args.spot,
+                                namespace=args.namespace)  # fmt: skip
+        objects = render_run(cfg, options)
+        if args.dry_run:
+            print(to_yaml(objects), end="")
+            return 0
+        from gand.k8s.cluster import create_objects
+
+        for line in create_objects(objects, options.namespace):
+            print(line)
+        return 0
+    if args.verb == "status":
+        from gand.k8s.cluster import run_status
+
+        print(run_status(args.run, args.namespace))
         return 0
     raise ConfigError(f"unknown command {args.verb!r}")
 

@@ -445,10 +445,10 @@ def _ensure_process_group_variables() -> None:
     if "WORLD_SIZE" in os.environ:
         return
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(_free_port())})  # fmt: skip
+                       "MASTER_PORT": str(free_port())})  # fmt: skip
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -527,21 +527,28 @@ def requested_cpu_ranks() -> int:
 
 
 def run_cpu_ranks(ranks: int, module: str, args: Sequence[str]) -> int:
-    """Start `ranks` processes of `python -m module args` as one gloo process group; their exit code.
+    """`accelerate launch --cpu --num_processes N` done right: N local ranks as one gloo process group."""
+    log.info("starting_cpu_ranks", ranks=ranks, reason="accelerate launch --cpu runs one process without mpirun")
+    # One machine: any free port serves, and 29500 (Accelerate's default) may belong to another run.
+    return launch_ranks(module, args, ranks, main_address="127.0.0.1", main_port=free_port())
 
-    torch.distributed.run's own command line reports every failure as 1; its API says which rank failed first and
-    with what code, which keeps 75 (preempted, resume me) and 2/3 (do not retry) intact for Kubernetes. A SIGTERM
-    to this process reaches every rank (the elastic agent forwards it and allows 30 s before SIGKILL)."""
+
+def launch_ranks(module: str, args: Sequence[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
+                 main_address: str = "127.0.0.1", main_port: int = 29500) -> int:  # fmt: skip
+    """Start `nproc_per_node` processes of `python -m module args` on this node, as part of `nnodes` nodes whose
+    rank 0 listens at main_address:main_port; return their exit code.
+
+    torch.distributed.run's own command line (and `accelerate launch`, which uses it) reports every failure as 1;
+    its API says which rank failed first and with what code, which keeps 75 (preempted, resume me) and 2/3 (do
+    not retry) intact for Kubernetes. A SIGTERM to this process reaches every rank (the elastic agent forwards it
+    and allows 30 s before SIGKILL)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    log.info("starting_cpu_ranks", ranks=ranks, reason="accelerate launch --cpu runs one process without mpirun")
-    # One machine: any free port serves, and 29500 (Accelerate's default) may belong to another run.
-    endpoint = f"127.0.0.1:{_free_port()}"
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=ranks, run_id="gand", rdzv_backend="static",
-                          rdzv_endpoint=endpoint, rdzv_configs={"rank": 0}, max_restarts=0,
-                          monitor_interval=0.5)  # fmt: skip
+    config = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id="gand",
+                          rdzv_backend="static", rdzv_endpoint=f"{main_address}:{main_port}",
+                          rdzv_configs={"rank": node_rank}, max_restarts=0, monitor_interval=0.5)  # fmt: skip
     try:
         elastic_launch(config, sys.executable)("-u", "-m", module, *args)
     except ChildFailedError as failed:
