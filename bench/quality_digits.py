@@ -120,7 +120,7 @@ def train(config: str, packed: Path, run_dir: Path, steps: int, width: float) ->
 
 
 def judge(run_dir: Path, classifier: LogisticRegression) -> dict:
-    generator, cfg, classes = load_generator(str(run_dir / "checkpoints"))
+    generator, cfg, classes, _ = load_generator(str(run_dir / "checkpoints"))
     torch.manual_seed(1234)
     asked = torch.arange(SAMPLES) % classes if cfg.model.arch == "acgan" else None
     images = generate(generator, torch.randn(SAMPLES, cfg.model.latent_dim), asked)

@@ -73,6 +73,34 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--main-address", default="127.0.0.1", help="host of node rank 0")
     launch.add_argument("--main-port", type=int, default=None, help="on node rank 0 (default 29500; one node: any)")
 
+    evaluate = verbs.add_parser("eval", help="FID / KID / IS of a run's generator against its dataset")
+    evaluate.add_argument("run", help="run directory, checkpoint store URL (newest commit) or one ckpt-... checkpoint")
+    evaluate.add_argument("--n", type=int, default=None, help="generated images (default eval.samples, 10000)")
+    evaluate.add_argument("--metrics", default="fid,kid,is", help="any of fid, kid, is (comma-separated)")
+    evaluate.add_argument("--weights", default=None, help="FID Inception weights, path or URL (default: the run's)")
+    evaluate.add_argument("--batch", type=int, default=50)
+
+    sample = verbs.add_parser("sample", help="sample grids, latent walks and vector arithmetic from a run")
+    sample.add_argument("run", help="run directory, checkpoint store URL or one ckpt-... checkpoint")
+    sample.add_argument("--out", required=True, help="folder (or URL) for the PNGs")
+    sample.add_argument("--n", type=int, default=64, help="images in grid.png (default 64)")
+    sample.add_argument("--class", dest="class_index", type=int, default=None, help="conditional G: this class only")
+    sample.add_argument("--seed", type=int, default=0, help="grid image i uses seed + i")
+    sample.add_argument("--interpolate", type=int, default=0, metavar="STEPS",
+                        help="walk STEPS points between consecutive --seeds, linear and spherical")  # fmt: skip
+    sample.add_argument("--seeds", default=None, help="seeds to walk between, e.g. 3,17,42 (default: seed, seed+1)")
+    sample.add_argument("--arithmetic", default=None, metavar="EXPR",
+                        help="e.g. 'smile=1,2,3 neutral=4,5,6 man=7,8,9 : smile - neutral + man'")  # fmt: skip
+
+    features = verbs.add_parser("features", help="D as a feature extractor: linear SVM on its features vs raw pixels")
+    features.add_argument("run", help="run directory, checkpoint store URL or one ckpt-... checkpoint")
+    features.add_argument("--data", required=True, help="a labelled packed dataset (e.g. the digits demo data)")
+    features.add_argument("--test-share", type=float, default=0.3, help="held-out share (default 0.3)")
+
+    plot = verbs.add_parser("plot", help="PNG charts of a run: losses, D outputs, gradients, vanishing gradients")
+    plot.add_argument("run", help="run directory, checkpoint store URL or one ckpt-... checkpoint")
+    plot.add_argument("--out", default=None, help="folder (or URL) for the PNGs (default: <run>/plots)")
+
     submit = verbs.add_parser("submit", help="run a config as a Kubernetes Job (spot-friendly; resumes itself)")
     submit.add_argument("config", help="YAML file; data.path and checkpoint.url must be object storage URLs")
     submit.add_argument("overrides", nargs="*", help="section.field=value")
@@ -279,6 +307,41 @@ def _dispatch(args: argparse.Namespace) -> int:
         port = args.main_port or (free_port() if args.nnodes == 1 else 29500)
         return launch_ranks("gand.train", [args.config, *args.overrides], args.nproc_per_node, args.nnodes,
                             node_rank, args.main_address, port)  # fmt: skip
+    if args.verb == "eval":
+        from gand.eval.fid import evaluate_checkpoint
+        from gand.observability.logging import configure_logging
+
+        configure_logging()
+        if args.n is not None and args.n < 10:
+            raise ConfigError(f"--n must be at least 10 (got {args.n})")
+        metrics = tuple(name.strip().lower() for name in args.metrics.split(",") if name.strip())
+        print(json.dumps(evaluate_checkpoint(args.run, args.n, metrics, args.weights, args.batch)))
+        return 0
+    if args.verb == "sample":
+        from gand.eval.samples import write_samples
+
+        if args.n < 1:
+            raise ConfigError(f"--n must be at least 1 (got {args.n})")
+        try:
+            seeds = [int(part) for part in args.seeds.split(",")] if args.seeds else None
+        except ValueError:
+            raise ConfigError(f"--seeds: expected integers such as 3,17,42 (got {args.seeds!r})") from None
+        written = write_samples(args.run, args.out, args.n, args.class_index, args.seed, args.interpolate, seeds,
+                                args.arithmetic)  # fmt: skip
+        print(json.dumps({"out": args.out, "written": written}))
+        return 0
+    if args.verb == "features":
+        from gand.eval.features import compare_on_dataset
+
+        if not 0 < args.test_share < 1:
+            raise ConfigError(f"--test-share must be between 0 and 1 (got {args.test_share})")
+        print(json.dumps(compare_on_dataset(args.run, args.data, args.test_share)))
+        return 0
+    if args.verb == "plot":
+        from gand.eval.samples import plot_run
+
+        print(json.dumps(plot_run(args.run, args.out)))
+        return 0
     if args.verb == "submit":
         from gand.config import load_config
         from gand.k8s.render import SubmitOptions, render_run, to_yaml

@@ -194,6 +194,22 @@ class MetricsConfig(StrictModel):
     port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port; unset = no exporter")
 
 
+# The public release of the FID Inception weights (pytorch-fid's port of the TensorFlow graph of 2015-12-05).
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
+
+
+class EvalConfig(StrictModel):
+    inception_weights: str = Field(
+        INCEPTION_WEIGHTS_URL, description="FID Inception weights: local path or URL (fetched once, then cached)"
+    )
+    samples: int = Field(10_000, ge=10, description="generated (and reference) images per evaluation")
+    every_kimg: float | None = Field(
+        None, gt=0, description="evaluate FID/KID/IS during training every this many thousand images (off: unset)"
+    )
+
+
 class GandConfig(StrictModel):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig
@@ -209,6 +225,7 @@ class GandConfig(StrictModel):
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> str:
@@ -254,6 +271,9 @@ def cross_check(cfg: GandConfig) -> list[str]:
             f"not {cfg.loss.adversarial}"
         )
     memory = cfg.memory
+    if cfg.eval.every_kimg and memory.zero_stage == 3 and not cfg.ema.half_life_kimg:
+        problems.append("eval.every_kimg: under memory.zero_stage 3 the main rank evaluates the EMA generator; "
+                        "set ema.half_life_kimg (or evaluate afterwards with gand eval)")  # fmt: skip
     if memory.offload_params != "none" and memory.zero_stage != 3:
         problems.append("memory.offload_params: parameter offload needs memory.zero_stage: 3")
     if memory.offload_optimizer != "none" and memory.zero_stage == 0:

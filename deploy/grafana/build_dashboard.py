@@ -12,6 +12,12 @@ from pathlib import Path
 
 RUN = '{job=~"$job", instance=~"$instance"}'
 
+
+def with_labels(matcher: str) -> str:
+    """RUN's selector plus one more label matcher."""
+    return RUN[:-1] + ", " + matcher + "}"
+
+
 # (row, [(title, unit, [(query, legend)])])
 ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
     ("Progress", [
@@ -39,6 +45,11 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
     ("Health", [
         ("Sample diversity (1: as varied as data)", "short", [(f"gand_health_sample_diversity{RUN}", "diversity")]),
         ("D dominating", "short", [(f"gand_health_discriminator_dominating{RUN}", "dominating")]),
+    ]),
+    ("Evaluation", [
+        ("FID (lower is better)", "short", [("gand_eval_score" + with_labels('metric="fid"'), "FID")]),
+        ("KID and Inception Score", "short",
+         [("gand_eval_score" + with_labels('metric=~"kid_mean|is_mean"'), "{{metric}}")]),
     ]),
     ("Data and memory", [
         ("Waiting for data", "percentunit", [(f"rate(gand_data_wait_seconds_total{RUN}[5m])", "share of time")]),

@@ -7,6 +7,7 @@ Layout under `checkpoint.url` (any fsspec URL):
         discriminator.safetensors
         trainer.pt                state shared by all ranks: optimizers (DDP), loss scalers, fixed sample noise
         state.json                counters, data position, config snapshot, gand version
+        history.pt                logged losses and health statistics over the run (for curves and `gand plot`)
         rank-0.pt ...             each rank's own state: RNG, and its optimizer partitions under ZeRO
         rank-1.done ...           ranks other than 0: "my files are uploaded and verified" (with the save's token)
         MANIFEST.json             written last, by rank 0, listing every file with size and sha256
@@ -28,7 +29,7 @@ import json
 import pickle
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -88,6 +89,7 @@ class Checkpoint:
     rank_state: dict[str, Any] | None  # this rank's own; None when written by a different number of ranks
     world_size: int
     sequence: int = 0
+    history: dict[str, Any] | None = None  # written by gand >= 0.1 with loss curves; None in older checkpoints
 
 
 def checkpoint_name(images_seen: int) -> str:
@@ -105,6 +107,7 @@ class Snapshot:
     token: str  # the same on every rank: ties the ranks' `.done` markers to this save and not an older attempt
     files: dict[str, bytes]  # this rank's files
     stall_seconds: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)  # evaluation at this step (FID, ...), for the manifest
 
 
 class CheckpointManager:
@@ -125,7 +128,8 @@ class CheckpointManager:
 
     # -- save ----------------------------------------------------------------------------------------------
     def save(self, images_seen: int, step: int, weights: dict[str, dict[str, torch.Tensor]], trainer: dict[str, Any],
-             state: dict[str, Any], rank_state: dict[str, Any]) -> Snapshot | None:  # fmt: skip
+             state: dict[str, Any], rank_state: dict[str, Any], history: dict[str, Any] | None = None,
+             scores: dict[str, float] | None = None) -> Snapshot | None:  # fmt: skip
         """Collective: every rank calls it with its own rank_state; rank 0's weights, trainer and state are saved.
 
         Returns once the state is in host memory (with background uploads) or committed (without); None when this
@@ -140,10 +144,12 @@ class CheckpointManager:
                 files[f"{network}.safetensors"] = save_safetensors(_contiguous(tensors))
             files["trainer.pt"] = _torch_bytes(trainer)
             files["state.json"] = json.dumps(state, indent=2, sort_keys=True).encode()
+            if history is not None:
+                files["history.pt"] = _torch_bytes(history)
         token = self.collective.gather_objects(secrets.token_hex(8))[0]  # rank 0's, on every rank
         self.sequence += 1
         self._last_snapshot = name
-        snapshot = Snapshot(name, images_seen, step, self.sequence, token, files)
+        snapshot = Snapshot(name, images_seen, step, self.sequence, token, files, scores=dict(scores or {}))
         snapshot.stall_seconds = time.perf_counter() - started
         if self.uploader is not None:
             self.uploader.submit(name, lambda: self._upload(snapshot))
@@ -200,6 +206,8 @@ class CheckpointManager:
             "world_size": self.collective.world_size,
             "files": dict(sorted(records.items())),
         }
+        if snapshot.scores:
+            manifest["eval"] = snapshot.scores
         path = f"{snapshot.name}/{MANIFEST}"
         self._retried(lambda: self.store.write_bytes(path, json.dumps(manifest, indent=2).encode()), path, deadline)
         log.info("checkpoint_committed", checkpoint=snapshot.name, url=redact(self.store.url(snapshot.name)))
@@ -234,10 +242,15 @@ class CheckpointManager:
             time.sleep(0.2)
 
     def _prune(self, newest: str) -> None:
-        """Rank 0, right after committing `newest`: keep the last K, every M-th, and the one resumed from."""
-        sequences = {name: self._sequence(name) for name in self.committed()}
+        """Rank 0, right after committing `newest`: keep the last K, every M-th, the best FID, and the one resumed
+        from."""
+        summaries = {name: self._summary(name) for name in self.committed()}
+        sequences = {name: sequence for name, (sequence, _) in summaries.items()}
         ordered = sorted(sequences)
         keep = set(ordered[-self.keep_last :]) | {newest}
+        scored = {name: fid for name, (_, fid) in summaries.items() if fid is not None}
+        if scored:
+            keep.add(min(scored, key=scored.get))
         if self.resumed_from:
             keep.add(self.resumed_from)
         if self.keep_every:
@@ -249,11 +262,14 @@ class CheckpointManager:
             self.store.delete_tree(name)
             log.info("checkpoint_deleted", checkpoint=name)
 
-    def _sequence(self, name: str) -> int:
+    def _summary(self, name: str) -> tuple[int, float | None]:
+        """(sequence number, FID if it was evaluated) from a committed checkpoint's manifest."""
         try:
-            return int(json.loads(self.store.read_bytes(f"{name}/{MANIFEST}")).get("sequence", 0))
+            manifest = json.loads(self.store.read_bytes(f"{name}/{MANIFEST}"))
         except (FileNotFoundError, ValueError):
-            return 0
+            return 0, None
+        fid = manifest.get("eval", {}).get("fid")
+        return int(manifest.get("sequence", 0)), (float(fid) if isinstance(fid, (int, float)) else None)
 
     def discard_all(self) -> list[str]:
         """`--fresh`: delete this run's checkpoints (rank 0 only; callers hold the other ranks at a barrier)."""
@@ -293,6 +309,11 @@ class CheckpointManager:
     def _listing(self) -> list[str]:
         deadline = time.monotonic() + self.retry.timeout_seconds
         return self._retried(lambda: self.committed()[::-1], "listing checkpoints", deadline)
+
+    def load_weights(self, name: str) -> tuple[str, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        """One named checkpoint's consolidated weights and state.json (verified like discovery does)."""
+        checkpoint = self._read(name, weights_only=True)
+        return checkpoint.name, checkpoint.weights, checkpoint.state
 
     def load_latest_weights(self) -> tuple[str, dict[str, dict[str, torch.Tensor]], dict[str, Any]] | None:
         """The newest verified checkpoint's consolidated fp32 weights and state.json, without the optimizer
@@ -341,7 +362,30 @@ class CheckpointManager:
         rank_file = f"rank-{self.collective.rank}.pt"
         same_ranks = common["world_size"] == self.collective.world_size
         rank_state = self._load(read(rank_file)) if same_ranks else None
-        return Checkpoint(trainer=trainer, rank_state=rank_state, **common)
+        history = self._load(read("history.pt")) if "history.pt" in files else None
+        return Checkpoint(trainer=trainer, rank_state=rank_state, history=history, **common)
+
+    def load_history(self, name: str | None = None) -> tuple[str, dict[str, Any] | None] | None:
+        """A committed checkpoint's history (the newest verified one unless named), without reading weights or
+        optimizer state; (name, None) for a checkpoint written before histories were kept."""
+        for candidate in [name] if name else self._listing():
+            deadline = time.monotonic() + self.retry.timeout_seconds
+            try:
+                manifest = json.loads(self._retried(lambda c=candidate: self.store.read_bytes(f"{c}/{MANIFEST}"),
+                                                    f"{candidate}/{MANIFEST}", deadline))  # fmt: skip
+                record = manifest["files"].get("history.pt")
+                if record is None:
+                    return candidate, None
+                data = self._retried(lambda c=candidate: self.store.read_bytes(f"{c}/history.pt"),
+                                     f"{candidate}/history.pt", deadline)  # fmt: skip
+                if hashlib.sha256(data).hexdigest() != record["sha256"]:
+                    raise CorruptCheckpoint(f"{candidate}/history.pt: checksum differs from the manifest")
+                return candidate, self._load(data)
+            except UNUSABLE as err:
+                if name:
+                    raise
+                log.warning("checkpoint_unusable", checkpoint=candidate, reasons=[str(err)])
+        return None
 
     def _load(self, data: bytes) -> Any:
         """Tensors, containers and numbers only (plus the plain-data classes named in safe_globals): no code runs."""

@@ -258,3 +258,16 @@ class ImageLoader:
             # and make a resumed run differ from an uninterrupted one.
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+
+def ordered_samples(data_path: str, resolution: int, channels: int = 3) -> Iterator[tuple[str, np.ndarray, int]]:
+    """Every sample of the dataset once, in manifest order: (key, uint8 H x W x C, class or UNLABELLED).
+
+    For evaluation, not training: no shuffling, no resampling, no rank split, so the same set every time."""
+    manifest, store = read_manifest(data_path)
+    for shard in manifest.shards_at(resolution):
+        url = store.url(shard.path)
+        with open_url(url) as stream:
+            for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                label = int(sample["cls"]) if "cls" in sample else UNLABELLED
+                yield sample["__key__"], image_to_array(_image_bytes(sample), channels), label

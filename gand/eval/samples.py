@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import itertools
+import json
 import math
 
 import numpy as np
@@ -45,24 +47,141 @@ def grid_png(
     return buffer.getvalue()
 
 
-def load_generator(checkpoint_url: str, use_ema: bool = True):
-    """The newest committed checkpoint's generator (its EMA when there is one), its config and class count.
+def load_generator(location: str, use_ema: bool = True):
+    """A run's generator (its EMA when there is one), its config, class count and checkpoint name.
 
-    Built from the config snapshot stored in the checkpoint, so nothing but the checkpoint is needed.
+    `location`: a run directory (its `checkpoints/`), a checkpoint store URL (its newest commit), or one
+    checkpoint (`.../ckpt-000000012800`). Built from the config snapshot stored in the checkpoint, so nothing but
+    the checkpoint is needed.
     """
-    from gand.checkpoint.manager import CheckpointManager, SingleProcess
+    generator, _, cfg, num_classes, name = load_networks(location, use_ema)
+    return generator, cfg, num_classes, name
+
+
+def load_networks(location: str, use_ema: bool = True):
+    """Generator (EMA when there is one), discriminator, config, class count and checkpoint name; see
+    load_generator for `location`."""
+    from gand.checkpoint.manager import UNUSABLE, CheckpointManager, SingleProcess
     from gand.config import validate_config
     from gand.errors import DataError
     from gand.models import build_models, spec_from_config
 
-    found = CheckpointManager(checkpoint_url, SingleProcess()).load_latest_weights()
+    store_url, name = checkpoint_location(location)
+    manager = CheckpointManager(store_url, SingleProcess())
+    try:
+        found = manager.load_weights(name) if name else manager.load_latest_weights()
+    except UNUSABLE as err:
+        raise DataError(f"checkpoint {location} cannot be used: {err}") from None
     if found is None:
-        raise DataError(f"no committed checkpoint under {checkpoint_url}")
+        raise DataError(f"no committed checkpoint under {location}")
     name, weights, state = found
     cfg = validate_config(state["config"], source=f"{name}/state.json")
     num_classes = int(state["num_classes"])
     spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
-    generator, _ = build_models(cfg.model.arch, spec)
+    generator, discriminator = build_models(cfg.model.arch, spec)
     key = "generator_ema" if use_ema and "generator_ema" in weights else "generator"
     generator.load_state_dict(weights[key])  # consolidated fp32, whatever ZeRO stage wrote it
-    return generator, cfg, num_classes
+    discriminator.load_state_dict(weights["discriminator"])
+    return generator, discriminator, cfg, num_classes, name
+
+
+def checkpoint_location(location: str) -> tuple[str, str | None]:
+    """(checkpoint store URL, a checkpoint's name or None for the newest)."""
+    import os
+    import posixpath
+
+    from gand.checkpoint.manager import PREFIX
+
+    trimmed = location.rstrip("/")
+    base = posixpath.basename(trimmed)
+    if base.startswith(PREFIX):
+        return posixpath.dirname(trimmed), base
+    if "://" not in trimmed and os.path.isdir(os.path.join(trimmed, "checkpoints")):
+        return os.path.join(trimmed, "checkpoints"), None  # a run directory
+    return trimmed, None
+
+
+def write_samples(location: str, out: str, count: int = 64, class_index: int | None = None, seed: int = 0,
+                  interpolate_steps: int = 0, seeds: list[int] | None = None,
+                  arithmetic: str | None = None) -> list[str]:  # fmt: skip
+    """`gand sample`: a grid of `count` seeded samples, and optionally latent walks and vector arithmetic, as PNGs
+    under `out` (a folder or URL). Returns the written paths (relative to `out`)."""
+    from gand.errors import ConfigError
+    from gand.eval.latent import (
+        evaluate_arithmetic,
+        group_means,
+        lerp,
+        parse_arithmetic,
+        seeded_latent,
+        slerp,
+    )
+    from gand.storage import Store
+    from gand.train.steps import Recipe
+
+    generator, cfg, num_classes, _ = load_generator(location)
+    recipe = Recipe.from_config(cfg, num_classes)
+    if class_index is not None and not (recipe.sample_classes and 0 <= class_index < num_classes):
+        allowed = f"0..{num_classes - 1}" if recipe.sample_classes else "none: this generator is not conditional"
+        raise ConfigError(f"--class {class_index}: allowed {allowed}")
+    latent_dim, store, written = cfg.model.latent_dim, Store(out), []
+
+    def render(name: str, z: torch.Tensor, columns: int | None = None, classes: torch.Tensor | None = None) -> None:
+        if recipe.sample_classes and classes is None:
+            classes = torch.full((len(z),), class_index or 0, dtype=torch.long)
+        images = generate(generator, z, classes)
+        store.write_bytes(name, grid_png(images, columns=columns, value_range=recipe.value_range))
+        written.append(name)
+
+    grid_classes = None
+    if recipe.sample_classes:
+        grid_classes = (torch.full((count,), class_index, dtype=torch.long) if class_index is not None
+                        else torch.arange(count) % num_classes)  # fmt: skip
+    render("grid.png", torch.stack([seeded_latent(seed + i, latent_dim) for i in range(count)]), None, grid_classes)
+    if interpolate_steps:
+        if interpolate_steps < 2:
+            raise ConfigError(f"--interpolate needs at least 2 steps (got {interpolate_steps})")
+        walk = seeds or [seed, seed + 1]
+        for a, b in itertools.pairwise(walk):
+            za, zb = seeded_latent(a, latent_dim), seeded_latent(b, latent_dim)
+            render(f"interpolate-linear-{a}-{b}.png", lerp(za, zb, interpolate_steps), interpolate_steps)
+            render(f"interpolate-spherical-{a}-{b}.png", slerp(za, zb, interpolate_steps), interpolate_steps)
+    if arithmetic:
+        parsed = parse_arithmetic(arithmetic)
+        means = group_means(parsed, latent_dim)
+        result = evaluate_arithmetic(parsed, means)
+        # Row 1: each term's averaged latent, then the result; below, the result with a little noise (as the
+        # DCGAN paper shows it), so one lucky point is not mistaken for the effect.
+        jitter = torch.Generator().manual_seed(seed)
+        variants = [result + 0.25 * torch.randn(latent_dim, generator=jitter) for _ in range(len(parsed.terms))]
+        rows = [*(means[name] for _, name in parsed.terms), result, *variants, result]
+        render("arithmetic.png", torch.stack(rows), len(parsed.terms) + 1)
+    return written
+
+
+def plot_run(location: str, out: str | None = None) -> dict:
+    """`gand plot`: the run's history from its newest (or a named) checkpoint, as PNG charts under `out`."""
+    import posixpath
+
+    from gand.checkpoint.manager import CheckpointManager, SingleProcess
+    from gand.errors import DataError
+    from gand.observability.curves import LossHistory, run_charts
+    from gand.storage import Store
+
+    store_url, name = checkpoint_location(location)
+    found = CheckpointManager(store_url, SingleProcess()).load_history(name)
+    if found is None:
+        raise DataError(f"no committed checkpoint under {location}")
+    name, state = found
+    if state is None:
+        raise DataError(f"{name} was written before gand kept histories in checkpoints; nothing to plot")
+    history = LossHistory.from_state(state)
+    checkpoints = Store(store_url)
+    run_name = json.loads(checkpoints.read_bytes(f"{name}/state.json"))["config"]["run"]["name"]
+    if out is None:  # beside the checkpoints when they are local, else here
+        parent = posixpath.dirname(store_url.rstrip("/"))
+        out = posixpath.join(parent, "plots") if checkpoints.is_local else f"{run_name}-plots"
+    store = Store(out)
+    charts = run_charts(history, run_name)
+    for filename, png in charts.items():
+        store.write_bytes(filename, png)
+    return {"checkpoint": name, "out": out, "written": sorted(charts), "points": len(history.points)}

@@ -17,18 +17,26 @@ COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 150, 28, 44
 
 
+# Health statistics worth a curve over the whole run (the Duke report plotted its vanishing-gradient counts).
+KEPT_STATS = ("d_real", "d_fake", "acc_real", "acc_fake", "grad_norm_", "vanishing_")
+STAT = "stat:"  # prefix of a statistic's series; losses have none; evaluations use "eval:"
+
+
 class LossHistory:
-    """Logged losses against images seen. Bounded: past `max_points` every other point is dropped, so a long
-    run keeps its whole shape at a coarser grain and the checkpoint stays small."""
+    """Logged losses (and health statistics, evaluation scores) against images seen. Bounded: past `max_points`
+    every other point is dropped, so a long run keeps its whole shape at a coarser grain and checkpoints stay
+    small."""
 
     def __init__(self, max_points: int = 2000):
         self.max_points = max_points
         self.names: list[str] = []
         self.points: list[tuple[int, dict[str, float]]] = []
 
-    def record(self, images_seen: int, losses: dict[str, float]) -> None:
-        self.names += [name for name in losses if name not in self.names]
-        self.points.append((images_seen, dict(losses)))
+    def record(self, images_seen: int, losses: dict[str, float], stats: dict[str, float] | None = None) -> None:
+        values = dict(losses)
+        values.update({STAT + name: value for name, value in (stats or {}).items() if name.startswith(KEPT_STATS)})
+        self.names += [name for name in values if name not in self.names]
+        self.points.append((images_seen, values))
         if len(self.points) > self.max_points:
             self.points = self.points[::2]
 
@@ -58,23 +66,30 @@ class LossHistory:
     def plotted_names(self) -> list[str]:
         """Totals (g, d) and their terms; a network with one term only gets its total, which is the same line."""
         names = []
-        for name in self.names:
+        losses = [name for name in self.names if ":" not in name]
+        for name in losses:
             network, _, term = name.partition("_")
-            if term and sum(other.startswith(f"{network}_") for other in self.names) == 1 and network in self.names:
+            if term and sum(other.startswith(f"{network}_") for other in losses) == 1 and network in losses:
                 continue
             names.append(name)
         return names
 
 
 def loss_curve_png(history: LossHistory, title: str = "losses", width: int = 720, height: int = 360) -> bytes:
-    """The history as a line chart: x in thousands of images seen, one coloured line per loss, a legend."""
+    """The losses as a line chart: x in thousands of images seen, one coloured line per loss, a legend."""
+    return line_chart_png(history, history.plotted_names(), title, width, height)
+
+
+def line_chart_png(history: LossHistory, names: list[str], title: str, width: int = 720,
+                   height: int = 360) -> bytes:  # fmt: skip
+    """The named series as a line chart: x in thousands of images seen, one coloured line each, a legend."""
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=12)  # Pillow's bundled scalable font where FreeType is there
     left, top, right, bottom = MARGIN_LEFT, MARGIN_TOP, width - MARGIN_RIGHT, height - MARGIN_BOTTOM
     draw.text((left, 8), title, fill="black", font=font)
     draw.rectangle((left, top, right, bottom), outline="#888888")
-    lines = {name: history.series(name) for name in history.plotted_names()}
+    lines = {name: history.series(name) for name in names}
     xs = [x for series in lines.values() for x, _ in series]
     ys = [y for series in lines.values() for _, y in series]
     if len(set(xs)) < 2:
@@ -109,7 +124,7 @@ def loss_curve_png(history: LossHistory, title: str = "losses", width: int = 720
             draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=colour)
         key_y = top + 6 + 16 * index
         draw.line((right + 12, key_y + 6, right + 36, key_y + 6), fill=colour, width=3)
-        draw.text((right + 42, key_y), name, fill="black", font=font)
+        draw.text((right + 42, key_y), name.split(":", 1)[-1], fill="black", font=font)
     return _png(image)
 
 
@@ -126,3 +141,21 @@ def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def run_charts(history: LossHistory, run_name: str) -> dict[str, bytes]:
+    """`gand plot`: one PNG per view of the run that has data (file name -> PNG bytes)."""
+
+    def named(prefix: str) -> list[str]:
+        return [name for name in history.names if name.startswith(prefix)]
+
+    views = {
+        "losses.png": (history.plotted_names(), "losses"),
+        "discriminator.png": (named(STAT + "d_") + named(STAT + "acc_"), "D(x), D(G(z)) and D's accuracy"),
+        "gradient-norms.png": (named(STAT + "grad_norm_"), "gradient L2 norm per network"),
+        "vanishing-gradients-d.png": (named(STAT + "vanishing_d/"), "D: share of |grad| < 0.01 per layer group"),
+        "vanishing-gradients-g.png": (named(STAT + "vanishing_g/"), "G: share of |grad| < 0.01 per layer group"),
+        "fid.png": (named("eval:fid"), "FID over training"),
+    }
+    return {filename: line_chart_png(history, names, f"{run_name}: {title}")
+            for filename, (names, title) in views.items() if any(history.series(name) for name in names)}  # fmt: skip

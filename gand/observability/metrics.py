@@ -79,6 +79,9 @@ class TrainingMetrics:
                                "of real images (about 1 healthy, towards 0 mode collapse)")  # fmt: skip
         self.d_dominating = gauge("gand_health_discriminator_dominating", "1 while D has been right on >= 95% "
                                   "of real and fake images for 20 log points in a row")  # fmt: skip
+        # evaluation (only after one ran: a labelled series, so nothing is exported before)
+        self.eval_score = gauge("gand_eval_score", "Latest evaluation of the sampling generator: fid, kid_mean, "
+                                "kid_std, is_mean, is_std", ("metric",))  # fmt: skip
         # data and memory
         self.data_wait = counter("gand_data_wait_seconds", "Time the training loop waited for batches (mean rank)")
         self.batches = counter("gand_data_batches", "Batches drawn per rank")
@@ -157,6 +160,11 @@ class TrainingMetrics:
             self.resumed_step.set(step)
             if steps_lost is not None:
                 self.steps_lost.set(steps_lost)
+
+    def record_eval(self, scores: dict[str, float]) -> None:
+        if self.enabled:
+            for name, value in scores.items():
+                self.eval_score.labels(metric=name).set(value)
 
     def record_diversity(self, value: float) -> None:
         if self.enabled:

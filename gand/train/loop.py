@@ -18,6 +18,7 @@ from gand.config import GandConfig
 from gand.data.loader import READ_COUNTERS, Batch, ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
 from gand.errors import ConfigError, Diverged, Preempted, StorageError
+from gand.eval.fid import Evaluator
 from gand.eval.samples import generate, grid_png
 from gand.models import build_models, spec_from_config
 from gand.observability.curves import LossHistory, loss_curve_png
@@ -80,7 +81,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
         discriminator.load_state_dict(resumed.weights["discriminator"])
         state = _resumed_state(resumed, engine, log)
         fixed_noise, fixed_classes = resumed.trainer["fixed_noise"], resumed.trainer.get("fixed_classes")
-        history = LossHistory.from_state(resumed.trainer.get("loss_history"))
+        history = LossHistory.from_state(resumed.history)
         steps_lost = progress.steps_lost(previous_progress, state.step)
         log.info("resumed", checkpoint=resumed.name, step=state.step, images_seen=state.images_seen,
                  steps_lost=steps_lost)  # fmt: skip
@@ -117,6 +118,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
     if resumed is not None:
         metrics.record_resume(state.step, steps_lost)
     dominance = DominanceWindow()
+    evaluator = Evaluator(cfg, recipe, engine.device) if cfg.eval.every_kimg and engine.is_main else None
+    eval_every_images = max(1, round(cfg.eval.every_kimg * 1000)) if cfg.eval.every_kimg else None
     schedule = cfg.schedule
     images_per_batch = cfg.train.batch_size * engine.world_size
     log.info(
@@ -187,7 +190,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
                      images_per_second=round(rate, 1),
                      **{k: v for k, v in combined.items() if k.startswith(PRECISION_COUNTERS)})  # fmt: skip
             metrics.record_step(state.step, state.images_seen, state.epoch, losses, rate, combined)
-            history.record(state.images_seen, losses)
+            history.record(state.images_seen, losses, combined)
             if engine.device.type == "cuda":
                 metrics.record_gpu_memory(torch.cuda.memory_allocated(), torch.cuda.memory_reserved(),
                                           torch.cuda.max_memory_allocated())  # fmt: skip
@@ -204,9 +207,13 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
                 curve = loss_curve_png(history, title=f"{cfg.run.name}: losses up to step {state.step}")
                 run_store.write_bytes(f"samples/step-{state.step:06d}-losses.png", curve)
                 metrics.record_diversity(sample_diversity(images, recipe.to_model_range(batch.images)))
-        if decision.save:
+        # Evaluations land on a checkpoint, so its manifest carries the scores and retention can keep the best.
+        evaluate = bool(eval_every_images) and count_due(state.step, images_before, state.images_seen, None,
+                                                          eval_every_images, cfg.train.max_steps)  # fmt: skip
+        scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
+        if decision.save or evaluate:
             snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                             history)  # fmt: skip
+                             history, scores)  # fmt: skip
             control.saved()
             if snapshot is not None:
                 log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
@@ -435,12 +442,27 @@ def _precision_counters(engine: Engine, g: Trained, d: Trained) -> dict[str, flo
     return counters
 
 
+def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, history: LossHistory,
+              metrics: TrainingMetrics, log) -> dict[str, float] | None:  # fmt: skip
+    """FID/KID/IS of the sampling generator (EMA when there is one) on the main rank; the others wait."""
+    with engine.full_weights(g) as g_module:  # every rank: under ZeRO-3 this gathers the weights collectively
+        if evaluator is None:
+            return None
+        started = time.perf_counter()
+        scores = evaluator(ema.model if ema is not None else g_module)
+    log.info("evaluated", step=state.step, images_seen=state.images_seen, seconds=round(time.perf_counter() -
+             started, 1), **{name: round(value, 4) for name, value in scores.items()})  # fmt: skip
+    metrics.record_eval(scores)
+    history.record(state.images_seen, {f"eval:{name}": value for name, value in scores.items()})
+    return scores
+
+
 def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
-          num_classes, history: LossHistory) -> Snapshot | None:  # fmt: skip
+          num_classes, history: LossHistory, scores: dict[str, float] | None = None) -> Snapshot | None:  # fmt: skip
     weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
-    trainer: dict = {"fixed_noise": fixed_noise, "fixed_classes": fixed_classes, "loss_history": history.to_state()}
+    trainer: dict = {"fixed_noise": fixed_noise, "fixed_classes": fixed_classes}
     rank_state: dict = {"rng": capture_rng()}
     for net in (g, d):
         net_state, per_rank = engine.trainer_state(net)
@@ -457,4 +479,6 @@ def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise,
             "gand_version": __version__,
         },
         rank_state=rank_state,
+        history=history.to_state(),
+        scores=scores,
     )

@@ -53,7 +53,7 @@ def test_config_trains_a_few_steps(config_path, packed_all, tmp_path):
             f"{network} did not change between step 1 and step {steps}"
         )
 
-    generator, saved_cfg, classes = load_generator(str(run_dir / "checkpoints"))
+    generator, saved_cfg, classes, _ = load_generator(str(run_dir / "checkpoints"))
     labels = torch.arange(4) % classes if saved_cfg.model.arch == "acgan" else None
     images = generate(generator, torch.randn(4, cfg.model.latent_dim), labels)
     resolution, channels = cfg.data.resolution, cfg.data.channels

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 import torch
 
+from gand.eval.fid import random_inception
 from tests.conftest import REPO, free_port, gand, tiny_config
 from tests.integration.preempt import Live, train_command
 
@@ -51,9 +52,12 @@ def test_prometheus_scrapes_a_run_and_every_panel_and_rule_works(tmp_path, packe
     (source / "noon" / "broken.jpg").write_bytes(b"not a jpeg")
     daemon = Live([sys.executable, "-m", "gand.cli", "daemon", str(source), str(tmp_path / "packed"), "--resolutions",
                    "32", "--interval", "1", "--workers", "1", "--metrics-port", str(daemon_port)])  # fmt: skip
-    # fp16 on CPU, so that the loss-scale series exist too.
+    # fp16 on CPU, so that the loss-scale series exist too; evaluation with a random-weight Inception network
+    # (no download), so that the evaluation panels have data.
+    weights = random_inception(str(tmp_path / "random-inception.pth"))
     config = tiny_config(tmp_path, packed, train={"max_steps": 100_000, "log_every_steps": 1},
                          samples={"every_steps": 3}, checkpoint={"every_steps": 3},
+                         eval={"every_kimg": 0.024, "samples": 10, "inception_weights": weights},
                          metrics={"port": trainer_port})  # fmt: skip
     trainer = Live(train_command(config, "precision=fp16"))
     settings = tmp_path / "prometheus.yml"

@@ -54,9 +54,9 @@ def test_smoke_run_writes_samples_logs_checkpoints_and_resumes_exactly(tmp_path,
     assert samples == sorted(f"step-{step:06d}{kind}.png" for step in (2, 4, 6) for kind in ("", "-losses"))
     assert Image.open(run_dir / "samples" / "step-000006.png").size == (4 * 34 + 2, 4 * 34 + 2)
     # The loss curve at step 6 still holds the steps trained before the resume: the history is in the checkpoint.
-    trainer = torch.load(sorted((run_dir / "checkpoints").glob("ckpt-*"))[-1] / "trainer.pt", weights_only=True)
-    history = trainer["loss_history"]
+    history = torch.load(sorted((run_dir / "checkpoints").glob("ckpt-*"))[-1] / "history.pt", weights_only=True)
     assert history["names"][:2] == ["g", "d"] and history["values"][:, 0].tolist() == [8, 16, 24, 32, 40, 48]
+    assert "stat:d_real" in history["names"] and "stat:grad_norm_d" in history["names"]
     committed = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*"))
     assert committed == [checkpoint_name(32), checkpoint_name(48)]  # keep_last=2
     manifest = json.loads((run_dir / "checkpoints" / checkpoint_name(48) / MANIFEST).read_text())

@@ -64,9 +64,9 @@ def test_micro_batches_with_accumulation_under_zero_match_ddp(losses):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_checkpoints_export_consolidated_weights_for_sampling_without_deepspeed(matrix_dir, stage):
-    generator, cfg, _ = load_generator(str(matrix_dir / f"dcgan-fp32-zero{stage}" / "checkpoints"))
+    generator, cfg, _, _ = load_generator(str(matrix_dir / f"dcgan-fp32-zero{stage}" / "checkpoints"))
     images = generate(generator, torch.randn(3, cfg.model.latent_dim))
     assert images.shape == (3, 3, 32, 32) and images.abs().max() <= 1
-    ddp_generator, _, _ = load_generator(str(matrix_dir / "dcgan-fp32-zero0" / "checkpoints"))
+    ddp_generator, _, _, _ = load_generator(str(matrix_dir / "dcgan-fp32-zero0" / "checkpoints"))
     names = dict(generator.named_parameters()).keys()
     assert names == dict(ddp_generator.named_parameters()).keys()  # the same plain module, whatever wrote it

@@ -7,7 +7,7 @@ from gand.checkpoint.manager import MANIFEST, CheckpointManager, SingleProcess, 
 from gand.train.state import capture_rng, restore_rng
 
 
-def save(manager: CheckpointManager, images: int, value: float = 1.0) -> str:
+def save(manager: CheckpointManager, images: int, value: float = 1.0, **extra) -> str:
     snapshot = manager.save(
         images,
         images // 10,
@@ -18,6 +18,7 @@ def save(manager: CheckpointManager, images: int, value: float = 1.0) -> str:
         },
         state={"train": {"step": images // 10, "images_seen": images, "epoch": 0}},
         rank_state={"rng": capture_rng()},
+        **extra,
     )
     return checkpoint_name(images) if snapshot is None else snapshot.name
 
@@ -82,6 +83,30 @@ def test_retention_keeps_last_k_and_removes_interrupted_saves(tmp_path):
     for images in (100, 200, 300):
         save(manager, images)
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint_name(200), checkpoint_name(300)]
+
+
+def test_retention_keeps_the_best_fid_and_manifests_carry_the_scores(tmp_path):
+    manager = CheckpointManager(str(tmp_path), SingleProcess(), keep_last=2)
+    for images, fid in ((100, 50.0), (200, 12.5), (300, 30.0), (400, 41.0), (500, None)):
+        save(manager, images, scores={"fid": fid, "kid_mean": 0.01} if fid is not None else None)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == [checkpoint_name(200), checkpoint_name(400), checkpoint_name(500)]  # best FID + the last two
+    assert json.loads((tmp_path / checkpoint_name(200) / MANIFEST).read_text())["eval"] == {
+        "fid": 12.5,
+        "kid_mean": 0.01,
+    }
+    assert "eval" not in json.loads((tmp_path / checkpoint_name(500) / MANIFEST).read_text())
+
+
+def test_history_is_saved_apart_and_read_without_the_weights(tmp_path):
+    manager = CheckpointManager(str(tmp_path), SingleProcess(), keep_last=2)
+    save(manager, 100)  # written without a history, as before histories were kept
+    assert manager.load_history() == (checkpoint_name(100), None)
+    save(manager, 200, history={"names": ["g"], "values": torch.tensor([[200.0, 1.5]], dtype=torch.float64)})
+    name, history = manager.load_history()
+    assert name == checkpoint_name(200) and history["names"] == ["g"]
+    (tmp_path / checkpoint_name(200) / "history.pt").write_bytes(b"damaged")
+    assert manager.load_history() == (checkpoint_name(100), None)  # falls back like discovery does
 
 
 def test_saving_twice_at_the_same_count_is_a_no_op(tmp_path):

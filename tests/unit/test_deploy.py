@@ -66,9 +66,18 @@ def validate_crds(objects: list[dict[str, Any]]) -> subprocess.CompletedProcess:
 
 
 def submit_dry_run(*args: str) -> list[dict[str, Any]]:
-    result = gand("submit", "configs/can256.yaml", "--image", "registry.example/gand:1", "--dry-run", *EXAMPLE, *args)
-    assert result.returncode == 0, result.stderr
-    return documents(result.stdout)
+    """`gand submit ... --dry-run`, through the command-line entry point, in this process (fast)."""
+    import contextlib
+    import io
+
+    from gand.cli import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["submit", str(REPO / "configs" / "can256.yaml"), "--image", "registry.example/gand:1",
+                     "--dry-run", *EXAMPLE, *args])  # fmt: skip
+    assert code == 0
+    return documents(printed.getvalue())
 
 
 SUBMISSIONS = {
