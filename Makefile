@@ -11,7 +11,7 @@ DEMO_RAW    ?= data/demo/raw
 DEMO_PACKED ?= data/demo/packed
 DEMO_N      ?= 2000
 
-.PHONY: demo test tools lint format clean-demo
+.PHONY: demo test bench tools lint format clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ demo: $(VENV)/.installed $(DEMO_PACKED)/manifest.json
 ## make test: the whole suite, unit and integration (installs Prometheus + promtool for the metrics tests)
 test: $(VENV)/.installed-test tools
 	$(BIN)/python -m pytest
+
+## make bench: every benchmark, CPU-sized (about 12 minutes on 2 cores): tables, and JSON in bench/results/
+## (bench/memory.py measures GPU memory and only says so on a CPU machine; numbers go to docs/benchmarks.md)
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/pack.py --images 120 --workers 2
+	$(BIN)/python bench/load.py --images 120 --workers 2
+	$(BIN)/python bench/trainstep.py --configs dcgan64,can256 --repeats 2
+	$(BIN)/python bench/checkpoint.py --configs dcgan64 --batch 2
+	$(BIN)/python bench/metrics.py --blocks 10
+	$(BIN)/python bench/memory.py --batches 64,128 --steps 5
 
 # System tools the tests run for real. Debian's prometheus package brings promtool; it needs root (CI is root).
 # prometheus-operator's CRD schemas (for the PodMonitor and PrometheusRule tests) come from the npm registry.

@@ -18,17 +18,17 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO, write_record
+
 RESOLUTION = {"dcgan64": 64, "can256": 256}
 
 
@@ -53,18 +53,7 @@ def main() -> int:
                 print_row(rows[-1])
     finally:
         server.stop()
-    result = {
-        "bench": "checkpoint",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "batch": args.batch,
-        "steps": args.steps,
-        "rows": rows,
-    }
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_record("checkpoint", args.out, {"configs": args.configs, "batch": args.batch, "steps": args.steps}, rows)
     return 0
 
 

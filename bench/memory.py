@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO, write_record
+
 SETTINGS = {
     "fp32": ["precision=fp32"],
     "bf16": ["precision=bf16"],
@@ -50,8 +50,8 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available() and not args.smoke:
-        print("bench/memory.py measures GPU memory: run it on a GPU machine (or --smoke to check it on CPU)")
-        return 1
+        print("bench/memory.py: skipped, it measures GPU memory (run it on a GPU machine; --smoke checks it on CPU)")
+        return 0
     batches = [4] if args.smoke else [int(b) for b in args.batches.split(",")]
     steps = 1 if args.smoke else args.steps
     rows = []
@@ -64,18 +64,7 @@ def main() -> int:
                 row["vs_fp32_step_time"] = round(row["seconds_per_step"] / baseline, 2)
             rows.append(row)
             print(format_row(row), flush=True)
-    record = {
-        "bench": "memory",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke)",
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "rows": rows,
-    }
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    print(f"written {out}")
+    write_record("memory", args.out, {"batches": args.batches, "steps": args.steps, "smoke": args.smoke}, rows)
     return 0
 
 

@@ -20,34 +20,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from gand.config import load_config  # noqa: E402
-from gand.data.loader import ImageLoader  # noqa: E402
-from gand.data.manifest import check_dataset, read_manifest  # noqa: E402
-from gand.models import build_models, spec_from_config  # noqa: E402
-from gand.observability.curves import LossHistory  # noqa: E402
-from gand.observability.health import DominanceWindow, discriminator_outputs  # noqa: E402
-from gand.observability.metrics import TrainingMetrics  # noqa: E402
-from gand.train.control import all_finite  # noqa: E402
-from gand.train.engine import build_engine  # noqa: E402
-from gand.train.loop import _local_stats, _named_losses  # noqa: E402  (the loop's own helpers)
-from gand.train.optim import build_optimizer  # noqa: E402
-from gand.train.steps import Recipe, discriminator_update, generator_update  # noqa: E402
+from bench.common import REPO, write_record
+from gand.config import load_config
+from gand.data.loader import ImageLoader
+from gand.data.manifest import check_dataset, read_manifest
+from gand.models import build_models, spec_from_config
+from gand.observability.curves import LossHistory
+from gand.observability.health import DominanceWindow, discriminator_outputs
+from gand.observability.metrics import TrainingMetrics
+from gand.train.control import all_finite
+from gand.train.engine import build_engine
+from gand.train.loop import _local_stats, _named_losses
+from gand.train.optim import build_optimizer
+from gand.train.steps import Recipe, discriminator_update, generator_update
 
 
 def main() -> int:
@@ -83,15 +80,6 @@ def main() -> int:
     off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
     step_seconds = off / args.log_every
     result = {
-        "bench": "metrics",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "config": args.config,
-        "resolution": args.resolution,
-        "width": args.width,
-        "batch": args.batch,
-        "log_every_steps": args.log_every,
-        "blocks": args.blocks,
         "ms_per_step_off": round(step_seconds * 1000, 2),
         "ms_per_block_off": round(off * 1000, 1),
         "ms_per_block_on": round(on * 1000, 1),
@@ -101,12 +89,11 @@ def main() -> int:
         "direct_overhead_percent": round(added_seconds / args.log_every / step_seconds * 100, 3),
         "ms_per_scrape": round(scrape_seconds * 1000, 2),
         "scrape_percent_of_time_at_1_per_second": round(scrape_seconds * 100, 3),
-        "runs": seconds,
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    settings = {"config": args.config, "resolution": args.resolution, "width": args.width, "batch": args.batch,
+                "log_every_steps": args.log_every, "blocks": args.blocks}  # fmt: skip
+    write_record("metrics", args.out, settings, [result], runs=seconds)
     return 0
 
 

@@ -15,27 +15,23 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
 import shutil
 import sys
 import tarfile
-import time
-from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from gand import __version__
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, print_table, timed, write_record
 from gand.data.demo import PALETTES, paint_landscape
 from gand.data.images import PNG_COMPRESS_LEVEL, center_square_box
 from gand.data.pack import PackOptions, pack
 
 # Keep this module's imports light: spawned workers (both pipelines') import it again as their __main__.
-REPO = Path(__file__).resolve().parents[1]
 RESOLUTIONS = (32, 64, 128, 256)
 
 
@@ -62,42 +58,18 @@ def main() -> int:
         seconds = timed(lambda options=options, dest=dest: pack(str(source), str(dest), options))
         rows.append(row(label, args.images, seconds, naive_seconds))
 
-    print(f"\n{'pipeline':42} {'images/s':>9} {'vs naive':>9}")
-    for entry in rows:
-        print(f"{entry['pipeline']:42} {entry['images_per_second']:>9.2f} {entry['ratio']:>8.2f}x")
+    print_table(rows, [("pipeline", "pipeline"), ("images_per_second", "images/s"), ("ratio", "vs naive")])
     target = rows[-1]["ratio"] >= 3.0
     print(f"target: gand >= 3x naive at equal workers -> {'met' if target else 'MISSED'}")
-    record = {
-        "bench": "pack",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "versions": {"gand": __version__, "python": platform.python_version(), "pillow": Image.__version__},
-        "settings": {
-            "images": args.images,
-            "workers": args.workers,
-            "resolutions": list(RESOLUTIONS),
-            "mean_megapixels": round(megapixels / args.images, 2),
-        },
-        "rows": rows,
-        "target_met": target,
-    }
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    print(f"written {out.relative_to(REPO)}")
+    settings = {"images": args.images, "workers": args.workers, "resolutions": list(RESOLUTIONS),
+                "mean_megapixels": round(megapixels / args.images, 2)}  # fmt: skip
+    write_record("pack", args.out, settings, rows, target_met=target)
     return 0
 
 
 def row(label: str, images: int, seconds: float, naive_seconds: float) -> dict:
     return {"pipeline": label, "seconds": round(seconds, 2), "images_per_second": round(images / seconds, 2),
             "ratio": round(naive_seconds / seconds, 2)}  # fmt: skip
-
-
-def timed(work) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
 
 
 def make_inputs(folder: Path, count: int) -> Path:

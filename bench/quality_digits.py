@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +27,13 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from gand import __version__
 from gand.data.demo import write_digits
 from gand.data.pack import PackOptions, pack
 from gand.eval.samples import generate, load_generator
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO, write_record
+
 SAMPLES = 1000
 CONFIDENT = 0.9
 FOUND_SHARE = 0.01
@@ -62,20 +61,8 @@ def main() -> int:
                      **judge(run_dir, classifier)})  # fmt: skip
 
     print_table(rows, accuracy)
-    record = {
-        "bench": "quality_digits",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": torch.get_num_threads()},
-        "versions": {"gand": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "settings": {"steps": args.steps, "width": args.width, "batch_size": 64, "samples": SAMPLES},
-        "classifier_accuracy": round(accuracy, 4),
-        "rows": rows,
-    }
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    print(f"written {out.relative_to(REPO)}")
+    settings = {"steps": args.steps, "width": args.width, "batch_size": 64, "samples": SAMPLES}
+    write_record("quality_digits", args.out, settings, rows, classifier_accuracy=round(accuracy, 4))
     return 0
 
 

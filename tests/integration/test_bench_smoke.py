@@ -1,0 +1,33 @@
+"""The new benches keep working (tiny settings; the numbers themselves are docs/benchmarks.md's business)."""
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_command
+
+pytestmark = pytest.mark.integration
+
+
+def test_bare_training_loop_runs_the_same_models():
+    result = run_command([sys.executable, str(REPO / "bench" / "trainstep.py"), "--bare", "can256", "--resolution",
+                          "128", "--width", "0.0625", "--batch", "2", "--steps", "6"], timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["seconds_per_step"] > 0
+
+
+def test_load_bench_compares_both_loaders_and_writes_its_record(tmp_path):
+    out = tmp_path / "load.json"
+    result = run_command([sys.executable, str(REPO / "bench" / "load.py"), "--images", "8", "--batch", "4",
+                          "--batches", "2", "--workers", "1", "--work", str(tmp_path / "work"), "--out", str(out)],
+                         timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["bench"] == "load" and record["machine"]["cpus"] and record["versions"]["torch"]
+    assert [(row["resolution"], row["loader"].split(":")[0]) for row in record["rows"]] == [
+        (64, "on the fly"),
+        (64, "gand shard loader"),
+        (256, "on the fly"),
+        (256, "gand shard loader"),
+    ]
