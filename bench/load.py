@@ -46,7 +46,7 @@ class OnTheFly(Dataset):
             image = ImageOps.exif_transpose(opened).convert("RGB")
         box = center_square_box(image.width, image.height)
         small = image.resize((self.resolution, self.resolution), Image.Resampling.BILINEAR, box=box)
-        return torch.from_numpy(np.asarray(small)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+        return torch.from_numpy(np.array(small)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def on_the_fly(paths: list[Path], resolution: int, batch: int, workers: int, batches: int) -> float:
