@@ -173,6 +173,8 @@ def bare_loop(args) -> float:
         g_loss.backward()
         opt_g.step()
 
+    if args.steps <= LOG_EVERY:
+        raise SystemExit(f"--steps must be more than the {LOG_EVERY} warm-up steps (got {args.steps})")
     for _ in range(LOG_EVERY):
         step()
     started = time.perf_counter()

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 def test_bare_training_loop_runs_the_same_models():
     result = run_command([sys.executable, str(REPO / "bench" / "trainstep.py"), "--bare", "can256", "--resolution",
-                          "128", "--width", "0.0625", "--batch", "2", "--steps", "6"], timeout=300)  # fmt: skip
+                          "128", "--width", "0.0625", "--batch", "2", "--steps", "12"], timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["seconds_per_step"] > 0
 
