@@ -100,6 +100,10 @@ def wait_for(condition, timeout: float = 90.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
 def read_manifest_at(url: str) -> PackedManifest | None:
     try:
         with fsspec.open(f"{url}/manifest.json", "rb") as handle:
@@ -119,8 +123,11 @@ def run_daemon_and_add_images(src_url: str, dest_url: str, add_images, promtool:
         second = wait_for(lambda: (m := read_manifest_at(dest_url)) and m.num_samples == 8 and m, what="new images")
         assert second.generation >= 2
         assert second.shards_at(32)[: len(first.shards_at(32))] == first.shards_at(32)  # appended, not rewritten
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert "gand_pack_images_packed_total 8.0" in metrics
+        # The poll records its metrics just after publishing the manifest: scrape until they have caught up.
+        packed_all = "gand_pack_images_packed_total 8.0"
+        metrics = wait_for(
+            lambda: text if packed_all in (text := scrape(port)) else None, what="the second poll's metrics"
+        )
         assert "gand_pack_last_success_timestamp_seconds" in metrics
         assert f"gand_pack_manifest_generation {float(second.generation)}" in metrics
         checked = subprocess.run([promtool, "check", "metrics"], input=metrics, capture_output=True, text=True)
@@ -129,8 +136,9 @@ def run_daemon_and_add_images(src_url: str, dest_url: str, add_images, promtool:
         daemon.send_signal(signal.SIGTERM)
         output, _ = daemon.communicate(timeout=60)
     assert daemon.returncode == 0, output[-3000:]
-    events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
-    assert "stop_requested" in events and events[-1] == "daemon_stopped"
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines if "logger" not in line]  # gand's own, not library lines
+    assert "stop_requested" in events and events[-1] == "daemon_stopped", output[-3000:]
     return output
 
 
