@@ -110,6 +110,8 @@ def read_manifest_at(url: str) -> PackedManifest | None:
             return PackedManifest.model_validate_json(handle.read())
     except FileNotFoundError:
         return None
+    except OSError:  # s3fs's FileExpired: the daemon replaced the manifest between two reads; poll again
+        return None
 
 
 def run_daemon_and_add_images(src_url: str, dest_url: str, add_images, promtool: str) -> str:
