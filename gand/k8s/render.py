@@ -75,6 +75,16 @@ class SubmitOptions:
     ttl_seconds: int = 7 * 24 * 3600
 
 
+def pod_security() -> dict[str, Any]:
+    """Every gand pod: the image's non-root user, the runtime's default seccomp profile (a fresh dict per use)."""
+    return {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
+            "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+
+
+def container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def check_options(options: SubmitOptions) -> None:
     if options.gpus < 0 or options.nodes < 1:
         raise ConfigError(f"--gpus must be >= 0 and --nodes >= 1 (got {options.gpus}, {options.nodes})")
@@ -145,13 +155,7 @@ def training_job(cfg: GandConfig, options: SubmitOptions) -> dict[str, Any]:
         "restartPolicy": "Never",  # required by podFailurePolicy; the Job makes a new pod instead
         "terminationGracePeriodSeconds": grace_seconds,
         "serviceAccountName": options.service_account,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": USER_ID,
-            "runAsGroup": USER_ID,
-            "fsGroup": USER_ID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
         "containers": [training_container(cfg, options)],
         "volumes": [
             {"name": "config", "configMap": {"name": f"{name}-config"}},
@@ -237,7 +241,7 @@ def training_container(cfg: GandConfig, options: SubmitOptions) -> dict[str, Any
         "envFrom": [{"secretRef": {"name": options.storage_secret, "optional": True}}],
         "ports": ports,
         "resources": resources,
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security(),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
@@ -289,13 +293,7 @@ def daemon_deployment(image: str, source: str, dest: str, resolutions: str = "32
                 "spec": {
                     "serviceAccountName": "gand",
                     "terminationGracePeriodSeconds": 60,  # a shard in flight is finished and published
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": USER_ID,
-                        "runAsGroup": USER_ID,
-                        "fsGroup": USER_ID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security(),
                     "containers": [
                         {
                             "name": "daemon",
@@ -315,7 +313,7 @@ def daemon_deployment(image: str, source: str, dest: str, resolutions: str = "32
                             "envFrom": [{"secretRef": {"name": "gand-storage", "optional": True}}],
                             "ports": [{"name": "metrics", "containerPort": DAEMON_METRICS_PORT}],
                             "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
-                            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                            "securityContext": container_security(),
                             "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
                         }
                     ],
