@@ -7,15 +7,22 @@ write tar shards per resolution for 32, 64, 128 and 256 px; only the structure d
     script that loops over resolutions does)
   - gand --no-draft: decode each image once, resize to every resolution
   - gand: the same, with libjpeg decoding at reduced scale where the 256 px output keeps its quality
+  - img2dataset (the usual tool for this): one run per resolution on file:// URLs of the same files, same
+    process count, Lanczos and PNG level (bench/pack_img2dataset.py). It lives in its own virtualenv under
+    bench/work/, installed from the package registry on first use; without the registry its row says skipped.
 
-    .venv/bin/python bench/pack.py [--images 120] [--workers 2] [--out bench/results/pack.json]
+    .venv/bin/python bench/pack.py [--images 120] [--workers 2] [--img2dataset auto|skip|PYTHON]
+                                   [--out bench/results/pack.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import os
 import shutil
+import subprocess
 import sys
 import tarfile
 from multiprocessing import get_context
@@ -33,6 +40,7 @@ from gand.data.pack import PackOptions, pack
 
 # Keep this module's imports light: spawned workers (both pipelines') import it again as their __main__.
 RESOLUTIONS = (32, 64, 128, 256)
+IMG2DATASET = "img2dataset==1.47.0"  # pinned: the row should compare against the same code every run
 
 
 def main() -> int:
@@ -40,6 +48,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", default="bench/work/pack")
+    parser.add_argument("--img2dataset", default="auto", help="auto (own venv, made once), skip, or a Python with it")
     parser.add_argument("--out", default="bench/results/pack.json")
     args = parser.parse_args()
 
@@ -57,9 +66,14 @@ def main() -> int:
         options = PackOptions(resolutions=RESOLUTIONS, workers=args.workers, draft=draft, shard_size=1000)
         seconds = timed(lambda options=options, dest=dest: pack(str(source), str(dest), options))
         rows.append(row(label, args.images, seconds, naive_seconds))
+    gand_row = rows[-1]
+    rows.append(img2dataset_row(args, source, work, naive_seconds))
 
-    print_table(rows, [("pipeline", "pipeline"), ("images_per_second", "images/s"), ("ratio", "vs naive")])
-    target = rows[-1]["ratio"] >= 3.0
+    columns = [("pipeline", "pipeline"), ("images_per_second", "images/s"), ("ratio", "vs naive"), ("note", "")]
+    print_table(rows, columns)
+    if "seconds" in rows[-1]:
+        print(f"gand pack vs img2dataset: {rows[-1]['seconds'] / gand_row['seconds']:.2f}x")
+    target = gand_row["ratio"] >= 3.0
     print(f"target: gand >= 3x naive at equal workers -> {'met' if target else 'MISSED'}")
     settings = {"images": args.images, "workers": args.workers, "resolutions": list(RESOLUTIONS),
                 "mean_megapixels": round(megapixels / args.images, 2)}  # fmt: skip
@@ -85,6 +99,53 @@ def make_inputs(folder: Path, count: int) -> Path:
         pixels = paint_landscape(rng, PALETTES[styles[index % len(styles)]], width, height)
         Image.fromarray(pixels).save(folder / f"{index:05d}.jpg", quality=90)
     return folder
+
+
+# -- img2dataset, in its own virtualenv -------------------------------------------------------------------------
+def img2dataset_row(args: argparse.Namespace, source: Path, work: Path, naive_seconds: float) -> dict:
+    label = f"img2dataset {IMG2DATASET.split('==')[1]}: one run per resolution"
+    if args.img2dataset == "skip":
+        return {"pipeline": label, "note": "skipped (--img2dataset skip)"}
+    try:
+        python = img2dataset_python(args.img2dataset, work)
+    except RuntimeError as error:
+        print(f"img2dataset row skipped: {error}", file=sys.stderr)
+        return {"pipeline": label, "note": f"skipped: {error}"}
+    command = [str(python), str(REPO / "bench" / "pack_img2dataset.py"), str(source), str(work / "img2dataset"),
+               "--resolutions", ",".join(map(str, RESOLUTIONS)), "--workers", str(args.workers),
+               "--png-compress-level", str(PNG_COMPRESS_LEVEL)]  # fmt: skip
+    # Albumentations (an img2dataset dependency) asks the network for updates on import unless told not to.
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if finished.returncode != 0:
+        raise SystemExit(f"img2dataset run failed (exit {finished.returncode}):\n{finished.stderr[-3000:]}")
+    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    short = {res: n for res, n in result["written_by_resolution"].items() if n != args.images}
+    if short:
+        raise SystemExit(f"img2dataset wrote fewer than {args.images} images at {short} px; see {work / 'img2dataset'}")
+    return {**row(label, args.images, result["seconds"], naive_seconds), "note": "file:// URLs, own venv"}
+
+
+def img2dataset_python(choice: str, work: Path) -> Path:
+    """The interpreter that has img2dataset: given, or a virtualenv under bench/work made once from the registry."""
+    if choice != "auto":
+        return Path(choice)
+    venv = work.parent / "img2dataset-venv"
+    python = venv / "bin" / "python"
+    stamp = venv / f".installed-{IMG2DATASET}"
+    if stamp.exists():
+        return python
+    print(f"installing {IMG2DATASET} into {venv} (once; its own numpy, OpenCV and pandas stay out of .venv)")
+    shutil.rmtree(venv, ignore_errors=True)
+    steps = ([sys.executable, "-m", "venv", str(venv)],
+             [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", IMG2DATASET])  # fmt: skip
+    for step in steps:
+        finished = subprocess.run(step, capture_output=True, text=True, check=False)
+        if finished.returncode != 0:
+            last_line = (finished.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"could not install {IMG2DATASET} from the registry ({last_line})")
+    stamp.touch()
+    return python
 
 
 # -- the naive pipeline ------------------------------------------------------------------------------------------

@@ -31,3 +31,17 @@ def test_load_bench_compares_both_loaders_and_writes_its_record(tmp_path):
         (256, "on the fly"),
         (256, "gand shard loader"),
     ]
+
+
+def test_pack_bench_times_every_pipeline_and_says_when_img2dataset_is_left_out(tmp_path):
+    out = tmp_path / "pack.json"
+    result = run_command([sys.executable, str(REPO / "bench" / "pack.py"), "--images", "6", "--workers", "1",
+                          "--img2dataset", "skip", "--work", str(tmp_path / "work"), "--out", str(out)],
+                         timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["pipeline"].split(":")[0] for row in rows] == [
+        "naive", "gand pack --no-draft (decode once)", "gand pack (decode once + JPEG draft)", "img2dataset 1.47.0",
+    ]  # fmt: skip
+    assert all(row["images_per_second"] > 0 for row in rows[:3])
+    assert rows[3]["note"] == "skipped (--img2dataset skip)" and "images_per_second" not in rows[3]
