@@ -6,7 +6,8 @@ Exit codes (the Kubernetes Job's podFailurePolicy and the README rely on these):
     2   bad input from the user: config field, command-line argument, dataset or checkpoint that does not match
         the config: retrying cannot help
     3   diverged: losses stayed NaN/Inf after `checkpoint.max_rollbacks` roll-backs: retrying cannot help
-    75  stopped by SIGTERM/SIGINT after saving (EX_TEMPFAIL): run the same command again to resume
+    75  stopped by SIGTERM/SIGINT after saving, or another rank vanished mid-collective (a preempted node):
+        run the same command again to resume (EX_TEMPFAIL)
 """
 
 from __future__ import annotations
@@ -44,5 +45,12 @@ class Diverged(GandError):
 
 class Preempted(GandError):
     """Stopped by a signal after saving a checkpoint; the same command resumes (EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
+class PeerLost(GandError):
+    """Another rank vanished in the middle of a collective (its node was preempted or killed): nothing is wrong
+    here, so this rank stops without saving and the same command resumes from the last commit (EX_TEMPFAIL)."""
 
     exit_code = 75

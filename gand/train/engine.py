@@ -265,6 +265,23 @@ def configured_hyperparameters(net: Trained) -> Iterator[None]:
                      changed={k: {"saved": str(a), "now": str(b)} for k, (a, b) in changed.items()})  # fmt: skip
 
 
+# What a collective raises when a peer process is gone: gloo's socket errors and NCCL's remote-error text.
+# Timeouts are left out on purpose: a hang that comes back after every restart is more likely a bug, and it
+# should count against the Job's backoffLimit rather than restart forever.
+PEER_LOST_MARKERS = ("connection reset by peer", "connection closed by peer", "broken pipe", "remote process exited")
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """True when `error` is a collective failing because another rank is gone, not a fault of this process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    if torch.distributed.get_world_size() < 2 or not isinstance(error, RuntimeError):
+        return False
+    text = str(error).lower()
+    from_a_collective = isinstance(error, torch.distributed.DistError) or "gloo" in text or "nccl" in text
+    return from_a_collective and any(marker in text for marker in PEER_LOST_MARKERS)
+
+
 def shutdown_distributed() -> None:
     """Destroy the process group, if any: at the very end of a process that trained."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

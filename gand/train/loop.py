@@ -17,7 +17,7 @@ from gand.checkpoint.uploader import RetryPolicy, UploadResult
 from gand.config import GandConfig
 from gand.data.loader import READ_COUNTERS, Batch, ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
-from gand.errors import ConfigError, Diverged, Preempted, StorageError
+from gand.errors import ConfigError, Diverged, PeerLost, Preempted, StorageError
 from gand.eval.fid import Evaluator
 from gand.eval.samples import generate, grid_png
 from gand.models import build_models, spec_from_config
@@ -27,7 +27,7 @@ from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
 from gand.storage import Store, is_local, redact
 from gand.train.control import RunControl, all_finite, count_due
-from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals
+from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals, lost_a_peer
 from gand.train.optim import GeneratorEMA, build_optimizer
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
 from gand.train.steps import Recipe, discriminator_update, generator_update
@@ -47,6 +47,16 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
     control.install_signal_handlers()  # from here on a SIGTERM means "save at the next step boundary"
     try:
         return _train(cfg, fresh, engine, control, log)
+    except RuntimeError as error:
+        # Another node vanished (a spot preemption past its grace, a crash): exit 75 like a preemption, so that
+        # Kubernetes restarts the Job without counting a failure. Its checkpoint cannot commit without the lost
+        # ranks' parts, so there is nothing to wait for; the resume starts from the last commit.
+        if not lost_a_peer(error):
+            raise
+        first_line = str(error).splitlines()[0][:300]
+        log.warning("peer_lost", error=first_line, exit_code=PeerLost.exit_code)
+        raise PeerLost(f"another rank stopped in the middle of a collective ({first_line}); run the same command "
+                       "to resume from the last committed checkpoint") from None  # fmt: skip
     finally:
         control.restore_signal_handlers()
 

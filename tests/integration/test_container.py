@@ -9,12 +9,13 @@ import signal
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from gand.checkpoint.manager import MANIFEST
 from gand.k8s.render import CONFIG_DIR, CONFIG_FILE, SubmitOptions, render_run
-from tests.conftest import REPO, gand, tiny_config
+from tests.conftest import REPO, free_port, gand, tiny_config
 from tests.integration.preempt import Live, newest_valid
 from tests.unit.test_deploy import policy_action
 
@@ -89,3 +90,26 @@ def test_gand_launch_runs_the_ranks_and_passes_their_exit_code_on(tmp_path, pack
 
     bad = gand("launch", "--nproc-per-node", "2", str(mounted), "train.batch_size=0")
     assert bad.returncode == 2 and "train.batch_size" in bad.stderr
+
+
+def test_a_node_that_vanishes_makes_the_other_nodes_exit_75_not_1(tmp_path, packed):
+    """Two nodes on one machine, as an Indexed Job's pods run them; node 1 is SIGKILLed (a spot VM gone past its
+    grace). Node 0's rank finds its collective broken: that is a preemption of the run, so it exits 75 (the Job
+    ignores it) instead of 1 (which would count against backoffLimit)."""
+    job, mounted = rendered_job_and_config(tmp_path, packed, gpus=1, nodes=2)
+    port = str(free_port())
+    nodes = [
+        Live([*entrypoint(), "launch", "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(rank),
+              "--main-address", "127.0.0.1", "--main-port", port, str(mounted)], env={"ACCELERATE_USE_CPU": "true"})
+        for rank in (0, 1)
+    ]  # fmt: skip
+    nodes[0].wait_for(lambda e: e["event"] == "train_step" and e["step"] >= 2)
+    # The whole node at once: its launcher and its rank (torch's launcher starts ranks in their own sessions).
+    node_1 = psutil.Process(nodes[1].proc.pid)
+    for process in [*node_1.children(recursive=True), node_1]:
+        process.kill()
+    code = nodes[0].finish(timeout=120)
+    assert code == 75, nodes[0].output[-3000:]
+    lost = next(e for e in nodes[0].events() if e["event"] == "peer_lost")
+    assert "connection" in lost["error"].lower() and lost["exit_code"] == 75
+    assert policy_action(job, code) == "Ignore"
