@@ -47,7 +47,7 @@ test: $(VENV)/.installed-test tools
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/pack.py --images 120 --workers 2
 	$(BIN)/python bench/load.py --images 120 --workers 2
-	$(BIN)/python bench/trainstep.py --configs dcgan64,can256 --repeats 2
+	$(BIN)/python bench/trainstep.py --configs dcgan64,can256 --repeats 3
 	$(BIN)/python bench/checkpoint.py --configs dcgan64 --batch 2
 	$(BIN)/python bench/metrics.py --blocks 10
 	$(BIN)/python bench/memory.py --batches 64,128 --steps 5

@@ -5,6 +5,7 @@ measured in its own bench), in a fresh process, and records the allocator's peak
 the fp32 step time, and what `gand plan` predicted for the same setting.
 
     .venv/bin/python bench/memory.py                    # on a GPU machine: the table in docs/benchmarks.md
+                                                        # (without a GPU: the planner's predictions only)
     .venv/bin/python bench/memory.py --smoke            # CPU, tiny width: checks the bench itself still runs
 
 Targets: CAN-256 at batch 64 under 15 GiB peak (a Colab T4) at no more than 1.5x the fp32 step time.
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import REPO, write_record
+from bench.common import REPO, print_table, write_record
 
 SETTINGS = {
     "fp32": ["precision=fp32"],
@@ -50,8 +51,7 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available() and not args.smoke:
-        print("bench/memory.py: skipped, it measures GPU memory (run it on a GPU machine; --smoke checks it on CPU)")
-        return 0
+        return predictions_only([int(b) for b in args.batches.split(",")], args.out)
     batches = [4] if args.smoke else [int(b) for b in args.batches.split(",")]
     steps = 1 if args.smoke else args.steps
     rows = []
@@ -65,6 +65,33 @@ def main() -> int:
             rows.append(row)
             print(format_row(row), flush=True)
     write_record("memory", args.out, {"batches": args.batches, "steps": args.steps, "smoke": args.smoke}, rows)
+    return 0
+
+
+def predictions_only(batches: list[int], out: str) -> int:
+    """Without a GPU: the table with what `gand plan` predicts per setting (from its CPU probe, which counts
+    autograd's saved tensors), and the measured columns left for a GPU machine."""
+    import torch
+
+    from gand.config import load_config
+    from gand.train.planner import Setting, measure, predict
+
+    print("bench/memory.py: no GPU here, so peaks and speeds are not measured; what gand plan predicts on CPU:")
+    components_by_precision = {}
+    rows = []
+    for batch in batches:
+        for name, overrides in SETTINGS.items():
+            cfg = load_config(REPO / "configs" / "can256.yaml", [*overrides, "ema.half_life_kimg=null"])  # as measured
+            if cfg.precision not in components_by_precision:  # activations depend on precision only
+                components_by_precision[cfg.precision] = measure(cfg, 27, torch.device("cpu"))
+            setting = Setting(batch, 1, cfg.memory.grad_checkpointing, cfg.memory.zero_stage,
+                              cfg.memory.offload_optimizer)  # fmt: skip
+            predicted = predict(components_by_precision[cfg.precision], setting, ranks=1)
+            rows.append({"setting": name, "batch": batch, "predicted_peak_gib": round(predicted / GIB, 2),
+                         "peak_gib": "GPU only", "images_per_second": "GPU only"})  # fmt: skip
+    print_table(rows, [("batch", "batch"), ("setting", "setting"), ("predicted_peak_gib", "predicted GiB"),
+                       ("peak_gib", "peak GiB"), ("images_per_second", "images/s")])  # fmt: skip
+    write_record("memory", out, {"batches": batches, "measured": False}, rows)
     return 0
 
 

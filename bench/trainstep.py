@@ -6,8 +6,9 @@ the non-saturating loss on D's real/fake column, fresh noise for each update; ba
 from gand's own shard loader (so the comparison isolates the training loop); nothing else: no logging, no
 checkpoints, no health statistics, no class or style terms, D's parameters not frozen during G's update.
 gand's number is its steady state, from the first to the last logged step (start-up and the final save
-excluded), reading real packed data. Runs alternate (bare, gand, gand-fastest, ...) so drift hits all alike;
-medians are reported.
+excluded), reading real packed data. Runs alternate, in reverse order every other repeat (bare, gand, then gand,
+bare), so that a machine slowing down or speeding up hits both alike; gand's overhead is the median over repeats
+of its step time over the bare loop's in the same repeat, and images/s are medians.
 
     .venv/bin/python bench/trainstep.py [--configs dcgan64,can256] [--repeats 2]
     (internal) bench/trainstep.py --bare CONFIG --resolution R --width W --batch B --steps N [--precision P]
@@ -58,21 +59,17 @@ def main() -> int:
     gpu = torch.cuda.is_available()
     rows = []
     for name in args.configs.split(","):
-        resolution, width, batch, steps = SETTINGS[name]
+        batch = SETTINGS[name][2]
         runs: dict[str, list[float]] = {"bare_memory": [], "bare": [], "gand": []}
         if gpu:  # bf16 on a CPU without bf16 units is emulated, 10-15x slower: the fastest setting is a GPU one
             runs["gand_fastest"] = []
         for repeat in range(args.repeats):
-            runs["bare_memory"].append(bare_subprocess(name, resolution, width, batch, steps))
-            runs["bare"].append(bare_subprocess(name, resolution, width, batch, steps, data))
-            runs["gand"].append(gand_run(name, data, work / f"{name}-{repeat}", resolution, width, batch, steps))
-            if gpu:
-                runs["gand_fastest"].append(gand_run(name, data, work / f"{name}-fast-{repeat}", resolution, width,
-                                                     batch, steps, "precision=bf16", "memory.channels_last=true",
-                                                     "memory.compile=true"))  # fmt: skip
+            for key in list(runs)[:: 1 if repeat % 2 == 0 else -1]:
+                runs[key].append(measure(key, name, data, work / f"{name}-{key}-{repeat}"))
             print(f"{name} repeat {repeat}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms/step" for k, v in runs.items()),
                   flush=True)  # fmt: skip
         bare = statistics.median(runs["bare"])
+        paired = statistics.median(ours / theirs for ours, theirs in zip(runs["gand"], runs["bare"], strict=True))
         for label, key in (("bare loop, batches in memory, fp32", "bare_memory"),
                            ("bare loop, gand's shard loader, fp32", "bare"), ("gand, fp32", "gand"),
                            ("gand, bf16 + channels_last + compile", "gand_fastest")):  # fmt: skip
@@ -80,7 +77,7 @@ def main() -> int:
                 rows.append({"config": name, "loop": label, "images_per_second": "GPU only: not measured"})
                 continue
             seconds = statistics.median(runs[key])
-            overhead = round((seconds / bare - 1) * 100, 1) if key == "gand" else None
+            overhead = round((paired - 1) * 100, 1) if key == "gand" else None
             rows.append({"config": name, "loop": label, "images_per_second": round(batch / seconds, 1),
                          "ratio": round(bare / seconds, 3), "overhead_percent": overhead})  # fmt: skip
     print_table(rows, [("config", "config"), ("loop", "loop"), ("images_per_second", "images/s"),
@@ -94,6 +91,15 @@ def main() -> int:
                             for name in args.configs.split(",")}, "repeats": args.repeats}  # fmt: skip
     write_record("trainstep", args.out, settings, rows, overhead_target_met=max(overheads) < 3)
     return 0
+
+
+def measure(key: str, name: str, data: Path, run_dir: Path) -> float:
+    """Seconds per step of one run: the bare loop (batches in memory or from gand's loader) or gand."""
+    resolution, width, batch, steps = SETTINGS[name]
+    if key.startswith("bare"):
+        return bare_subprocess(name, resolution, width, batch, steps, data if key == "bare" else None)
+    fastest = ("precision=bf16", "memory.channels_last=true", "memory.compile=true") if key == "gand_fastest" else ()
+    return gand_run(name, data, run_dir, resolution, width, batch, steps, *fastest)
 
 
 def pack_demo(work: Path) -> Path:
