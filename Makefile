@@ -42,8 +42,8 @@ demo: $(VENV)/.installed $(DEMO_PACKED)/manifest.json
 test: $(VENV)/.installed-test tools
 	$(BIN)/python -m pytest
 
-## make bench: every benchmark, CPU-sized (about 12 minutes on 2 cores): tables, and JSON in bench/results/
-## (bench/memory.py measures GPU memory and only says so on a CPU machine; numbers go to docs/benchmarks.md)
+## make bench: every benchmark, CPU-sized (under 11 minutes on 2 cores): tables, and JSON in bench/results/
+## (bench/memory.py measures GPU memory; on a CPU machine it prints the planner's predictions. Numbers: docs/benchmarks.md)
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/pack.py --images 120 --workers 2
 	$(BIN)/python bench/load.py --images 120 --workers 2

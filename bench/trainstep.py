@@ -10,7 +10,7 @@ excluded), reading real packed data. Runs alternate, in reverse order every othe
 bare), so that a machine slowing down or speeding up hits both alike; gand's overhead is the median over repeats
 of its step time over the bare loop's in the same repeat, and images/s are medians.
 
-    .venv/bin/python bench/trainstep.py [--configs dcgan64,can256] [--repeats 2]
+    .venv/bin/python bench/trainstep.py [--configs dcgan64,can256] [--repeats 2] [--full]
     (internal) bench/trainstep.py --bare CONFIG --resolution R --width W --batch B --steps N [--precision P]
 """
 
@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, print_table, write_record
 
-# CPU-sized settings per config: (resolution, width, batch, steps). On a GPU, run with --full for the configs' own.
+# CPU-sized settings per config: (resolution, width, batch, steps). On a GPU, --full uses the configs' own sizes.
 SETTINGS = {"dcgan64": (64, 0.5, 32, 40), "can256": (256, 0.125, 8, 30), "dcgan32": (32, 0.5, 64, 60)}
+FULL_STEPS = 60
 LOG_EVERY = 10
 
 
@@ -38,6 +39,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="dcgan64,can256")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--full", action="store_true", help="the configs' own width and batch (a GPU's job)")
     parser.add_argument("--work", default="bench/work/trainstep")
     parser.add_argument("--out", default="bench/results/trainstep.json")
     parser.add_argument("--bare", default=None, help=argparse.SUPPRESS)
@@ -58,6 +60,8 @@ def main() -> int:
 
     gpu = torch.cuda.is_available()
     rows = []
+    if args.full:
+        SETTINGS.update({name: full_size(name) for name in args.configs.split(",")})
     for name in args.configs.split(","):
         batch = SETTINGS[name][2]
         runs: dict[str, list[float]] = {"bare_memory": [], "bare": [], "gand": []}
@@ -91,6 +95,14 @@ def main() -> int:
                             for name in args.configs.split(",")}, "repeats": args.repeats}  # fmt: skip
     write_record("trainstep", args.out, settings, rows, overhead_target_met=max(overheads) < 3)
     return 0
+
+
+def full_size(name: str) -> tuple[int, float, int, int]:
+    """The config's own resolution, width and batch per rank, for a GPU run."""
+    from gand.config import load_config
+
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", ["data.path=unused"])
+    return cfg.data.resolution, cfg.model.width, cfg.train.batch_size, FULL_STEPS
 
 
 def measure(key: str, name: str, data: Path, run_dir: Path) -> float:
