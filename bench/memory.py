@@ -33,6 +33,7 @@ SETTINGS = {
         "precision=bf16", "memory.grad_checkpointing=both", "memory.zero_stage=2", "memory.offload_optimizer=cpu"],
 }  # fmt: skip
 GIB = 1024**3
+WIKIART_STYLES = 27  # CAN-256's style classes
 
 
 def main() -> int:
@@ -73,26 +74,37 @@ def predictions_only(batches: list[int], out: str) -> int:
     autograd's saved tensors), and the measured columns left for a GPU machine."""
     import torch
 
-    from gand.config import load_config
-    from gand.train.planner import Setting, measure, predict
+    from gand.train.planner import measure, predict
 
     print("bench/memory.py: no GPU here, so peaks and speeds are not measured; what gand plan predicts on CPU:")
     components_by_precision = {}
     rows = []
     for batch in batches:
-        for name, overrides in SETTINGS.items():
-            cfg = load_config(REPO / "configs" / "can256.yaml", [*overrides, "ema.half_life_kimg=null"])  # as measured
+        for name in SETTINGS:
+            cfg = setting_config(name)
             if cfg.precision not in components_by_precision:  # activations depend on precision only
-                components_by_precision[cfg.precision] = measure(cfg, 27, torch.device("cpu"))
-            setting = Setting(batch, 1, cfg.memory.grad_checkpointing, cfg.memory.zero_stage,
-                              cfg.memory.offload_optimizer)  # fmt: skip
-            predicted = predict(components_by_precision[cfg.precision], setting, ranks=1)
+                components_by_precision[cfg.precision] = measure(cfg, WIKIART_STYLES, torch.device("cpu"))
+            predicted = predict(components_by_precision[cfg.precision], planner_setting(cfg, batch), ranks=1)
             rows.append({"setting": name, "batch": batch, "predicted_peak_gib": round(predicted / GIB, 2),
                          "peak_gib": "GPU only", "images_per_second": "GPU only"})  # fmt: skip
     print_table(rows, [("batch", "batch"), ("setting", "setting"), ("predicted_peak_gib", "predicted GiB"),
                        ("peak_gib", "peak GiB"), ("images_per_second", "images/s")])  # fmt: skip
     write_record("memory", out, {"batches": batches, "measured": False}, rows)
     return 0
+
+
+def setting_config(name: str, *extra: str):
+    """can256.yaml with one of SETTINGS, EMA off (not part of what is measured)."""
+    from gand.config import load_config
+
+    return load_config(REPO / "configs" / "can256.yaml", [*SETTINGS[name], "ema.half_life_kimg=null", *extra])
+
+
+def planner_setting(cfg, batch: int):
+    """The planner's view of a config's memory options at one micro-batch, no accumulation."""
+    from gand.train.planner import Setting
+
+    return Setting(batch, 1, cfg.memory.grad_checkpointing, cfg.memory.zero_stage, cfg.memory.offload_optimizer)
 
 
 def measure_in_subprocess(name: str, batch: int, steps: int, smoke: bool) -> dict:
@@ -111,22 +123,19 @@ def run_one(name: str, batch: int, steps: int, smoke: bool) -> dict:
         os.environ.pop("WORLD_SIZE", None)  # a lone process: ZeRO settings start their own process group
     import torch
 
-    from gand.config import load_config
     from gand.data.loader import Batch, DataPosition
     from gand.models import build_models, spec_from_config
     from gand.train.engine import build_engine
     from gand.train.optim import build_optimizer
-    from gand.train.planner import Setting, measure, predict
+    from gand.train.planner import measure, predict
     from gand.train.steps import Recipe, discriminator_update, generator_update
 
-    overrides = [*SETTINGS[name], f"train.batch_size={batch}", "ema.half_life_kimg=null"]
     # The smoke check exercises the same code paths at 128 px and 1/16 width: quicker in the test suite.
-    overrides += ["model.width=0.0625", "data.resolution=128"] if smoke else []
-    cfg = load_config(REPO / "configs" / "can256.yaml", overrides)
-    classes = 27  # WikiArt's styles
+    smaller = ["model.width=0.0625", "data.resolution=128"] if smoke else []
+    cfg = setting_config(name, f"train.batch_size={batch}", *smaller)
+    classes = WIKIART_STYLES
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    predicted = predict(measure(cfg, classes, device), Setting(batch, 1, cfg.memory.grad_checkpointing,
-                        cfg.memory.zero_stage, cfg.memory.offload_optimizer), ranks=1)  # fmt: skip
+    predicted = predict(measure(cfg, classes, device), planner_setting(cfg, batch), ranks=1)
     resolution = cfg.data.resolution
     generator, discriminator = build_models("can", spec_from_config(cfg.model, resolution, 3, classes))
     engine = build_engine(cfg.precision, cfg.memory, batch)

@@ -60,16 +60,16 @@ def main() -> int:
 
     gpu = torch.cuda.is_available()
     rows = []
-    if args.full:
-        SETTINGS.update({name: full_size(name) for name in args.configs.split(",")})
-    for name in args.configs.split(","):
-        batch = SETTINGS[name][2]
+    names = args.configs.split(",")
+    sizes = {name: full_size(name) if args.full else SETTINGS[name] for name in names}
+    for name in names:
+        batch = sizes[name][2]
         runs: dict[str, list[float]] = {"bare_memory": [], "bare": [], "gand": []}
         if gpu:  # bf16 on a CPU without bf16 units is emulated, 10-15x slower: the fastest setting is a GPU one
             runs["gand_fastest"] = []
         for repeat in range(args.repeats):
             for key in list(runs)[:: 1 if repeat % 2 == 0 else -1]:
-                runs[key].append(measure(key, name, data, work / f"{name}-{key}-{repeat}"))
+                runs[key].append(measure(key, name, sizes[name], data, work / f"{name}-{key}-{repeat}"))
             print(f"{name} repeat {repeat}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms/step" for k, v in runs.items()),
                   flush=True)  # fmt: skip
         bare = statistics.median(runs["bare"])
@@ -91,8 +91,8 @@ def main() -> int:
         f"target: gand overhead under 3% of the bare loop -> {'met' if max(overheads) < 3 else 'MISSED'} "
         f"({', '.join(f'{o:+.1f}%' for o in overheads)})"
     )
-    settings = {"configs": {name: dict(zip(("resolution", "width", "batch", "steps"), SETTINGS[name], strict=True))
-                            for name in args.configs.split(",")}, "repeats": args.repeats}  # fmt: skip
+    settings = {"configs": {name: dict(zip(("resolution", "width", "batch", "steps"), sizes[name], strict=True))
+                            for name in names}, "repeats": args.repeats, "full": args.full}  # fmt: skip
     write_record("trainstep", args.out, settings, rows, overhead_target_met=max(overheads) < 3)
     return 0
 
@@ -105,9 +105,9 @@ def full_size(name: str) -> tuple[int, float, int, int]:
     return cfg.data.resolution, cfg.model.width, cfg.train.batch_size, FULL_STEPS
 
 
-def measure(key: str, name: str, data: Path, run_dir: Path) -> float:
+def measure(key: str, name: str, size: tuple[int, float, int, int], data: Path, run_dir: Path) -> float:
     """Seconds per step of one run: the bare loop (batches in memory or from gand's loader) or gand."""
-    resolution, width, batch, steps = SETTINGS[name]
+    resolution, width, batch, steps = size
     if key.startswith("bare"):
         return bare_subprocess(name, resolution, width, batch, steps, data if key == "bare" else None)
     fastest = ("precision=bf16", "memory.channels_last=true", "memory.compile=true") if key == "gand_fastest" else ()
