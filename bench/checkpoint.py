@@ -125,7 +125,7 @@ def train_command(name: str, data: Path, run_dir: Path, url: str, batch: int, st
         sys.executable, "-m", "gand.cli", "train", str(REPO / "configs" / f"{name}.yaml"),
         f"data.path={data}", f"data.resolution={RESOLUTION[name]}", f"run.dir={run_dir}", f"checkpoint.url={url}",
         f"train.batch_size={batch}", f"train.max_steps={steps}", "train.log_every_steps=1", "data.workers=1",
-        "data.shuffle_buffer=16", "samples.every_steps=100000", "samples.count=4", "checkpoint.every_steps=2",
+        "samples.every_steps=100000", "samples.count=4", "checkpoint.every_steps=2",
         f"checkpoint.background_upload={str(background).lower()}", "metrics.port=null",
     ]  # fmt: skip
 

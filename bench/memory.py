@@ -123,12 +123,9 @@ def run_one(name: str, batch: int, steps: int, smoke: bool) -> dict:
         os.environ.pop("WORLD_SIZE", None)  # a lone process: ZeRO settings start their own process group
     import torch
 
-    from gand.data.loader import Batch, DataPosition
-    from gand.models import build_models, spec_from_config
     from gand.train.engine import build_engine
-    from gand.train.optim import build_optimizer
     from gand.train.planner import measure, predict
-    from gand.train.steps import Recipe, discriminator_update, generator_update
+    from gand.train.steps import Recipe, setup_networks, synthetic_batch, train_step
 
     # The smoke check exercises the same code paths at 128 px and 1/16 width: quicker in the test suite.
     smaller = ["model.width=0.0625", "data.resolution=128"] if smoke else []
@@ -136,18 +133,13 @@ def run_one(name: str, batch: int, steps: int, smoke: bool) -> dict:
     classes = WIKIART_STYLES
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     predicted = predict(measure(cfg, classes, device), planner_setting(cfg, batch), ranks=1)
-    resolution = cfg.data.resolution
-    generator, discriminator = build_models("can", spec_from_config(cfg.model, resolution, 3, classes))
     engine = build_engine(cfg.precision, cfg.memory, batch)
-    g, d = engine.setup(generator, discriminator, build_optimizer(generator.parameters(), cfg.optim.g),
-                        build_optimizer(discriminator.parameters(), cfg.optim.d))  # fmt: skip
+    g, d = setup_networks(cfg, engine, classes)
     recipe = Recipe.from_config(cfg, classes)
-    images = torch.rand(batch, 3, resolution, resolution) * 2 - 1
-    data = Batch(images, torch.randint(0, classes, (batch,)), [""] * batch, DataPosition())
+    data = synthetic_batch(cfg, batch, classes, engine)  # on the device: the loader is measured elsewhere
 
     def update() -> None:
-        discriminator_update(engine, d, g, recipe, data)
-        generator_update(engine, g, d, recipe, batch)
+        train_step(engine, g, d, recipe, data)
 
     for _ in range(1 if smoke else 2):
         update()

@@ -36,15 +36,16 @@ from bench.common import REPO, write_record
 from gand.config import load_config
 from gand.data.loader import ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
-from gand.models import build_models, spec_from_config
 from gand.observability.curves import LossHistory
 from gand.observability.health import DominanceWindow, discriminator_outputs
 from gand.observability.metrics import TrainingMetrics
-from gand.train.control import all_finite
+from gand.observability.report import NetworkReport, StepReport
+from gand.train.control import FiniteWatch
 from gand.train.engine import build_engine
-from gand.train.loop import _local_stats, _named_losses
-from gand.train.optim import build_optimizer
-from gand.train.steps import Recipe, discriminator_update, generator_update
+from gand.train.feed import DeviceFeed
+from gand.train.loop import Throughput, _host_numbers
+from gand.train.state import TrainState
+from gand.train.steps import Recipe, setup_networks, train_step
 
 
 def main() -> int:
@@ -103,19 +104,17 @@ class Harness:
     def __init__(self, cfg):
         manifest, _ = read_manifest(cfg.data.path)
         num_classes = check_dataset(manifest, cfg)
-        spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
-        generator, discriminator = build_models(cfg.model.arch, spec)
         self.engine = build_engine(cfg.precision, cfg.memory, cfg.train.batch_size)
-        opt_g = build_optimizer(generator.parameters(), cfg.optim.g)
-        opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d)
-        self.g, self.d = self.engine.setup(generator, discriminator, opt_g, opt_d)
+        self.g, self.d = setup_networks(cfg, self.engine, num_classes)
         self.recipe = Recipe.from_config(cfg, num_classes)
         self.batch_size = cfg.train.batch_size
-        self.batches = ImageLoader(cfg.data.path, cfg.data.resolution, cfg.train.batch_size, seed=0,
-                                   workers=cfg.data.workers, num_classes=num_classes).batches()  # fmt: skip
+        batches = ImageLoader(cfg.data.path, cfg.data.resolution, cfg.train.batch_size, seed=0,
+                              workers=cfg.data.workers, num_classes=num_classes).batches()  # fmt: skip
+        self.feed = DeviceFeed(batches, self.engine.device, self.engine.channels_last)
         self.metrics = TrainingMetrics(cfg.metrics.port, "bench")
-        self.dominance, self.history = DominanceWindow(), LossHistory()
-        self.step, self.stop = 0, threading.Event()
+        self.dominance, self.history, self.finite = DominanceWindow(), LossHistory(), FiniteWatch()
+        self.state, self.window = TrainState(), Throughput(0)
+        self.stop = threading.Event()
 
     def block(self, steps: int, with_stats: bool) -> float:
         started = time.perf_counter()
@@ -126,7 +125,7 @@ class Harness:
     def time_added_work(self, repeats: int = 200) -> float:
         """Median seconds of what a logging step adds, timed directly on the model's real gradients (far less
         noisy than whole steps): D's outputs and accuracy, both networks' gradient statistics, the cross-rank
-        mean, the local statistics, the exporter update and the loss history."""
+        mean, the host numbers, the exporter update and the loss history."""
         for net in (self.g, self.d):  # gradients of the real shapes (the optimizer step cleared the real ones)
             for parameter in net.module.parameters():
                 parameter.grad = torch.randn_like(parameter) * 0.01
@@ -134,35 +133,32 @@ class Harness:
         timings = []
         for _ in range(repeats):
             started = time.perf_counter()
-            stats = discriminator_outputs(real_logits, fake_logits, self.recipe.critic)
-            stats.update(self.engine.gradient_stats(self.d))
-            stats.update(self.engine.gradient_stats(self.g))
-            losses = {"g": torch.tensor(1.0), "d": torch.tensor(1.0), "g_adv": torch.tensor(1.0),
-                      "d_adv": torch.tensor(1.0)}  # fmt: skip
-            self.record(losses, stats)
+            report = StepReport(detailed=True, d_outputs=discriminator_outputs(real_logits, fake_logits, False))
+            report.discriminator = NetworkReport(losses={"adv": torch.tensor(1.0)})
+            report.generator = NetworkReport(losses={"adv": torch.tensor(1.0)})
+            self.engine.gradient_stats(self.d, report.discriminator)
+            self.engine.gradient_stats(self.g, report.generator)
+            self.record(report)
             timings.append(time.perf_counter() - started)
         for net in (self.g, self.d):
             net.optimizer.zero_grad(set_to_none=True)
         return statistics.median(timings)
 
-    def record(self, named: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]) -> None:
+    def record(self, report: StepReport) -> None:
         """The loop's logging-step bookkeeping after the statistics are gathered."""
-        combined = self.engine.mean_across_ranks({**named, **stats})
-        losses = {name: combined.pop(name) for name in named}
-        combined.update(_local_stats(self.engine, self.g, self.d, self.dominance, combined))
-        self.metrics.record_step(self.step, self.step * self.batch_size, 0, losses, 0.0, combined)
-        self.history.record(self.step * self.batch_size, losses)
+        host = _host_numbers(self.state, self.window, self.feed, self.engine, self.g, self.d, self.dominance)
+        logged = report.read(self.engine.mean_across_ranks, self.engine.world_size, host)
+        self.metrics.record_step(logged)
+        self.history.record_step(logged)
 
     def train_step(self, with_stats: bool) -> None:
-        stats: dict | None = {} if with_stats else None
-        batch = next(self.batches)
-        d_losses = discriminator_update(self.engine, self.d, self.g, self.recipe, batch, stats)
-        g_losses = generator_update(self.engine, self.g, self.d, self.recipe, self.batch_size, stats)
-        all_finite(g_losses, d_losses)  # every step, as in the loop
-        self.step += 1
-        if stats is None:
-            return
-        self.record(_named_losses(g_losses, d_losses), stats)
+        batch = self.feed.next()
+        report = train_step(self.engine, self.g, self.d, self.recipe, batch, detailed=with_stats)
+        self.finite.observe(report.discriminator.finite() & report.generator.finite())  # every step, as in the loop
+        self.state.advance(self.batch_size)
+        if with_stats:
+            self.finite.read()  # a logging step reads the flag, as the loop's check does
+            self.record(report)
 
 
 def paired_ratios(seconds: dict[str, list[float]]) -> list[float]:

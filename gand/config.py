@@ -40,9 +40,25 @@ class DataConfig(StrictModel):
     path: str = Field(description="packed dataset: its directory or the URL of its manifest.json")
     resolution: int = Field(64, ge=MIN_RESOLUTION, le=MAX_RESOLUTION, description="must be in the manifest")
     channels: Literal[1, 3] = Field(3, description="1 converts the packed RGB images to grayscale")
-    shuffle_buffer: int = Field(1000, ge=0, description="samples held for shuffling, per loader worker")
-    workers: int = Field(2, ge=0, description="loader processes per rank; 0 reads in the training process")
+    shuffle_buffer: int | None = Field(
+        None, ge=0, description="no longer used: the loader draws a fresh permutation of every image each pass"
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="loader processes per rank; 0 reads in the training process; unset: one per core "
+        "this rank can spare (the cores over the local ranks, less one for the trainer), 1 to 8",
+    )
     epoch_images: int | None = Field(None, gt=0, description="images per epoch; default the dataset size")
+
+
+def default_loader_workers() -> int:
+    """One loader process per core a rank can spare: its share of the cores, less one for itself, 1 to 8."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(8, cores // max(1, local_ranks) - 1))
 
 
 class ModelConfig(StrictModel):
@@ -143,7 +159,9 @@ class MemoryConfig(StrictModel):
     micro_batch: int | None = Field(
         None, ge=1, description="images per forward pass per rank; train.batch_size must be a multiple (accumulation)"
     )
-    channels_last: bool = Field(False, description="NHWC memory format for convolutions")
+    channels_last: bool | None = Field(
+        None, description="NHWC memory format for convolutions and images; unset: on for CUDA, off on the CPU"
+    )
     compile: bool = Field(False, description="torch.compile both networks")
     deepspeed_config: str | None = Field(
         None, description="DeepSpeed JSON with tuning knobs (buckets, overlap); gand sets batch, ZeRO stage, offload"

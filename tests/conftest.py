@@ -57,14 +57,14 @@ def tiny_config(tmp_path: Path, packed: Path, **sections) -> Path:
     """A config for a tiny, fast CPU run on the packed fixture; `sections` override whole keys."""
     config = {
         "run": {"name": "tiny", "dir": str(tmp_path / "run")},
-        "data": {"path": str(packed), "resolution": 32, "workers": 0, "shuffle_buffer": 16},
+        "data": {"path": str(packed), "resolution": 32, "workers": 0},
         "model": {"arch": "dcgan", "width": 0.125, "latent_dim": 16},
         "train": {"batch_size": 8, "max_steps": 4, "log_every_steps": 1},
         "samples": {"every_steps": 2, "count": 16},
         "checkpoint": {"every_steps": 2},
     }
     for section, values in sections.items():
-        config[section] = {**config.get(section, {}), **values}
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -7,6 +7,7 @@ of checks is cheapest first: header facts (format, size) reject bombs and outlie
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,14 @@ PNG_COMPRESS_LEVEL = 3  # lossless either way; 3 packs about 2x faster than the 
 # this many times the largest target: the last, antialiased step still has margin to work with.
 DRAFT_MARGIN = 2
 RESIZE_MODES = ("center_crop", "keep_ratio", "none")
-OUTPUT_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}  # member extension -> PIL format
+OUTPUT_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}  # PIL-encoded member extension -> PIL format
+# --output-format -> the image member's extension in a shard. "raw" is an uncompressed uint8 H x W x 3 .npy array:
+# nothing to decode when training, about 3 bytes per pixel on disk.
+RAW_EXTENSION = "npy"
+OUTPUT_EXTENSIONS = {**{name: name for name in OUTPUT_FORMATS}, "raw": RAW_EXTENSION}
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(OUTPUT_EXTENSIONS.values())  # ("png", "webp", "jpg", "npy")
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_MAX_HEADER = 4096  # gand writes 118 bytes; a larger header is not one of ours
 
 # gand checks pixel counts itself, from the header and with a counted reason; PIL's own check would warn or raise
 # mid-decode instead.
@@ -179,7 +187,8 @@ def resize_all(image: Image.Image, resolutions: tuple[int, ...], mode: str = "ce
 
 
 def encode(image: Image.Image, extension: str = "png", quality: int = 95) -> bytes:
-    """Lossless PNG or WebP, or JPEG at `quality` (>= 95 only on request)."""
+    """Lossless PNG or WebP, JPEG at `quality` (>= 95 only on request), or "raw" (also spelled "npy"): the RGB
+    pixels as an uncompressed uint8 H x W x 3 .npy array (format 1.0, C order, header padded to 64 bytes)."""
     buffer = io.BytesIO()
     if extension == "png":
         image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
@@ -187,6 +196,9 @@ def encode(image: Image.Image, extension: str = "png", quality: int = 95) -> byt
         image.save(buffer, format="WEBP", lossless=True, quality=100, method=4)
     elif extension == "jpg":
         image.save(buffer, format="JPEG", quality=quality, subsampling=0)
+    elif extension in ("raw", RAW_EXTENSION):
+        pixels = np.ascontiguousarray(np.asarray(to_rgb(image), dtype=np.uint8))
+        np.lib.format.write_array(buffer, pixels, version=(1, 0), allow_pickle=False)
     else:
         raise ValueError(f"unknown output format {extension!r}")
     return buffer.getvalue()
@@ -196,14 +208,78 @@ def encode_png(image: Image.Image) -> bytes:
     return encode(image, "png")
 
 
-def image_to_array(data: bytes, channels: int = 3) -> np.ndarray:
-    """Encoded bytes (PNG, WebP or JPEG) -> uint8 array H x W x channels (1: ITU-R 601 luma, PIL's "L")."""
+def decode_member(extension: str, data: bytes | memoryview, channels: int = 3) -> np.ndarray:
+    """A shard's image member -> uint8 array H x W x channels (1: ITU-R 601 luma, PIL's "L", whatever the format).
+
+    `extension` is the member's (one of IMAGE_EXTENSIONS). A .npy member is parsed without unpickling and returned
+    as a read-only view of `data` (no copy) when channels is 3. Malformed data raises ValueError (PIL may also
+    raise OSError or SyntaxError for a damaged PNG/WebP/JPEG).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3 (got {channels})")
+    if extension == RAW_EXTENSION:
+        pixels = _npy_pixels(data)
+        if channels == 3:
+            return pixels
+        return np.asarray(Image.fromarray(pixels, "RGB").convert("L"))[..., None]
+    if extension not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown image member extension {extension!r} (known: {', '.join(IMAGE_EXTENSIONS)})")
     with Image.open(io.BytesIO(data)) as opened:
         pixels = np.asarray(opened.convert("RGB" if channels == 3 else "L"))
     return pixels if channels == 3 else pixels[..., None]
 
 
+def image_to_array(data: bytes, channels: int = 3) -> np.ndarray:
+    """Encoded bytes (PNG, WebP, JPEG, or a raw .npy member, told apart by its magic) -> uint8 H x W x channels."""
+    extension = RAW_EXTENSION if bytes(data[: len(_NPY_MAGIC)]) == _NPY_MAGIC else "png"  # PIL sniffs the rest
+    return decode_member(extension, data, 1 if channels != 3 else 3)
+
+
 png_to_array = image_to_array
+
+
+def _npy_pixels(data: bytes | memoryview) -> np.ndarray:
+    """Check a .npy member is uint8 H x W x 3 in C order with exactly its payload, and view it without copying."""
+    view = memoryview(data).cast("B")
+    if bytes(view[: len(_NPY_MAGIC)]) != _NPY_MAGIC:
+        raise ValueError("not a .npy array: the magic string \\x93NUMPY is missing")
+    if len(view) < len(_NPY_MAGIC) + 2:
+        raise ValueError(f".npy header truncated: {len(view)} bytes")
+    major, minor = view[6], view[7]
+    if (major, minor) not in ((1, 0), (2, 0)):
+        raise ValueError(f"unsupported .npy format version {major}.{minor} (gand reads 1.0 and 2.0)")
+    length_size = 2 if major == 1 else 4
+    prefix = len(_NPY_MAGIC) + 2 + length_size
+    if len(view) < prefix:
+        raise ValueError(f".npy header truncated: {len(view)} bytes")
+    (header_length,) = struct.unpack("<H" if major == 1 else "<I", view[len(_NPY_MAGIC) + 2 : prefix])
+    if header_length > _NPY_MAX_HEADER:
+        raise ValueError(f".npy header too long: {header_length} bytes (at most {_NPY_MAX_HEADER})")
+    header_end = prefix + header_length
+    if len(view) < header_end:
+        raise ValueError(f".npy header truncated: {len(view)} bytes, the header needs {header_end}")
+    stream = io.BytesIO(bytes(view[:header_end]))
+    np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    try:
+        # ast.literal_eval of the header dictionary: never unpickles, whatever dtype it names
+        shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, SyntaxError, TypeError) as err:
+        raise ValueError(f".npy header unreadable: {err}") from None
+    if dtype.hasobject:
+        raise ValueError(f".npy dtype {dtype} holds Python objects; refused (only uint8 pixels, never unpickled)")
+    if dtype != np.uint8:
+        raise ValueError(f".npy dtype {dtype} is not uint8")
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f".npy shape {shape} is not H x W x 3")
+    if shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f".npy shape {shape} is empty")
+    if fortran_order:
+        raise ValueError(".npy array is in Fortran order, not C order")
+    expected = shape[0] * shape[1] * shape[2]
+    if len(view) - header_end != expected:
+        raise ValueError(f".npy payload is {len(view) - header_end} bytes; shape {shape} needs {expected}")
+    return np.frombuffer(view, dtype=np.uint8, count=expected, offset=header_end).reshape(shape)
 
 
 # -- perceptual hash ---------------------------------------------------------------------------------------------

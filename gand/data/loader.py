@@ -1,54 +1,69 @@
-"""Stream packed shards into training batches with the `webdataset` reader.
+"""Stream packed shards into uint8 training batches: one long-lived stream per rank, every image equally likely.
 
-Each (rank, loader worker) pair draws shards with replacement from its own slice of the shard list (all shards
-when there are fewer shards than pairs), reads them with webdataset's tar iterator, shuffles through a buffer and
-batches. An epoch is a fixed number of batches, not a pass over the files, so every rank runs the same number
-of steps whatever the shard sizes.
+The order. All images of a manifest generation form one sequence per pass, a fresh random permutation each pass
+(seeded by the run's seed, the generation and the pass number). The infinite concatenation of passes is cut into
+chunks of ceil(N / slots) images; slot k (one per rank x loader worker) takes chunks k, k + slots, k + 2 slots, ...
+So every pass hands each image to exactly one slot, whatever the shard sizes, ranks and workers: sampling is
+uniform per image, and an epoch is a position in this stream, not a restart. Samples are read by offset from an
+index of each shard's members (`gand.data.tarindex`), so a permutation costs no extra reading and no shuffle
+buffer is filled or thrown away.
 
-At every epoch boundary the loader looks for a newer manifest generation (the packing daemon may have added
-shards) and draws the next epoch from it, without a restart; all ranks use the generation rank 0 saw.
+The stream is a pure function of (seed, generation, slot, position): resuming at batch k of a generation's stream
+jumps straight there, and gives back exactly the batches an uninterrupted run saw (a sample that cannot be used is
+replaced by a draw seeded by its position, so replacements repeat too). At every epoch boundary the loader looks
+for a newer manifest generation (the packing daemon may have added shards); all ranks use the generation rank 0
+saw, and only a new generation starts a new stream.
 
-The stream is a pure function of (seed, epoch, generation, rank, worker): resuming at batch k of an epoch skips
-the k batches' raw samples before decoding them, which gives back exactly the batches an uninterrupted run saw.
+Batches stay uint8 (N x C x H x W, channels-last in memory) until the training device converts them; workers
+ignore SIGINT/SIGTERM so that a signal to the process group reaches the trainer, which decides.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterator
+import atexit
+import bisect
+import contextlib
+import os
+import signal
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 
 import numpy as np
 import structlog
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from gand.data.images import OUTPUT_FORMATS, image_to_array
+from gand.data.images import IMAGE_EXTENSIONS, decode_member
 from gand.data.manifest import PackedManifest, dataset_root, read_manifest
-from gand.storage import Store, open_url
+from gand.data.tarindex import UNLABELLED, SampleReader, ShardIndex, index_shard, local_shard
+from gand.errors import DataError
+from gand.storage import Store, open_url, redact
 
-UNLABELLED = -1
 log = structlog.get_logger("gand.loader")
+
+# A slot gives up (a data error, not an endless loop) after this many unusable draws in a row.
+MAX_UNUSABLE_IN_A_ROW = 1000
 
 
 @dataclass(frozen=True)
 class DataPosition:
-    """Where a rank's data stream stands: batches drawn in the epoch, and the manifest generation it uses."""
+    """Where a rank's data stream stands: batches drawn in the epoch, the manifest generation it draws from, and
+    how many batches this rank has drawn from that generation's stream."""
 
     epoch: int = 0
     batch: int = 0
     generation: int = 0  # 0: not chosen yet (take the newest)
+    stream_batch: int = 0
 
 
-# What a loader worker counts between two batches; the same keys always, so ranks can average them.
+# What a loader worker counts between two batches; the same keys always, so ranks can add them up.
 READ_COUNTERS = ("shards_opened", "skipped_unknown_class", "skipped_undecodable")
 
 
 @dataclass(frozen=True)
 class Batch:
-    images: torch.Tensor  # float32 N x C x H x W in [-1, 1]
+    images: torch.Tensor  # uint8 N x C x H x W (channels-last memory), pinned when training on CUDA
     labels: torch.Tensor  # int64 N; UNLABELLED where the dataset has no classes
     keys: list[str] = field(repr=False)
     position: DataPosition  # after this batch: resume from here to draw the next one
@@ -59,84 +74,152 @@ class Batch:
         return self.position.epoch
 
 
-class ShardStream(IterableDataset):
-    """Infinite uint8 batches for one rank; each __iter__ call (one per epoch, in every worker) starts an epoch."""
+class SampleOrder:
+    """Which image slot `slot` of `slots` draws at its j-th draw (module docstring: passes, chunks, slots)."""
 
-    def __init__(
-        self,
-        shard_urls: list[str],
-        batch_size: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        shuffle_buffer: int,
-        first_epoch: int = 0,
-        skip_batches: int = 0,
-        channels: int = 3,
-        num_classes: int = 0,
-    ):
-        super().__init__()
-        self.shard_urls = shard_urls
-        self.batch_size = batch_size
+    def __init__(self, shard_sizes: Sequence[int], seed: int, generation: int, slots: int):
+        self.total = int(sum(shard_sizes))
+        if self.total == 0:
+            raise DataError("no readable samples in the dataset's shards at this resolution")
+        self.starts = [0, *np.cumsum(shard_sizes).tolist()]
+        self.slots = slots
+        self.chunk = max(1, -(-self.total // slots))
         self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.shuffle_buffer = shuffle_buffer
-        self.channels = channels
-        self.num_classes = num_classes
-        # Each worker holds its own copy of these counters and advances them in step with the others.
-        self.epoch = first_epoch - 1
-        self.skip_batches = skip_batches
-        self.counts = dict.fromkeys(READ_COUNTERS, 0)
+        self.generation = generation
+        self._passes: dict[int, np.ndarray] = {}
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str], dict[str, int]]]:
-        self.epoch += 1
+    def draw(self, slot: int, j: int) -> int:
+        """The global sample index of slot's j-th draw."""
+        chunk, within = divmod(j, self.chunk)
+        position = (chunk * self.slots + slot) * self.chunk + within
+        number, offset = divmod(position, self.total)
+        return int(self._permutation(number)[offset])
+
+    def replacement(self, slot: int, j: int, attempt: int) -> int:
+        """A stand-in for an unusable draw: uniform over all images, seeded by where it is needed."""
+        rng = np.random.default_rng([self.seed, self.generation, slot, j, attempt, 0x5EED])
+        return int(rng.integers(self.total))
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global sample index -> (shard number, sample within the shard)."""
+        shard = bisect.bisect_right(self.starts, index) - 1
+        return shard, index - self.starts[shard]
+
+    def _permutation(self, number: int) -> np.ndarray:
+        found = self._passes.get(number)
+        if found is None:
+            if len(self._passes) > 1:  # a slot only ever needs the pass it is in and the next one
+                self._passes.pop(min(self._passes))
+            rng = np.random.default_rng([self.seed, self.generation, number])
+            found = self._passes[number] = rng.permutation(self.total)
+        return found
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Everything a worker needs to make its share of one rank's batches (copied into every worker)."""
+
+    shards: list[ShardIndex]
+    batch_size: int
+    seed: int
+    generation: int
+    rank: int
+    world_size: int
+    channels: int
+    num_classes: int
+    first_batch: int  # the rank's stream starts at this batch (a resume)
+
+
+class RankStream(IterableDataset):
+    """One rank's infinite batches. Batch b of the stream is made by worker b % workers, from its slot's draws
+    [(b // workers) * batch_size, ...). The DataLoader takes batches from workers 0, 1, ... in turn, so after a
+    resume at batch k, workers below k % workers first yield a None marker that the trainer drops."""
+
+    def __init__(self, spec: StreamSpec):
+        super().__init__()
+        self.spec = spec
+
+    def __iter__(self) -> Iterator[tuple | None]:
+        spec = self.spec
         worker, workers = _worker_slot()
-        rng = random.Random(f"gand:{self.seed}:{self.epoch}:{len(self.shard_urls)}:{self.rank}:{worker}")
-        # DataLoader takes batch i from worker i % workers: this worker's share of the first k batches.
-        skip = len(range(worker, self.skip_batches, workers)) * self.batch_size
-        self.skip_batches = 0  # only the first epoch after a resume starts part-way
-        samples = _shuffled(self._samples(rng, worker, workers), self.shuffle_buffer, rng)
-        for _ in islice(samples, skip):
-            pass
+        slot = spec.rank * workers + worker
+        order = SampleOrder([len(shard) for shard in spec.shards], spec.seed, spec.generation,
+                            spec.world_size * workers)  # fmt: skip
+        maker = _BatchMaker(spec, order, slot)
+        turns, first_in_turn = divmod(spec.first_batch, workers)
+        own = turns
+        if worker < first_in_turn:
+            own += 1
+            yield None  # this worker's turn in the first round belongs to a batch before the resume point
         while True:
-            yield self._batch(samples)
+            yield maker.batch(own, batch_index=own * workers + worker)
+            own += 1
 
-    def _batch(self, samples: Iterator[dict]) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, int]]:
-        """The next batch_size samples that decode. A sample that does not (storage damage: the packer checks
-        every image it publishes) is counted and replaced by the next one rather than stopping the run."""
-        pixels, labels, keys = [], [], []
-        while len(pixels) < self.batch_size:
-            sample = next(samples)
-            try:
-                array = image_to_array(_image_bytes(sample), self.channels)
-            except (OSError, ValueError, KeyError, SyntaxError) as err:  # PIL raises all of these for bad data
-                self.counts["skipped_undecodable"] += 1
-                log.warning("sample_skipped", key=sample.get("__key__"), shard=sample.get("__url__"),
-                            reason="undecodable", error=str(err))  # fmt: skip
-                continue
-            pixels.append(array)
-            labels.append(int(sample["cls"]) if "cls" in sample else UNLABELLED)
-            keys.append(sample["__key__"])
+
+class _BatchMaker:
+    """Reads, decodes and stacks one slot's batches."""
+
+    def __init__(self, spec: StreamSpec, order: SampleOrder, slot: int):
+        self.spec, self.order, self.slot = spec, order, slot
+        self.reader = SampleReader()
+        self.counts = dict.fromkeys(READ_COUNTERS, 0)
+        self.reasons: dict[str, int] = {}
+
+    def batch(self, own: int, batch_index: int) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, int], int]:
+        size = self.spec.batch_size
+        pixels: np.ndarray | None = None
+        labels = np.empty(size, dtype=np.int64)
+        keys: list[str] = []
+        for i in range(size):
+            array, label, key = self._usable(own * size + i)
+            if pixels is None:
+                pixels = np.empty((size, *array.shape), dtype=np.uint8)
+            pixels[i] = array
+            labels[i] = label
+            keys.append(key)
+        opened, self.reader.opened = self.reader.opened, 0
+        self.counts["shards_opened"] += opened
         counts, self.counts = self.counts, dict.fromkeys(READ_COUNTERS, 0)
-        # uint8 crosses the worker boundary (4x less than float); the trainer's process converts.
-        images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
-        return images, torch.tensor(labels, dtype=torch.int64), keys, counts
+        # N x H x W x C in memory, seen as N x C x H x W: channels-last, the layout convolutions on GPUs prefer.
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+        return images, torch.from_numpy(labels), keys, counts, batch_index
 
-    def _samples(self, rng: random.Random, worker: int, workers: int) -> Iterator[dict]:
-        slots = self.world_size * workers
-        slot = self.rank * workers + worker
-        mine = self.shard_urls[slot::slots] if len(self.shard_urls) >= slots else self.shard_urls
-        while True:
-            url = rng.choice(mine)
-            self.counts["shards_opened"] += 1
-            with open_url(url) as stream:
-                for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-                    # Classes the daemon added after the model was built cannot be learned by it: leave them out.
-                    if self.num_classes and "cls" in sample and int(sample["cls"]) >= self.num_classes:
-                        self.counts["skipped_unknown_class"] += 1
-                        continue
-                    yield sample
+    def _usable(self, j: int) -> tuple[np.ndarray, int, str]:
+        """The slot's j-th draw, or its seeded stand-ins until one can be used."""
+        index = self.order.draw(self.slot, j)
+        for attempt in range(1, MAX_UNUSABLE_IN_A_ROW + 1):
+            found = self._read(index)
+            if found is not None:
+                return found
+            index = self.order.replacement(self.slot, j, attempt)
+        raise DataError(
+            f"{MAX_UNUSABLE_IN_A_ROW} draws in a row found no usable sample in the dataset (generation "
+            f"{self.spec.generation}); reasons: {self.reasons}. Check the shards with `gand pack` again, or the "
+            "classes the model was built for"
+        )
+
+    def _read(self, index: int) -> tuple[np.ndarray, int, str] | None:
+        shard_number, sample = self.order.locate(index)
+        shard = self.spec.shards[shard_number]
+        label = int(shard.labels[sample])
+        # Classes the daemon added after the model was built cannot be learned by it: leave them out.
+        if self.spec.num_classes and label >= self.spec.num_classes:
+            return self._skip("skipped_unknown_class", "unknown_class")
+        kind = int(shard.image_kinds[sample])
+        try:
+            if kind < 0:
+                raise ValueError("the sample has no image member")
+            array = decode_member(IMAGE_EXTENSIONS[kind], self.reader.image_bytes(shard, sample), self.spec.channels)
+        except (OSError, ValueError, KeyError, SyntaxError) as err:  # PIL raises all of these for bad data
+            log.warning("sample_skipped", key=shard.keys[sample], shard=redact(shard.path), reason="undecodable",
+                        error=str(err))  # fmt: skip
+            return self._skip("skipped_undecodable", "undecodable")
+        return array, label, shard.keys[sample]
+
+    def _skip(self, counter: str, reason: str) -> None:
+        self.counts[counter] += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        return None
 
 
 def _worker_slot() -> tuple[int, int]:
@@ -144,22 +227,49 @@ def _worker_slot() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-def _shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
-    if buffer_size <= 1:
-        yield from samples
-        return
-    buffer: list[dict] = list(islice(samples, buffer_size))
-    for sample in samples:
-        index = rng.randrange(len(buffer))
-        yield buffer[index]
-        buffer[index] = sample
+def _quiet_worker(_worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the trainer: a signal to the whole process group (systemd, Slurm,
+    `timeout`, Ctrl-C) must not kill a worker before the trainer has saved. Workers end when the trainer does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _image_bytes(sample: dict) -> bytes:
-    for extension in OUTPUT_FORMATS:
-        if extension in sample:
-            return sample[extension]
-    raise KeyError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image member")
+# DataLoader iterators whose worker processes are alive. Workers ignore SIGTERM, so multiprocessing's own exit
+# hook (terminate, then join) could wait for them for ever: gand's hook, registered later and so run first, stops them.
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _stop_workers(iterator) -> None:
+    """Ask the iterator's workers to finish (DataLoader's own shutdown), then SIGKILL any that did not: a worker
+    blocked in I/O ignores both the request and SIGTERM."""
+    workers = list(getattr(iterator, "_workers", []))
+    with contextlib.suppress(Exception):
+        iterator._shutdown_workers()
+    for worker in workers:
+        if worker.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+            worker.join(timeout=5)
+    _LIVE_ITERATORS.discard(iterator)
+
+
+@atexit.register
+def stop_all_workers() -> None:
+    for iterator in list(_LIVE_ITERATORS):
+        _stop_workers(iterator)
+
+
+def _without_markers(loader: DataLoader) -> Iterator[tuple]:
+    """The loader's batches without the resume markers; its workers stop when this generator is closed."""
+    iterator = iter(loader)
+    if loader.num_workers > 0:
+        _LIVE_ITERATORS.add(iterator)
+    try:
+        for item in iterator:
+            if item is not None:
+                yield item
+    finally:
+        _stop_workers(iterator)
 
 
 def _same_everywhere(value: int) -> int:
@@ -178,11 +288,11 @@ class ImageLoader:
         rank: int = 0,
         world_size: int = 1,
         workers: int = 2,
-        shuffle_buffer: int = 1000,
         epoch_images: int | None = None,
         channels: int = 3,
         num_classes: int = 0,
         agree: Callable[[int], int] = _same_everywhere,
+        pin_memory: bool = False,
     ):
         self.data_path = data_path
         self.resolution = resolution
@@ -191,12 +301,13 @@ class ImageLoader:
         self.rank = rank
         self.world_size = world_size
         self.workers = workers
-        self.shuffle_buffer = shuffle_buffer
         self.epoch_images = epoch_images
         self.channels = channels
         self.num_classes = num_classes
         self.agree = agree  # rank 0's value for every rank (a collective: all ranks call it together)
+        self.pin_memory = pin_memory
         self.store = Store(dataset_root(data_path))
+        self._indexes: dict[str, ShardIndex] = {}  # by shard path: parts never change once published
 
     def batches_per_epoch(self, manifest: PackedManifest) -> int:
         images = self.epoch_images or manifest.num_samples
@@ -205,24 +316,63 @@ class ImageLoader:
     def batches(self, start: DataPosition = DataPosition()) -> Iterator[Batch]:
         """Infinite batches; the first is the one an uninterrupted run would have drawn after `start`."""
         epoch, done, generation = start.epoch, start.batch, start.generation
-        loader, loader_generation = None, None
+        drawn, drawn_generation = start.stream_batch, start.generation  # batches drawn from that generation
+        stream, stream_generation = None, None
         while True:
             manifest = self._manifest(generation)
             per_epoch = self.batches_per_epoch(manifest)
-            if done >= per_epoch:  # the checkpoint was taken right at the end of an epoch
-                epoch, done, generation = epoch + 1, 0, 0
-                continue
-            # The DataLoader always takes its next batch from worker 0, so workers can only skip a multiple of
-            # the worker count; the remaining (fewer than `workers`) batches are decoded and dropped here.
-            skipped_by_workers = done - done % max(1, self.workers)
-            if loader is None or loader_generation != manifest.generation or done:
-                loader, loader_generation = self._data_loader(manifest, epoch, skipped_by_workers), manifest.generation
-            drop = done - skipped_by_workers
-            for pixels, labels, keys, counts in islice(loader, drop, per_epoch - skipped_by_workers):
-                done += 1
-                position = DataPosition(epoch, done, manifest.generation)
-                yield Batch(pixels.float().div_(127.5).sub_(1.0), labels, keys, position, counts)
+            if manifest.generation != drawn_generation:  # a new generation: a new stream from its start
+                drawn, drawn_generation = 0, manifest.generation
+            if done < per_epoch:
+                if stream is None or stream_generation != manifest.generation:
+                    if stream is not None:
+                        stream.close()  # the old generation's workers stop before new ones start
+                    stream, stream_generation = self._stream(manifest, drawn), manifest.generation
+                while done < per_epoch:
+                    images, labels, keys, counts, index = next(stream)
+                    done, drawn = done + 1, drawn + 1
+                    if index != drawn - 1:  # the worker round-robin and the resume arithmetic disagree: a bug
+                        raise RuntimeError(f"loader stream out of order: batch {index}, expected {drawn - 1}")
+                    yield Batch(images, labels, keys, DataPosition(epoch, done, manifest.generation, drawn), counts)
             epoch, done, generation = epoch + 1, 0, 0
+
+    def _stream(self, manifest: PackedManifest, first_batch: int) -> Iterator[tuple]:
+        spec = StreamSpec(
+            shards=self._shard_indexes(manifest),
+            batch_size=self.batch_size,
+            seed=self.seed,
+            generation=manifest.generation,
+            rank=self.rank,
+            world_size=self.world_size,
+            channels=self.channels,
+            num_classes=self.num_classes,
+            first_batch=first_batch,
+        )
+        loader = DataLoader(
+            RankStream(spec),
+            batch_size=None,
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
+            prefetch_factor=4 if self.workers > 0 else None,
+            pin_memory=self.pin_memory,
+            worker_init_fn=_quiet_worker if self.workers > 0 else None,
+            # Its own generator: drawing worker seeds from the global RNG would shift the training noise
+            # and make a resumed run differ from an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        return _without_markers(loader)
+
+    def _shard_indexes(self, manifest: PackedManifest) -> list[ShardIndex]:
+        indexes = []
+        for shard in manifest.shards_at(self.resolution):
+            index = self._indexes.get(shard.path)
+            if index is None:
+                index = self._indexes[shard.path] = index_shard(local_shard(self.store.url(shard.path), shard.sha256))
+                if len(index) != shard.samples or not index.complete:
+                    log.warning("shard_incomplete", shard=redact(self.store.url(shard.path)), expected=shard.samples,
+                                readable=len(index), effect="only its readable samples are drawn")  # fmt: skip
+            indexes.append(index)
+        return indexes
 
     def _manifest(self, generation: int) -> PackedManifest:
         if not generation:  # a new epoch: the newest generation rank 0 can see
@@ -235,39 +385,20 @@ class ImageLoader:
             )
         return manifest
 
-    def _data_loader(self, manifest: PackedManifest, epoch: int, skip_batches: int) -> DataLoader:
-        stream = ShardStream(
-            [self.store.url(shard.path) for shard in manifest.shards_at(self.resolution)],
-            self.batch_size,
-            self.seed,
-            self.rank,
-            self.world_size,
-            self.shuffle_buffer,
-            first_epoch=epoch,
-            skip_batches=skip_batches,
-            channels=self.channels,
-            num_classes=self.num_classes,
-        )
-        return DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=self.workers,
-            persistent_workers=self.workers > 0,
-            prefetch_factor=2 if self.workers > 0 else None,
-            # Its own generator: drawing worker seeds from the global RNG would shift the training noise
-            # and make a resumed run differ from an uninterrupted one.
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-
 
 def ordered_samples(data_path: str, resolution: int, channels: int = 3) -> Iterator[tuple[str, np.ndarray, int]]:
     """Every sample of the dataset once, in manifest order: (key, uint8 H x W x C, class or UNLABELLED).
 
     For evaluation, not training: no shuffling, no resampling, no rank split, so the same set every time."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
     manifest, store = read_manifest(data_path)
     for shard in manifest.shards_at(resolution):
         url = store.url(shard.path)
         with open_url(url) as stream:
             for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
                 label = int(sample["cls"]) if "cls" in sample else UNLABELLED
-                yield sample["__key__"], image_to_array(_image_bytes(sample), channels), label
+                extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+                if extension is None:
+                    raise DataError(f"sample {sample['__key__']} in {redact(url)} has no image member")
+                yield sample["__key__"], decode_member(extension, sample[extension], channels), label

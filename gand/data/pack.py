@@ -28,7 +28,7 @@ import structlog
 from gand.config import MAX_RESOLUTION, MIN_RESOLUTION
 from gand.data.dedup import DuplicateFilter
 from gand.data.images import (
-    OUTPUT_FORMATS,
+    OUTPUT_EXTENSIONS,
     RESIZE_MODES,
     ImageChecks,
     ImageRejected,
@@ -75,7 +75,7 @@ class PackOptions:
     # shaping
     upscale: bool = False  # allow sources smaller than the largest resolution
     resize: str = "center_crop"
-    output: str = "png"  # png (lossless) | webp (lossless) | jpg
+    output: str = "png"  # png (lossless) | webp (lossless) | jpg | raw (uncompressed uint8 .npy: nothing to decode)
     quality: int = 95  # jpg only
     draft: bool = True  # JPEG draft decoding at reduced scale where it keeps quality
     # labels
@@ -97,8 +97,8 @@ class PackOptions:
             raise ConfigError(f"--workers must be at least 1 (got {self.workers})")
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"--resize: {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
-        if self.output not in OUTPUT_FORMATS:
-            raise ConfigError(f"--output-format: {self.output!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+        if self.output not in OUTPUT_EXTENSIONS:
+            raise ConfigError(f"--output-format: {self.output!r} is not one of {', '.join(OUTPUT_EXTENSIONS)}")
         if self.output == "jpg" and not 95 <= self.quality <= 100:
             raise ConfigError(f"--quality: JPEG output needs 95 to 100 to stay near-lossless (got {self.quality})")
         if self.near_duplicates is not None and not 0 <= self.near_duplicates <= 16:
@@ -413,4 +413,5 @@ def transform_item(item: SourceItem) -> EncodedSample | ImageRejected:
         meta["columns"] = item.columns
     record = PartSample(key=item.key, source=item.source_id, sha256=hashlib.sha256(data).hexdigest(),
                         phash=f"{phash:016x}", label=item.label)  # fmt: skip
-    return EncodedSample(item.key, images, options.output, None, json.dumps(meta, sort_keys=True).encode(), record)
+    extension = OUTPUT_EXTENSIONS[options.output]  # raw -> npy
+    return EncodedSample(item.key, images, extension, None, json.dumps(meta, sort_keys=True).encode(), record)

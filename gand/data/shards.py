@@ -23,7 +23,7 @@ from gand.storage import Store
 class EncodedSample:
     key: str
     images: dict[int, bytes]  # resolution -> encoded image
-    extension: str  # png | webp | jpg
+    extension: str  # the image member's: png | webp | jpg | npy
     label_index: int | None
     meta: bytes  # the <key>.json member
     record: PartSample

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gand.models import from_uint8
+
 GRID = 4  # each stage pooled to GRID x GRID, as in the DCGAN paper
 
 
@@ -54,9 +56,8 @@ def compare_on_dataset(location: str, data_path: str, test_share: float = 0.3, s
     labels = np.array(labels)
     if (labels == UNLABELLED).any() or len(set(labels)) < 2:
         raise DataError(f"{data_path}: gand features needs a labelled dataset with at least 2 classes")
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    low, high = _value_range(cfg)
-    images = (images + 1) / 2 * (high - low) + low  # D sees what G makes: [-1, 1] or [0, 1]
+    # D sees what G makes: [-1, 1] or [0, 1]
+    images = from_uint8(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2), _value_range(cfg))
     features = torch.cat([discriminator_features(discriminator, part) for part in images.split(batch_size)])
     raw = images.flatten(1)
     split = train_test_split(np.arange(len(labels)), test_size=test_share, random_state=seed, stratify=labels)

@@ -20,6 +20,7 @@ from torch import nn
 from gand.errors import StorageError
 from gand.eval.inception import FIDInception
 from gand.eval.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
+from gand.models import from_uint8
 
 log = structlog.get_logger("gand.eval")
 METRICS = ("fid", "kid", "is")
@@ -131,7 +132,7 @@ def _real_batches(data_path: str, resolution: int, batch_size: int) -> Iterator[
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return from_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
 
 
 def evaluate_checkpoint(location: str, count: int | None = None, metrics: tuple[str, ...] = METRICS,

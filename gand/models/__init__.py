@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -80,6 +81,13 @@ def spec_from_config(model_cfg, resolution: int, channels: int, num_classes: int
 def value_range(g_output: str) -> tuple[float, float]:
     """The pixel range G produces, and so the range real images are given to D in."""
     return (0.0, 1.0) if g_output == "sigmoid" else (-1.0, 1.0)
+
+
+def from_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """uint8 pixels (any shape, any device, any memory format) -> float32 in `value_range`, linearly: 0 -> low,
+    255 -> high. The one conversion from stored images to what D sees (training, evaluation, features)."""
+    low, high = value_range
+    return images.float().mul_((high - low) / 255.0).add_(low)
 
 
 def build_models(arch: str, spec: ModelSpec) -> tuple[nn.Module, nn.Module]:

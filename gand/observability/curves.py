@@ -12,14 +12,14 @@ import math
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from gand.observability.report import LoggedStep
+
 # Distinct on white and for the common kinds of colour blindness (Okabe-Ito).
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 150, 28, 44
 
 
-# Health statistics worth a curve over the whole run (the Duke report plotted its vanishing-gradient counts).
-KEPT_STATS = ("d_real", "d_fake", "acc_real", "acc_fake", "grad_norm_", "vanishing_")
-STAT = "stat:"  # prefix of a statistic's series; losses have none; evaluations use "eval:"
+STAT = "stat:"  # prefix of a statistic's series in the saved history; losses have none; evaluations use "eval:"
 
 
 class LossHistory:
@@ -32,9 +32,13 @@ class LossHistory:
         self.names: list[str] = []
         self.points: list[tuple[int, dict[str, float]]] = []
 
-    def record(self, images_seen: int, losses: dict[str, float], stats: dict[str, float] | None = None) -> None:
-        values = dict(losses)
-        values.update({STAT + name: value for name, value in (stats or {}).items() if name.startswith(KEPT_STATS)})
+    def record_step(self, logged: LoggedStep) -> None:
+        """A logging step's losses and health statistics (the Duke report plotted its vanishing-gradient counts)."""
+        values = logged.losses()
+        values.update({STAT + name: value for name, value in logged.statistics().items()})
+        self.record(logged.images_seen, values)
+
+    def record(self, images_seen: int, values: dict[str, float]) -> None:
         self.names += [name for name in values if name not in self.names]
         self.points.append((images_seen, values))
         if len(self.points) > self.max_points:

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gand.observability.report import DiscriminatorOutputs
+
 VANISHING_GRADIENT = 0.01  # the Duke report's threshold: |grad| below it counts as vanished
 
 
-def discriminator_outputs(
-    real_logits: torch.Tensor, fake_logits: torch.Tensor, critic: bool
-) -> dict[str, torch.Tensor]:
+def discriminator_outputs(real_logits: torch.Tensor, fake_logits: torch.Tensor, critic: bool) -> DiscriminatorOutputs:
     """Mean D(x) and D(G(z)) as probabilities, and D's accuracy on each (column 0 of D's output).
 
     A Wasserstein critic has no zero point, so "right" means on the right side of the midpoint between the real
@@ -25,12 +25,12 @@ def discriminator_outputs(
     """
     real, fake = real_logits[:, 0].detach().float(), fake_logits[:, 0].detach().float()
     threshold = (real.mean() + fake.mean()) / 2 if critic else torch.zeros((), device=real.device)
-    return {
-        "d_real": torch.sigmoid(real).mean(),
-        "d_fake": torch.sigmoid(fake).mean(),
-        "acc_real": (real > threshold).float().mean(),
-        "acc_fake": (fake < threshold).float().mean(),
-    }
+    return DiscriminatorOutputs(
+        real=torch.sigmoid(real).mean(),
+        fake=torch.sigmoid(fake).mean(),
+        accuracy_real=(real > threshold).float().mean(),
+        accuracy_fake=(fake < threshold).float().mean(),
+    )
 
 
 def layer_group(parameter_name: str) -> str:

@@ -11,9 +11,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, start_http_server
 
 from gand import __version__
+from gand.observability.report import NETWORK_TAGS, LoggedStep
 
 log = structlog.get_logger("gand.metrics")
-NETWORKS = {"g": "generator", "d": "discriminator"}  # the one-letter tags in statistic names
 
 
 def _serve(registry: CollectorRegistry, port: int):
@@ -108,51 +108,41 @@ class TrainingMetrics:
         self.enabled = self.server is not None
         self.port = self.server.server_port if self.server is not None else None
 
-    def record_step(self, step: int, images_seen: int, epoch: int, losses: dict[str, float], rate: float,
-                    stats: dict[str, float] | None = None) -> None:  # fmt: skip
-        """One logging step. `losses`: "g", "d" (totals) and "d_gp"-style terms; `stats`: the health statistics
-        (d_real, acc_fake, grad_norm_g, vanishing_d/blocks.0, lr_g, loss_scale_d, skipped_steps_d, data_wait,
-        batches, d_dominating), already combined across ranks."""
+    def record_step(self, logged: LoggedStep) -> None:
+        """One logging step, already combined across ranks (gand.observability.report)."""
         if not self.enabled:
             return
-        self.steps.set(step)
-        self.images_seen.set(images_seen)
-        self.epoch.set(epoch)
-        self.images_per_second.set(rate)
+        self.steps.set(logged.step)
+        self.images_seen.set(logged.images_seen)
+        self.epoch.set(logged.epoch)
+        self.images_per_second.set(logged.images_per_second)
         self.last_step.set(time.time())
-        for name, value in losses.items():
-            network, _, term = name.partition("_")
-            self.loss.labels(network=network, term=term or "total").set(value)
-        for name, value in (stats or {}).items():
-            self._record_stat(name, value)
-
-    def _record_stat(self, name: str, value: float) -> None:
-        network = NETWORKS.get(name[-1], "")
-        if name in ("d_real", "d_fake"):
-            self.d_output.labels(input=name[2:]).set(value)
-        elif name in ("acc_real", "acc_fake"):
-            self.d_accuracy.labels(input=name[4:]).set(value)
-        elif name.startswith("vanishing_"):
-            tag, _, group = name.removeprefix("vanishing_").partition("/")
-            self.vanishing.labels(network=NETWORKS[tag], group=group).set(value)
-        elif name.startswith("grad_norm_"):
-            self.grad_norm.labels(network=network).set(value)
-        elif name.startswith("lr_"):
-            self.learning_rate.labels(network=network).set(value)
-        elif name.startswith("loss_scale_"):
-            self.loss_scale.labels(network=network).set(value)
-        elif name.startswith("skipped_steps_"):
-            self.skipped_steps.labels(network=network).set(value)
-        elif name == "data_wait":
-            self.data_wait.inc(value)
-        elif name == "batches":
-            self.batches.inc(value)
-        elif name == "shards_opened":
-            self.shards_opened.inc(value)
-        elif name.startswith("skipped_"):  # (after skipped_steps_, the fp16 counter, above)
-            self.samples_skipped.labels(reason=name.removeprefix("skipped_")).inc(value)
-        elif name == "d_dominating":
-            self.d_dominating.set(value)
+        for network, numbers in logged.networks().items():
+            self.loss.labels(network=NETWORK_TAGS[network], term="total").set(numbers.loss)
+            for term, value in numbers.terms.items():
+                self.loss.labels(network=NETWORK_TAGS[network], term=term).set(value)
+            if numbers.grad_norm is not None:
+                self.grad_norm.labels(network=network).set(numbers.grad_norm)
+            for group, share in numbers.vanishing.items():
+                self.vanishing.labels(network=network, group=group).set(share)
+            self.learning_rate.labels(network=network).set(numbers.learning_rate)
+            if numbers.loss_scale is not None:
+                self.loss_scale.labels(network=network).set(numbers.loss_scale)
+                self.skipped_steps.labels(network=network).set(numbers.skipped_steps or 0)
+        if logged.d_outputs is not None:
+            out = logged.d_outputs
+            self.d_output.labels(input="real").set(out.real)
+            self.d_output.labels(input="fake").set(out.fake)
+            self.d_accuracy.labels(input="real").set(out.accuracy_real)
+            self.d_accuracy.labels(input="fake").set(out.accuracy_fake)
+        if logged.d_dominating is not None:
+            self.d_dominating.set(float(logged.d_dominating))
+        data = logged.data
+        self.data_wait.inc(data.wait_seconds)
+        self.batches.inc(data.batches)
+        self.shards_opened.inc(data.shards_opened)
+        for reason, count in data.skipped.items():
+            self.samples_skipped.labels(reason=reason).inc(count)
 
     def record_resume(self, step: int, steps_lost: int | None = None) -> None:
         if self.enabled:

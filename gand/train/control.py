@@ -1,6 +1,10 @@
 """What the ranks agree on at every step boundary: stop (a signal came), save (a checkpoint is due), roll back
-(a loss went NaN/Inf). One small collective per step carries all three, so every rank takes the same branch even
-when only one of them was signalled, or only rank 0's clock says a timed checkpoint is due.
+(a loss went NaN/Inf). One small host-side collective per step carries stop and timed saves, so every rank takes
+the same branch even when only one of them was signalled, or only rank 0's clock says a timed checkpoint is due.
+
+Losses are checked on the device: each step folds "all finite" into a device flag, which is read (the only
+host-device sync for it) at logging steps and before saves. A NaN found a few steps late still rolls back to the
+last commit, and no checkpoint is ever written with it.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +23,10 @@ from gand.config import CheckpointConfig
 
 log = structlog.get_logger("gand.train")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopWhileWaiting(Exception):
+    """A stop signal arrived while the loop was blocked waiting for data: the wait is abandoned."""
 
 
 class Agreeing(Protocol):
@@ -34,7 +43,8 @@ class Decision:
 
 
 class RunControl:
-    def __init__(self, engine: Agreeing, checkpoint: CheckpointConfig, max_steps: int):
+    def __init__(self, engine: Agreeing, checkpoint: CheckpointConfig, max_steps: int,
+                 wait_grace_seconds: float = 2.0):  # fmt: skip
         self.engine = engine
         self.checkpoint = checkpoint
         self.max_steps = max_steps
@@ -42,6 +52,15 @@ class RunControl:
         self.stop_requested_at: float | None = None  # monotonic: the grace period counts from the signal
         self._last_save = time.monotonic()
         self._previous_handlers: dict[int, object] = {}
+        self._is_waiting: Callable[[], bool] = lambda: False
+        self.wait_grace_seconds = wait_grace_seconds
+
+    def interrupt_waits(self, is_waiting: Callable[[], bool]) -> None:
+        """After a stop signal, a wait that `is_waiting()` still reports `wait_grace_seconds` later is abandoned:
+        StopWhileWaiting is raised in the main thread, instead of waiting for a step boundary that may never come
+        (storage or a loader worker stuck). Ordinary waits for the next batch end long before that, and the stop
+        is then handled at the step boundary as usual, with a save."""
+        self._is_waiting = is_waiting
 
     # -- signals -------------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -50,8 +69,11 @@ class RunControl:
             return  # e.g. training from a notebook thread: signals stay with the host
         for signum in STOP_SIGNALS:
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        self._previous_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
 
     def restore_signal_handlers(self) -> None:
+        if self._previous_handlers:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers.clear()
@@ -62,20 +84,33 @@ class RunControl:
         if self.stop_signal is None:
             self.stop_signal = signal.Signals(signum).name
             self.stop_requested_at = time.monotonic()
+            signal.setitimer(signal.ITIMER_REAL, self.wait_grace_seconds)  # then see whether a wait is stuck
+
+    def _on_alarm(self, _signum: int, _frame) -> None:
+        """Checks, until the stop is acted on, whether the main thread is stuck waiting."""
+        if self._is_waiting():
+            raise StopWhileWaiting(self.stop_signal)
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
 
     def grace_left_seconds(self) -> float:
         started = self.stop_requested_at or time.monotonic()
         return max(0.0, self.checkpoint.grace_seconds - (time.monotonic() - started))
 
     # -- the step boundary ---------------------------------------------------------------------------------------
-    def decide(self, step: int, images_before: int, images_after: int, losses_finite: bool) -> Decision:
-        """Collective: what every rank does after the step that took images_seen from before to after."""
+    def decide(self, step: int, images_before: int, images_after: int, finite: FiniteWatch,
+               check: bool = False) -> Decision:  # fmt: skip
+        """Collective: what every rank does after the step that took images_seen from before to after.
+
+        The losses' device flag is read when a save is due, on a stop, and when `check` (logging steps)."""
         local_stop = self.stop_signal is not None
-        stop, timed, bad = self.engine.any_across_ranks([local_stop, self._seconds_due(), not losses_finite])
+        stop, timed = self.engine.any_across_ranks([local_stop, self._seconds_due()])
         if stop and self.stop_requested_at is None:  # the signal reached another rank: same grace from here
             self.stop_requested_at = time.monotonic()
             self.stop_signal = "peer rank"
         save = stop or timed or self._count_due(step, images_before, images_after)
+        bad = False
+        if save or check:
+            (bad,) = self.engine.any_across_ranks([not finite.read()])
         return Decision(stop=stop, save=save and not bad, roll_back=bad)
 
     def _seconds_due(self) -> bool:
@@ -100,7 +135,17 @@ def count_due(step: int, images_before: int, images_after: int, every_steps: int
     return bool(every_images) and images_after // every_images > images_before // every_images
 
 
-def all_finite(*loss_dicts: dict[str, torch.Tensor]) -> bool:
-    """True when every loss term is a finite number (one device sync for all of them)."""
-    values = [value.detach().float().reshape(()) for losses in loss_dicts for value in losses.values()]
-    return not values or bool(torch.isfinite(torch.stack(values)).all())
+class FiniteWatch:
+    """Whether every loss since the last read was finite, kept on the device until read."""
+
+    def __init__(self):
+        self._flag: torch.Tensor | None = None
+
+    def observe(self, finite: torch.Tensor) -> None:
+        """`finite`: a 0-d bool tensor for one step (no sync)."""
+        self._flag = finite if self._flag is None else self._flag & finite
+
+    def read(self) -> bool:
+        """True when everything observed was finite (one device sync); starts over."""
+        flag, self._flag = self._flag, None
+        return flag is None or bool(flag)

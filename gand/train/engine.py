@@ -30,13 +30,14 @@ from typing import Any
 import structlog
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from torch import nn
 
 from gand.config import MemoryConfig
 from gand.errors import ConfigError
 from gand.observability.health import gradient_stats
 from gand.observability.logging import route_library_logs
+from gand.observability.report import NetworkReport
 from gand.train.memory import as_channels_last, checkpoint_blocks, to_channels_last
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,8 +54,12 @@ class Trained:
     optimizer: Any
     autocast: Any  # a context-manager factory for this network's forward
     scaler: torch.amp.GradScaler | None = None
-    skipped_steps: int = 0  # fp16 steps skipped because of inf/nan gradients
+    skipped: torch.Tensor | int = 0  # fp16 steps skipped because of inf/nan gradients (a device counter)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self.skipped)  # reads the device counter: logging steps and saves only
 
     def __call__(self, *inputs: Any) -> Any:
         with self.autocast():
@@ -80,6 +85,32 @@ class Engine:
         self._autocast_dtype = AUTOCAST_DTYPES[precision]
         if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("precision: this GPU has no bf16 (e.g. a T4); use fp16")
+        on_gpu = self.device.type == "cuda"
+        # GPU defaults users should not have to know: channels-last convolutions (tensor cores read NHWC) and
+        # cuDNN's autotuner (the shapes never change during a run).
+        self.channels_last = self.memory.channels_last if self.memory.channels_last is not None else on_gpu
+        if on_gpu:
+            torch.backends.cudnn.benchmark = True
+        self._control_group = self._host_group()
+
+    def _host_group(self) -> Any:
+        """A gloo group for the small agreements of every step (stop, save, roll back, generation): on NCCL the
+        default group would make each of them a host-device synchronisation."""
+        dist = torch.distributed
+        if self.world_size == 1 or not dist.is_initialized() or dist.get_backend() == "gloo":
+            return None
+        return dist.new_group(backend="gloo")
+
+    @property
+    def fused_optimizers(self) -> bool:
+        """Whether Adam should use its fused kernel: one launch per step, its step counter on the device (the
+        default keeps it on the host and reads it back per tensor), and no host sync with an fp16 scaler."""
+        return self.device.type in ("cuda", "cpu")
+
+    def place(self, *modules: nn.Module) -> None:
+        """Move pure models to the training device before their optimizers are built (fused kernels check)."""
+        for module in modules:
+            module.to(self.device)
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def setup(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
@@ -101,7 +132,7 @@ class Engine:
             checkpoint_blocks(generator)
         if which in ("d", "both"):
             checkpoint_blocks(discriminator)
-        if self.memory.channels_last:
+        if self.channels_last:
             to_channels_last(generator)
             to_channels_last(discriminator)
 
@@ -110,9 +141,9 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
-    def to_device(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        return as_channels_last(images) if self.memory.channels_last else images
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in the engine's memory format: real and generated images alike (a no-op when already so)."""
+        return as_channels_last(images) if self.channels_last else images
 
     # -- one update: micro-batches, backward, step -----------------------------------------------------------
     @contextlib.contextmanager
@@ -134,10 +165,13 @@ class Engine:
     def step(self, net: Trained) -> None:
         """Apply the update accumulated over the micro-batches."""
         if net.scaler is not None:
-            before = net.scaler.get_scale()
+            # The scale drops only on a skipped step. Compared on the device (GradScaler's get_scale() would read
+            # it back every step); with a fused optimizer the scaler's own inf check stays on the device too.
+            before = net.scaler._scale.clone() if net.scaler._scale is not None else None
             net.scaler.step(net.optimizer)
             net.scaler.update()
-            net.skipped_steps += int(net.scaler.get_scale() < before)  # the scale drops only on a skipped step
+            if before is not None:
+                net.skipped = net.skipped + (net.scaler._scale < before).int()
         else:
             net.optimizer.step()
         net.optimizer.zero_grad(set_to_none=True)
@@ -145,16 +179,14 @@ class Engine:
     def loss_scale(self, net: Trained) -> float | None:
         return net.scaler.get_scale() if net.scaler is not None else None
 
-    def gradient_stats(self, net: Trained) -> dict[str, torch.Tensor]:
+    def gradient_stats(self, net: Trained, report: NetworkReport) -> None:
         """Between backward and step: the gradient norm and, per layer group, the share of vanishing entries.
 
         With fp16 the gradients are still scaled here, so they are unscaled first (GradScaler allows that once
         per step, and step() then skips its own unscale)."""
         if net.scaler is not None:
             net.scaler.unscale_(net.optimizer)
-        norm, vanishing = gradient_stats(net.module)
-        tag = net.name[0]
-        return {f"grad_norm_{tag}": norm, **{f"vanishing_{tag}/{group}": share for group, share in vanishing.items()}}
+        report.grad_norm, report.vanishing = gradient_stats(net.module)
 
     def learning_rate(self, net: Trained) -> float:
         return float(net.optimizer.param_groups[0]["lr"])
@@ -212,30 +244,36 @@ class Engine:
         """The optimiser and scaler state (after setup)."""
         with configured_hyperparameters(net):
             net.optimizer.load_state_dict(state["optimizer"])
-        net.skipped_steps = int(state.get("skipped_steps", 0))
+        net.skipped = int(state.get("skipped_steps", 0))
         if net.scaler is not None and "scaler" in state:
             net.scaler.load_state_dict(state["scaler"])
 
     # -- collectives -------------------------------------------------------------------------------------------------
-    def mean_across_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Each value's mean over ranks, in one collective."""
-        stacked = torch.stack([value.detach().float().reshape(()).to(self.device) for value in values.values()])
-        reduced = self.accelerator.reduce(stacked, reduction="mean").tolist()
-        return dict(zip(values, reduced, strict=True))
+    def mean_across_ranks(self, values: torch.Tensor) -> list[float]:
+        """Each entry's mean over ranks, in one collective, read back to the host in one copy (a sync)."""
+        values = values.detach().float().to(self.device)
+        if self.world_size > 1:
+            values = self.accelerator.reduce(values, reduction="mean")
+        return values.tolist()
 
     def any_across_ranks(self, flags: Sequence[bool]) -> list[bool]:
-        """Each flag, true if it is true on any rank (collective): how ranks agree to stop, save or roll back."""
+        """Each flag, true if it is true on any rank (collective): how ranks agree to stop, save or roll back.
+        Host values over a host (gloo) group: no device synchronisation."""
         if self.world_size == 1:
             return list(flags)
-        tensor = torch.tensor([int(flag) for flag in flags], dtype=torch.int32, device=self.device)
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        device = "cpu" if self._control_group is not None else self.device
+        tensor = torch.tensor([int(flag) for flag in flags], dtype=torch.int32, device=device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX, group=self._control_group)
         return [bool(value) for value in tensor.tolist()]
 
     def from_rank_zero(self, value: int) -> int:
-        """Rank 0's value on every rank (collective)."""
+        """Rank 0's value on every rank (collective, on the host group)."""
         if self.world_size == 1:
             return value
-        return int(broadcast_object_list([value], from_process=0)[0])
+        device = "cpu" if self._control_group is not None else self.device
+        tensor = torch.tensor([value], dtype=torch.int64, device=device)
+        torch.distributed.broadcast(tensor, src=0, group=self._control_group)
+        return int(tensor.item())
 
     def gather_objects(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
@@ -342,7 +380,7 @@ class DeepSpeedEngine(Engine):
         net.model.backward(loss)  # divides by gradient_accumulation_steps itself
         net.model.step()  # a no-op until the last micro-batch of the update
         if scaler is not None:
-            net.skipped_steps += int(scaler.get_scale() < scale_before)  # the scale drops only on a skipped step
+            net.skipped = net.skipped_steps + int(scaler.get_scale() < scale_before)  # drops only on a skipped step
 
     def step(self, net: Trained) -> None:
         pass  # done by DeepSpeed at the accumulation boundary, inside backward()
@@ -356,11 +394,12 @@ class DeepSpeedEngine(Engine):
         scaler = self._scaler(net)
         return scaler.get_scale() if scaler is not None else None
 
-    def gradient_stats(self, net: Trained) -> dict[str, torch.Tensor]:
+    def gradient_stats(self, net: Trained, report: NetworkReport) -> None:
         # ZeRO keeps gradients in flat partitions (and steps inside backward): per-layer statistics are not
         # available here, so only the global norm DeepSpeed computed at its last step is reported.
         norm = net.model.get_global_grad_norm() if hasattr(net.model, "get_global_grad_norm") else None
-        return {} if norm is None else {f"grad_norm_{net.name[0]}": torch.as_tensor(float(norm))}
+        if norm is not None:
+            report.grad_norm = torch.as_tensor(float(norm))
 
     def _frozen_target(self, net: Trained) -> Any:
         return net.model  # the engine: under ZeRO-3 its hooks gather the partitioned weights
@@ -403,7 +442,7 @@ class DeepSpeedEngine(Engine):
         # load_from_fp32_weights: the saved fp32 master partition, not the working copy, becomes the weights
         with configured_hyperparameters(net):
             net.optimizer.load_state_dict(partitions, load_optimizer_states=True, load_from_fp32_weights=True)
-        net.skipped_steps = int(state.get("skipped_steps", 0))
+        net.skipped = int(state.get("skipped_steps", 0))
         scaler = self._scaler(net)
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])

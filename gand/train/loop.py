@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -14,10 +13,10 @@ from gand import __version__
 from gand.checkpoint.manager import Checkpoint, CheckpointManager, Snapshot, checkpoint_name
 from gand.checkpoint.progress import ProgressMarker
 from gand.checkpoint.uploader import RetryPolicy, UploadResult
-from gand.config import GandConfig
-from gand.data.loader import READ_COUNTERS, Batch, ImageLoader
+from gand.config import GandConfig, default_loader_workers
+from gand.data.loader import ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
-from gand.errors import ConfigError, Diverged, PeerLost, Preempted, StorageError
+from gand.errors import ConfigError, DataError, Diverged, PeerLost, Preempted, StorageError
 from gand.eval.fid import Evaluator
 from gand.eval.samples import generate, grid_png
 from gand.models import build_models, spec_from_config
@@ -25,9 +24,11 @@ from gand.observability.curves import LossHistory, loss_curve_png
 from gand.observability.health import DominanceWindow, sample_diversity
 from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
+from gand.observability.report import HostNumbers, StepReport
 from gand.storage import Store, is_local, redact
-from gand.train.control import RunControl, all_finite, count_due
+from gand.train.control import FiniteWatch, RunControl, StopWhileWaiting, count_due
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals, lost_a_peer
+from gand.train.feed import DeviceBatch, DeviceFeed
 from gand.train.optim import GeneratorEMA, build_optimizer
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
 from gand.train.steps import Recipe, discriminator_update, generator_update
@@ -67,8 +68,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
     num_classes = check_dataset(manifest, cfg)
     spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
     generator, discriminator = build_models(cfg.model.arch, spec)
-    opt_g = build_optimizer(generator.parameters(), cfg.optim.g)
-    opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d)
+    engine.place(generator, discriminator)  # fused optimizers need their parameters on the device
+    opt_g = build_optimizer(generator.parameters(), cfg.optim.g, fused=engine.fused_optimizers)
+    opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d, fused=engine.fused_optimizers)
     recipe = Recipe.from_config(cfg, num_classes)
     fixed_noise, fixed_classes = _fixed_sample_inputs(cfg, recipe)
     checkpoints = _checkpoint_manager(cfg, engine)
@@ -117,13 +119,16 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
         seed=cfg.train.seed,
         rank=engine.rank,
         world_size=engine.world_size,
-        workers=cfg.data.workers,
-        shuffle_buffer=cfg.data.shuffle_buffer,
+        workers=cfg.data.workers if cfg.data.workers is not None else default_loader_workers(),
         epoch_images=cfg.data.epoch_images,
         channels=cfg.data.channels,
         num_classes=num_classes,
         agree=engine.from_rank_zero,
+        pin_memory=engine.device.type == "cuda",
     )
+    if "shuffle_buffer" in cfg.data.model_fields_set:
+        log.warning("config_field_unused", field="data.shuffle_buffer",
+                    reason="the loader draws a fresh permutation of all images each pass; remove it")  # fmt: skip
     metrics = TrainingMetrics(cfg.metrics.port if engine.is_main else None, cfg.run.name)
     if resumed is not None:
         metrics.record_resume(state.step, steps_lost)
@@ -141,6 +146,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
         world_size=engine.world_size,
         device=str(engine.device),
         precision=cfg.precision,
+        channels_last=engine.channels_last,
         zero_stage=cfg.memory.zero_stage,
         micro_batch=engine.micro_batch,
         accumulation=engine.micro_batches,
@@ -152,86 +158,84 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
 
     # -- the loop ------------------------------------------------------------------------------------------
     # Every step draws d_steps real batches; D learns from them on every d_every-th step (the Rice report's
-    # "D once every four batches"), so images_seen grows by the same amount every step.
-    batches = loader.batches(start=state.data_position)
+    # "D once every four batches"), so images_seen grows by the same amount every step. Nothing is read back from
+    # the device on an ordinary step: losses, statistics and the NaN check are read at logging steps and saves.
+    feed = DeviceFeed(loader.batches(start=state.data_position), engine.device, engine.channels_last)
+    control.interrupt_waits(lambda: feed.waiting)
     window = Throughput(state.images_seen)
-    d_losses: dict[str, torch.Tensor] = {}
+    finite = FiniteWatch()
     rollbacks = 0
-    data = DataWait()
-    while state.step < cfg.train.max_steps:
-        train_d = state.step % schedule.d_every == 0
-        # Health statistics cost a little, so they are only gathered on steps that get logged.
-        stats: dict[str, torch.Tensor] | None = {} if _due(state.step + 1, cfg.train.log_every_steps,
-                                                             cfg.train.max_steps) else None  # fmt: skip
-        for _ in range(schedule.d_steps):
-            batch = data.next(batches)
-            state.record_position(batch.position)
-            if train_d:
-                d_losses = discriminator_update(engine, d, g, recipe, batch, stats)
+    saved_step = state.step
+    at_boundary = True
+    try:
+        while state.step < cfg.train.max_steps:
+            train_d = state.step % schedule.d_every == 0
+            log_step = _due(state.step + 1, cfg.train.log_every_steps, cfg.train.max_steps)
+            report = StepReport(detailed=log_step)  # health statistics cost a little: logging steps only
+            at_boundary = True  # until the step's first batch arrives, the state is the last step's
+            for _ in range(schedule.d_steps):
+                batch = feed.next()
+                at_boundary = False
+                state.record_position(batch.position)
+                if train_d:
+                    finite.observe(discriminator_update(engine, d, g, recipe, batch, report).finite())
+            for _ in range(schedule.g_steps):
+                finite.observe(generator_update(engine, g, d, recipe, cfg.train.batch_size, report).finite())
+                if ema is not None:
+                    with engine.full_weights(g) as g_module:
+                        ema.update(g_module, images_per_batch)
 
-        for _ in range(schedule.g_steps):
-            g_losses = generator_update(engine, g, d, recipe, cfg.train.batch_size, stats)
-            if ema is not None:
-                with engine.full_weights(g) as g_module:
-                    ema.update(g_module, images_per_batch)
+            images_before = state.images_seen
+            state.advance(images=images_per_batch * schedule.d_steps)
+            progress.update(state.step, state.images_seen)
+            # Every rank takes the same branch: stop after a signal, save when due, roll back after NaN/Inf.
+            decision = control.decide(state.step, images_before, state.images_seen, finite, check=log_step)
+            if decision.roll_back or (decision.save and not _weights_finite(engine, g, d)):
+                rollbacks += 1
+                state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks)
+                history.truncate(state.images_seen)
+                metrics.record_rollback()
+                continue
 
-        images_before = state.images_seen
-        state.advance(images=images_per_batch * schedule.d_steps)
-        progress.update(state.step, state.images_seen)
-        # Every rank takes the same branch: stop after a signal, save when due, roll back after NaN/Inf.
-        decision = control.decide(state.step, images_before, state.images_seen, all_finite(g_losses, d_losses))
-        if decision.roll_back or (decision.save and not _weights_finite(engine, g, d)):
-            rollbacks += 1
-            state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks)
-            history.truncate(state.images_seen)
-            metrics.record_rollback()
-            continue
-
-        if stats is not None:
-            named = _named_losses(g_losses, d_losses)
-            combined = engine.mean_across_ranks({**named, **stats, **data.since_last_log()})
-            combined.update({name: combined[name] * engine.world_size for name in READ_COUNTERS})  # all ranks' sum
-            losses = {name: combined.pop(name) for name in named}
-            combined.update(_local_stats(engine, g, d, dominance, combined))
-            rate = window.images_per_second(state.images_seen)
-            log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
-                     **{f"loss_{name}": round(value, 4) for name, value in losses.items()},
-                     **{name: round(combined[name], 3) for name in ("d_real", "d_fake") if name in combined},
-                     images_per_second=round(rate, 1),
-                     **{k: v for k, v in combined.items() if k.startswith(PRECISION_COUNTERS)})  # fmt: skip
-            metrics.record_step(state.step, state.images_seen, state.epoch, losses, rate, combined)
-            history.record(state.images_seen, losses, combined)
-            if engine.device.type == "cuda":
-                metrics.record_gpu_memory(torch.cuda.memory_allocated(), torch.cuda.memory_reserved(),
-                                          torch.cuda.max_memory_allocated())  # fmt: skip
-        if count_due(state.step, images_before, state.images_seen, cfg.samples.every_steps, cfg.samples.every_images,
-                     cfg.train.max_steps):  # fmt: skip
-            # Every rank runs G on the same fixed noise: under ZeRO-3 its forward gathers weights collectively.
-            with engine.full_weights(g) as g_module:
-                images = generate(ema.model if ema is not None else g_module, fixed_noise.to(engine.device),
-                                  None if fixed_classes is None else fixed_classes.to(engine.device))  # fmt: skip
-            if engine.is_main:
-                # The grid and the loss curve that led to it, side by side in the samples folder.
-                grid = grid_png(images, value_range=recipe.value_range)
-                run_store.write_bytes(f"samples/step-{state.step:06d}.png", grid)
-                curve = loss_curve_png(history, title=f"{cfg.run.name}: losses up to step {state.step}")
-                run_store.write_bytes(f"samples/step-{state.step:06d}-losses.png", curve)
-                metrics.record_diversity(sample_diversity(images, recipe.to_model_range(batch.images)))
-        # Evaluations land on a checkpoint, so its manifest carries the scores and retention can keep the best.
-        evaluate = bool(eval_every_images) and count_due(state.step, images_before, state.images_seen, None,
-                                                          eval_every_images, cfg.train.max_steps)  # fmt: skip
-        scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
-        if decision.save or evaluate:
-            snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                             history, scores)  # fmt: skip
-            control.saved()
-            if snapshot is not None:
-                log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
-                         stall_seconds=round(snapshot.stall_seconds, 4))  # fmt: skip
-                metrics.record_snapshot(snapshot.stall_seconds, sum(map(len, snapshot.files.values())))
-        _report_uploads(checkpoints, metrics, log)
-        if decision.stop:
+            if log_step:
+                logged = report.read(engine.mean_across_ranks, engine.world_size,
+                                     _host_numbers(state, window, feed, engine, g, d, dominance))  # fmt: skip
+                log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
+                         **logged.log_fields())  # fmt: skip
+                metrics.record_step(logged)
+                history.record_step(logged)
+                if engine.device.type == "cuda":
+                    metrics.record_gpu_memory(torch.cuda.memory_allocated(), torch.cuda.memory_reserved(),
+                                              torch.cuda.max_memory_allocated())  # fmt: skip
+            if count_due(state.step, images_before, state.images_seen, cfg.samples.every_steps,
+                         cfg.samples.every_images, cfg.train.max_steps):  # fmt: skip
+                _write_samples(engine, g, ema, fixed_noise, fixed_classes, recipe, batch, history, run_store,
+                               metrics, cfg, state)  # fmt: skip
+            # Evaluations land on a checkpoint, so its manifest carries the scores and retention can keep the best.
+            evaluate = bool(eval_every_images) and count_due(state.step, images_before, state.images_seen, None,
+                                                              eval_every_images, cfg.train.max_steps)  # fmt: skip
+            scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
+            if decision.save or evaluate:
+                snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
+                                 history, scores)  # fmt: skip
+                control.saved()
+                saved_step = state.step
+                if snapshot is not None:
+                    log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
+                             stall_seconds=round(snapshot.stall_seconds, 4))  # fmt: skip
+                    metrics.record_snapshot(snapshot.stall_seconds, sum(map(len, snapshot.files.values())))
+            _report_uploads(checkpoints, metrics, log)
+            if decision.stop:
+                _stop_after_signal(checkpoints, control, metrics, state, log)
+    except StopWhileWaiting:
+        # The loop was blocked on data when the signal came. One rank alone at a step boundary saves as usual; with
+        # more ranks the others may be inside a collective, so nothing that needs them is attempted.
+        log.warning("stop_while_waiting_for_data", signal=control.stop_signal, step=state.step)
+        if engine.world_size == 1 and at_boundary and state.step > saved_step and finite.read():
+            _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
+                             history)  # fmt: skip
             _stop_after_signal(checkpoints, control, metrics, state, log)
+        _stop_without_saving(checkpoints, control, metrics, state, log)
 
     engine.close()  # the last collective; from here each rank only waits for its own uploads
     uploaded = checkpoints.wait(cfg.checkpoint.upload_timeout_seconds)
@@ -253,47 +257,22 @@ def _due(step: int, every_steps: int, max_steps: int) -> bool:
     return step % every_steps == 0 or step == max_steps
 
 
-def _named_losses(g_losses: dict[str, torch.Tensor], d_losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """g, d (totals) and each term, e.g. d_adv, d_gp, g_ambiguity."""
-    named = {"g": sum(g_losses.values())}
-    if d_losses:
-        named["d"] = sum(d_losses.values())
-    named.update({f"g_{term}": value for term, value in g_losses.items()})
-    named.update({f"d_{term}": value for term, value in d_losses.items()})
-    return named
-
-
-class DataWait:
-    """Time the loop spends waiting for batches, how many it drew, and what the loader workers counted (shards
-    opened, samples skipped) since the last log step."""
-
-    def __init__(self):
-        self.seconds, self.batches, self.counts = 0.0, 0, dict.fromkeys(READ_COUNTERS, 0)
-
-    def next(self, batches: Iterator[Batch]) -> Batch:
-        started = time.perf_counter()
-        batch = next(batches)
-        self.seconds += time.perf_counter() - started
-        self.batches += 1
-        for name, count in batch.counts.items():
-            self.counts[name] += count
-        return batch
-
-    def since_last_log(self) -> dict[str, torch.Tensor]:
-        values = {"data_wait": torch.tensor(self.seconds), "batches": torch.tensor(float(self.batches))}
-        values.update({name: torch.tensor(float(count)) for name, count in self.counts.items()})
-        self.seconds, self.batches, self.counts = 0.0, 0, dict.fromkeys(READ_COUNTERS, 0)
-        return values
-
-
-def _local_stats(engine: Engine, g: Trained, d: Trained, dominance: DominanceWindow,
-                 combined: dict[str, float]) -> dict[str, float]:  # fmt: skip
-    """Statistics that are the same on every rank: learning rates, fp16 scaling, and D's winning streak."""
-    local: dict[str, float] = {f"lr_{net.name[0]}": engine.learning_rate(net) for net in (g, d)}
-    local.update(_precision_counters(engine, g, d))
-    if "acc_real" in combined:
-        local["d_dominating"] = float(dominance.update(combined["acc_real"], combined["acc_fake"]))
-    return local
+def _host_numbers(state: TrainState, window: Throughput, feed: DeviceFeed, engine: Engine, g: Trained, d: Trained,
+                  dominance: DominanceWindow) -> HostNumbers:  # fmt: skip
+    """What a logging step knows on the host: progress, throughput, data counts, learning rates, fp16 scaling."""
+    nets = {net.name: net for net in (g, d)}
+    scales = {name: engine.loss_scale(net) for name, net in nets.items()}
+    return HostNumbers(
+        step=state.step,
+        images_seen=state.images_seen,
+        epoch=state.epoch,
+        images_per_second=window.images_per_second(state.images_seen),
+        data=feed.counts_since_last_read(),
+        learning_rates={name: engine.learning_rate(net) for name, net in nets.items()},
+        loss_scales={name: scale for name, scale in scales.items() if scale is not None},
+        skipped_steps={name: net.skipped_steps for name, net in nets.items() if scales[name] is not None},
+        d_dominating=lambda out: dominance.update(out.accuracy_real, out.accuracy_fake),
+    )
 
 
 class Throughput:
@@ -364,6 +343,7 @@ def _resumed_state(resumed: Checkpoint, engine: Engine, log) -> TrainState:
         # Models and optimizers carry over (DDP keeps them whole); each rank's data slice and RNG do not.
         drawn = state.epoch_batches * resumed.world_size
         state.epoch_batches = drawn // engine.world_size
+        state.data_stream_batch = state.data_stream_batch * resumed.world_size // engine.world_size
         log.warning("world_size_changed", checkpoint=resumed.name, saved_ranks=resumed.world_size,
                     ranks=engine.world_size, effect="models and optimizers resume; data order and noise differ "
                     "from an uninterrupted run from here on")  # fmt: skip
@@ -380,10 +360,12 @@ def _restore_training_state(resumed: Checkpoint, engine: Engine, g: Trained, d: 
 
 def _weights_finite(engine: Engine, g: Trained, d: Trained) -> bool:
     """Before saving: a NaN can hide in the weights a step before it shows in a loss. Same answer on every rank
-    (the weights are the same everywhere; ZeRO-3 gathers them), so no collective is needed to agree."""
+    (the weights are the same everywhere; ZeRO-3 gathers them), so no collective is needed to agree. One device
+    sync per network."""
     for net in (g, d):
         with engine.full_weights(net) as module:
-            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+            flags = [torch.isfinite(p).all() for p in module.parameters()]
+            if flags and not bool(torch.stack(flags).all()):
                 return False
     return True
 
@@ -425,6 +407,39 @@ def _report_uploads(checkpoints: CheckpointManager, metrics: TrainingMetrics, lo
     return results
 
 
+def _write_samples(engine: Engine, g: Trained, ema, fixed_noise: torch.Tensor, fixed_classes: torch.Tensor | None,
+                   recipe: Recipe, batch: DeviceBatch, history: LossHistory, run_store: Store,
+                   metrics: TrainingMetrics, cfg: GandConfig, state: TrainState) -> None:  # fmt: skip
+    """The fixed-noise grid and the loss curve that led to it, side by side in the samples folder."""
+    # Every rank runs G on the same fixed noise: under ZeRO-3 its forward gathers weights collectively.
+    with engine.full_weights(g) as g_module:
+        images = generate(ema.model if ema is not None else g_module, fixed_noise.to(engine.device),
+                          None if fixed_classes is None else fixed_classes.to(engine.device))  # fmt: skip
+    if engine.is_main:
+        grid = grid_png(images, value_range=recipe.value_range)
+        run_store.write_bytes(f"samples/step-{state.step:06d}.png", grid)
+        curve = loss_curve_png(history, title=f"{cfg.run.name}: losses up to step {state.step}")
+        run_store.write_bytes(f"samples/step-{state.step:06d}-losses.png", curve)
+        metrics.record_diversity(sample_diversity(images, recipe.model_input(batch.images)))
+
+
+def _stop_without_saving(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics,
+                         state: TrainState, log) -> NoReturn:  # fmt: skip
+    """A stop that cannot save (blocked mid-step, or ranks that may be inside a collective): wait for uploads
+    already under way within the grace period, then exit 75 when the run has a commit to resume from, else 1."""
+    checkpoints.wait(control.grace_left_seconds())
+    _report_uploads(checkpoints, metrics, log)
+    metrics.close()
+    committed = checkpoints.committed()
+    if committed:
+        log.warning("stopped_by_signal", signal=control.stop_signal, step=state.step, checkpoint=committed[-1],
+                    saved=False, exit_code=Preempted.exit_code)  # fmt: skip
+        raise Preempted(f"stopped by {control.stop_signal} while waiting for data at step {state.step}; the same "
+                        f"command resumes from {committed[-1]}")  # fmt: skip
+    raise DataError(f"stopped by {control.stop_signal} while waiting for data at step {state.step}, before any "
+                    "checkpoint was committed: nothing to resume from")  # fmt: skip
+
+
 def _stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics,
                        state: TrainState, log) -> NoReturn:  # fmt: skip
     """The save of this step is handed over: wait for its upload within the grace period, then exit 75."""
@@ -437,19 +452,6 @@ def _stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metr
     metrics.close()
     outcome = f"saved {name}" if committed else f"the upload of {name} did not finish; resumes from the last commit"
     raise Preempted(f"stopped by {control.stop_signal} at step {state.step}: {outcome}; run the same command to resume")
-
-
-PRECISION_COUNTERS = ("loss_scale_", "skipped_steps_")
-
-
-def _precision_counters(engine: Engine, g: Trained, d: Trained) -> dict[str, float | int]:
-    counters: dict[str, float | int] = {}
-    for net in (g, d):
-        scale = engine.loss_scale(net)
-        if scale is not None:
-            counters[f"loss_scale_{net.name[0]}"] = scale
-            counters[f"skipped_steps_{net.name[0]}"] = net.skipped_steps
-    return counters
 
 
 def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, history: LossHistory,

@@ -11,9 +11,11 @@ from torch import nn
 from gand.config import OptimizerConfig
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """`fused`: Adam's single-kernel CUDA update (the parameters must already be on the GPU); otherwise torch's
+    default (foreach: one kernel per group of tensors)."""
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(
             params, lr=cfg.lr, alpha=cfg.alpha, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -36,7 +38,8 @@ class GeneratorEMA:
     @torch.no_grad()
     def update(self, generator: nn.Module, images_per_update: int) -> None:
         beta = 0.5 ** (images_per_update / self.half_life_images)
-        for ema_param, param in zip(self.model.parameters(), generator.parameters(), strict=True):
-            ema_param.lerp_(param.detach(), 1.0 - beta)
-        for ema_buffer, buffer in zip(self.model.buffers(), generator.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        # One foreach kernel per call for all tensors instead of one launch per tensor.
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in generator.parameters()], 1.0 - beta)
+        own, other = list(self.model.buffers()), list(generator.buffers())
+        if own:
+            torch._foreach_copy_(own, other)

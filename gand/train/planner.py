@@ -211,30 +211,22 @@ def _probe_config(cfg: GandConfig, option: str, size: int) -> GandConfig:
 def _gpu_peak(cfg: GandConfig, num_classes: int, option: str, size: int) -> int:
     """The allocator's peak over one real D update and one G update (after a warm-up that creates the
     optimizer state), at micro-batch `size`."""
-    from gand.data.loader import Batch, DataPosition
     from gand.train.engine import Engine
-    from gand.train.optim import build_optimizer
-    from gand.train.steps import Recipe, discriminator_update, generator_update
+    from gand.train.steps import Recipe, setup_networks, synthetic_batch, train_step
 
     probe = _probe_config(cfg, option, size)
-    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
-    generator, discriminator = build_models(cfg.model.arch, spec)
     engine = Engine(cfg.precision, probe.memory, size)
-    g, d = engine.setup(generator, discriminator, build_optimizer(generator.parameters(), cfg.optim.g),
-                        build_optimizer(discriminator.parameters(), cfg.optim.d))  # fmt: skip
+    g, d = setup_networks(probe, engine, num_classes)
     recipe = Recipe.from_config(probe, num_classes)
-    images = torch.rand(size, cfg.data.channels, cfg.data.resolution, cfg.data.resolution) * 2 - 1
-    labels = torch.randint(0, max(num_classes, 1), (size,))
-    batch = Batch(images, labels, [""] * size, DataPosition())
+    batch = synthetic_batch(probe, size, num_classes, engine)
     for measuring in (False, True):
         if measuring:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        discriminator_update(engine, d, g, recipe, batch)
-        generator_update(engine, g, d, recipe, size)
+        train_step(engine, g, d, recipe, batch)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
-    del g, d, generator, discriminator, engine
+    del g, d, engine, batch
     torch.cuda.empty_cache()
     return peak
 

@@ -19,6 +19,7 @@ class TrainState:
     epoch: int = 0  # the data position: epoch, batches drawn in it, manifest generation it draws from
     epoch_batches: int = 0
     data_generation: int = 0
+    data_stream_batch: int = 0  # batches this rank drew from that generation's stream
 
     def advance(self, images: int) -> None:
         self.step += 1
@@ -26,10 +27,11 @@ class TrainState:
 
     @property
     def data_position(self) -> DataPosition:
-        return DataPosition(self.epoch, self.epoch_batches, self.data_generation)
+        return DataPosition(self.epoch, self.epoch_batches, self.data_generation, self.data_stream_batch)
 
     def record_position(self, position: DataPosition) -> None:
-        self.epoch, self.epoch_batches, self.data_generation = position.epoch, position.batch, position.generation
+        self.epoch, self.epoch_batches = position.epoch, position.batch
+        self.data_generation, self.data_stream_batch = position.generation, position.stream_batch
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -11,11 +11,14 @@ import torch
 
 from gand.augment import augment
 from gand.config import GandConfig
-from gand.data.loader import Batch
+from gand.data.loader import DataPosition
 from gand.losses import ADVERSARIAL_LOSSES, Objective, gradient_penalty
-from gand.models import MODELS, value_range
+from gand.models import MODELS, build_models, from_uint8, spec_from_config, value_range
 from gand.observability.health import discriminator_outputs
+from gand.observability.report import NetworkReport, StepReport
 from gand.train.engine import Engine, Trained
+from gand.train.feed import DeviceBatch
+from gand.train.optim import build_optimizer
 
 
 @dataclass(frozen=True)
@@ -59,66 +62,95 @@ class Recipe:
         classes = torch.randint(0, self.num_classes, (count,), device=device) if self.sample_classes else None
         return z, classes
 
-    def to_model_range(self, images: torch.Tensor) -> torch.Tensor:
-        """Loader images are in [-1, 1]; a sigmoid generator's world is [0, 1]."""
-        low, high = self.value_range
-        return images if (low, high) == (-1.0, 1.0) else (images + 1) * (high - low) / 2 + low
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (on the device) -> float32 in G's output range: [-1, 1] for tanh, [0, 1] for sigmoid."""
+        return from_uint8(images, self.value_range)
 
 
-def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe, batch: Batch,
-                         stats: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe, batch: DeviceBatch,
+                         report: StepReport) -> NetworkReport:  # fmt: skip
     """Real images towards "real", generated ones towards "fake" (plus class/style terms and penalties).
 
-    The batch is split into engine.micro_batches pieces whose gradients add up to the whole batch's; BatchNorm
-    normalises each piece with its own statistics, as it would on a smaller batch. With `stats`, D's outputs on
-    the first piece and its gradient statistics are added to it (health metrics, on logging steps only).
+    `batch` holds uint8 images already on the device; they become the model's value range here. The batch is split
+    into engine.micro_batches pieces whose gradients add up to the whole batch's; BatchNorm normalises each piece
+    with its own statistics, as it would on a smaller batch. The loss terms go into `report.discriminator`; on a
+    detailed (logging) step also D's outputs on the first piece and its gradient statistics. Nothing is read back
+    from the device. Returns `report.discriminator`.
     """
-    real_all = recipe.to_model_range(engine.to_device(batch.images))
-    labels_all = batch.labels.to(engine.device)
-    pieces = list(zip(real_all.chunk(engine.micro_batches), labels_all.chunk(engine.micro_batches), strict=True))
-    totals: dict[str, torch.Tensor] = {}
+    real_all = recipe.model_input(batch.images)
+    pieces = list(zip(real_all.chunk(engine.micro_batches), batch.labels.chunk(engine.micro_batches), strict=True))
+    net = report.discriminator = NetworkReport()
     for index, (real, labels) in enumerate(pieces):
         with engine.accumulate(d, last=index == len(pieces) - 1):
             z, fake_classes = recipe.latent(real.shape[0], engine.device)
             with torch.no_grad():
-                fake = g(z, fake_classes)
+                fake = engine.layout(g(z, fake_classes))
             real, fake = augment(real, recipe.augment_policy), augment(fake, recipe.augment_policy)
             real_out, fake_out = d(real), d(fake)
             parts = recipe.objective.discriminator(real_out, fake_out, labels, fake_classes)
             if recipe.gradient_penalty:
                 parts["gp"] = recipe.gradient_penalty * gradient_penalty(d, real, fake)
             engine.backward(d, sum(parts.values()))
-            if stats is not None and index == 0:
-                stats.update(discriminator_outputs(real_out, fake_out, recipe.critic))
-        _add(totals, parts, len(pieces))
-    if stats is not None:
-        stats.update(engine.gradient_stats(d))
+            if report.detailed and index == 0:
+                report.d_outputs = discriminator_outputs(real_out, fake_out, recipe.critic)
+        _add(net.losses, parts, len(pieces))
+    if report.detailed:
+        engine.gradient_stats(d, net)
     engine.step(d)
     if recipe.weight_clip is not None:
         engine.clamp_parameters(d, recipe.weight_clip)
-    return totals
+    return net
 
 
 def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, count: int,
-                     stats: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                     report: StepReport) -> NetworkReport:  # fmt: skip
     """Make the frozen discriminator call fresh samples real (and, per the recipe, of their class / no style)."""
-    totals: dict[str, torch.Tensor] = {}
-    sizes = [piece.shape[0] for piece in torch.empty(count).chunk(engine.micro_batches)]
+    net = report.generator = NetworkReport()
+    pieces = engine.micro_batches
+    sizes = [count // pieces + (index < count % pieces) for index in range(pieces)]
     with engine.frozen(d) as judge:
         for index, size in enumerate(sizes):
             with engine.accumulate(g, last=index == len(sizes) - 1):
                 z, fake_classes = recipe.latent(size, engine.device)
-                fake = augment(g(z, fake_classes), recipe.augment_policy)
+                fake = augment(engine.layout(g(z, fake_classes)), recipe.augment_policy)
                 parts = recipe.objective.generator(judge(fake), fake_classes)
                 engine.backward(g, sum(parts.values()))
-            _add(totals, parts, len(sizes))
-    if stats is not None:
-        stats.update(engine.gradient_stats(g))
+            _add(net.losses, parts, len(sizes))
+    if report.detailed:
+        engine.gradient_stats(g, net)
     engine.step(g)
-    return totals
+    return net
 
 
 def _add(totals: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], pieces: int) -> None:
     """The batch's loss terms: the mean over micro-batches, detached (for logging)."""
     for name, value in parts.items():
         totals[name] = totals.get(name, 0) + value.detach() / pieces
+
+
+# -- the step functions on their own (the planner, benches and GPU tests use them without the loop) ------------
+def setup_networks(cfg: GandConfig, engine: Engine, num_classes: int) -> tuple[Trained, Trained]:
+    """G and D from the config, on the engine's device, with their optimizers, set up by the engine."""
+    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
+    generator, discriminator = build_models(cfg.model.arch, spec)
+    engine.place(generator, discriminator)  # fused optimizers need their parameters on the device
+    opt_g = build_optimizer(generator.parameters(), cfg.optim.g, fused=engine.fused_optimizers)
+    opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d, fused=engine.fused_optimizers)
+    return engine.setup(generator, discriminator, opt_g, opt_d)
+
+
+def synthetic_batch(cfg: GandConfig, batch_size: int, num_classes: int, engine: Engine) -> DeviceBatch:
+    """Random uint8 images and labels already on the device, in the engine's layout: a batch without a loader."""
+    side, channels = cfg.data.resolution, cfg.data.channels
+    images = torch.randint(0, 256, (batch_size, channels, side, side), dtype=torch.uint8, device=engine.device)
+    labels = torch.randint(0, max(num_classes, 1), (batch_size,), device=engine.device)
+    return DeviceBatch(engine.layout(images), labels, [""] * batch_size, DataPosition())
+
+
+def train_step(engine: Engine, g: Trained, d: Trained, recipe: Recipe, batch: DeviceBatch,
+               detailed: bool = False) -> StepReport:  # fmt: skip
+    """One D update on `batch` and one G update of the same size (the default schedule), nothing read back."""
+    report = StepReport(detailed=detailed)
+    discriminator_update(engine, d, g, recipe, batch, report)
+    generator_update(engine, g, d, recipe, batch.images.shape[0], report)
+    return report

@@ -4,12 +4,9 @@ import pytest
 import torch
 
 from gand.config import load_config
-from gand.data.loader import Batch, DataPosition
-from gand.models import build_models, spec_from_config
 from gand.train.engine import build_engine
-from gand.train.optim import build_optimizer
 from gand.train.planner import Setting, measure, predict
-from gand.train.steps import Recipe, discriminator_update, generator_update
+from gand.train.steps import Recipe, setup_networks, synthetic_batch, train_step
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.gpu
@@ -32,19 +29,14 @@ def test_plan_predicts_the_measured_peak_within_15_percent(batch, overrides):
     setting = Setting(micro, batch // micro, cfg.memory.grad_checkpointing, 0)
     predicted = predict(measure(cfg, CLASSES, device), setting, ranks=1)
 
-    generator, discriminator = build_models("can", spec_from_config(cfg.model, 256, 3, CLASSES))
     engine = build_engine(cfg.precision, cfg.memory, batch)
-    g, d = engine.setup(generator, discriminator, build_optimizer(generator.parameters(), cfg.optim.g),
-                        build_optimizer(discriminator.parameters(), cfg.optim.d))  # fmt: skip
+    g, d = setup_networks(cfg, engine, CLASSES)
     recipe = Recipe.from_config(cfg, CLASSES)
-    data = Batch(torch.rand(batch, 3, 256, 256) * 2 - 1, torch.randint(0, CLASSES, (batch,)), [""] * batch,
-                 DataPosition())  # fmt: skip
-    discriminator_update(engine, d, g, recipe, data)  # warm-up: optimizer state exists from here on
-    generator_update(engine, g, d, recipe, batch)
+    data = synthetic_batch(cfg, batch, CLASSES, engine)
+    train_step(engine, g, d, recipe, data)  # warm-up: optimizer state exists from here on
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    discriminator_update(engine, d, g, recipe, data)
-    generator_update(engine, g, d, recipe, batch)
+    train_step(engine, g, d, recipe, data)
     torch.cuda.synchronize()
     measured = torch.cuda.max_memory_allocated()
     assert abs(predicted - measured) / measured <= 0.15, (predicted, measured)

@@ -10,11 +10,18 @@ from tests.conftest import REPO, run_command
 pytestmark = pytest.mark.integration
 
 
-def test_bare_training_loop_runs_the_same_models():
-    result = run_command([sys.executable, str(REPO / "bench" / "trainstep.py"), "--bare", "can256", "--resolution",
-                          "128", "--width", "0.0625", "--batch", "2", "--steps", "12"], timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["seconds_per_step"] > 0
+def test_training_step_bench_measures_its_four_numbers_on_one_device(tmp_path):
+    out = tmp_path / "trainstep.json"
+    result = run_command([sys.executable, str(REPO / "bench" / "trainstep.py"), "--configs", "dcgan32", "--repeats",
+                          "1", "--sizes", "32,0.125,4,14", "--images", "40", "--work", str(tmp_path / "work"),
+                          "--out", str(out)], timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert [row["loop"].split(",")[0] for row in record["rows"]] == [
+        "bare PyTorch loop", "gand step functions", "gand train", "gand train",
+    ]  # fmt: skip
+    assert all(row["images_per_second"] > 0 for row in record["rows"])
+    assert record["settings"]["device"] == "cpu" and set(record["loader_share_of_steps"]) == {"dcgan32"}
 
 
 def test_load_bench_compares_both_loaders_and_writes_its_record(tmp_path):
@@ -31,6 +38,11 @@ def test_load_bench_compares_both_loaders_and_writes_its_record(tmp_path):
         (256, "on the fly"),
         (256, "gand shard loader"),
     ]
+    assert {(row["format"], row["resolution"]) for row in record["per_core"]} == {
+        (fmt, res) for fmt in ("png", "jpg", "raw") for res in (32, 64, 256)
+    }
+    assert all(row["images_per_second_per_core"] > 0 for row in record["per_core"])
+    assert record["epoch_boundary"]["ratio"] > 0
 
 
 def test_pack_bench_times_every_pipeline_and_says_when_img2dataset_is_left_out(tmp_path):

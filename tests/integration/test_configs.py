@@ -37,7 +37,7 @@ def test_config_trains_a_few_steps(config_path, packed_all, tmp_path):
     result = gand(
         "train", str(config_path),
         f"data.path={packed_all}", f"run.dir={run_dir}", "model.width=0.0625", "train.batch_size=4",
-        f"train.max_steps={steps}", "train.log_every_steps=1", "data.workers=0", "data.shuffle_buffer=8",
+        f"train.max_steps={steps}", "train.log_every_steps=1", "data.workers=0",
         "samples.count=8", "samples.every_steps=1", "checkpoint.every_steps=1", "checkpoint.keep_last=10",
         "metrics.port=null", "precision=fp32",
     )  # fmt: skip

@@ -170,5 +170,5 @@ def test_daemon_on_s3_and_training_reads_from_s3(s3_endpoint, tmp_path, promtool
             fs.put_file(str(local / f"{index}.png"), f"{bucket}/raw/{index}.png")
 
     run_daemon_and_add_images(f"{bucket}/raw", f"{bucket}/packed", add_images, promtool)
-    batch = next(ImageLoader(f"{bucket}/packed", 32, 4, seed=0, workers=0, shuffle_buffer=4).batches())
+    batch = next(ImageLoader(f"{bucket}/packed", 32, 4, seed=0, workers=0).batches())
     assert batch.images.shape == (4, 3, 32, 32) and batch.position.generation >= 2

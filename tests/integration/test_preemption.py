@@ -80,8 +80,11 @@ def test_sigkill_at_random_moments_never_loads_an_uncommitted_checkpoint(tmp_pat
         if start["event"] == "already_complete":
             break
         if chance.random() < 0.8:  # mostly once steps run (every other one saves), sometimes during start-up
-            live.wait_for(lambda e: e["event"] in ("train_step", "train_done"))
-        time.sleep(chance.uniform(0.0, 0.7))
+            first = live.wait_for(lambda e: e["event"] in ("train_step", "train_done"))
+            # A few steps in, whatever a step costs on this machine: in a step, a snapshot or an upload.
+            target = first.get("step", 0) + chance.randint(0, 3)
+            live.wait_for(lambda e, target=target: e["event"] == "train_done" or e.get("step", -1) >= target)
+        time.sleep(chance.uniform(0.0, 0.1))
         if live.proc.poll() is not None:
             break  # finished before the kill landed
         live.proc.kill()

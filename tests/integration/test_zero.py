@@ -45,7 +45,11 @@ def test_zero_matches_ddp_over_ten_steps_with_a_resume_at_five(losses, model, pr
         for network in ("g", "d"):
             assert math.isfinite(values[network])
             assert abs(values[network] - ddp[step][network]) <= LOSS_TOLERANCE, (step, network)
-    assert zero["1"] == ddp["1"]  # identical start: same data, same initial weights, same noise
+    # Identical start: same data, same initial weights, same noise. D's loss at step 1 is exact; G's comes after D's
+    # first Adam step, which ZeRO applies to a flat partition and DDP per tensor: the fused kernel may round the
+    # last fp32 bit differently, which a bf16 forward can turn into one bf16 step (about 4e-4 here) of G's loss.
+    assert zero["1"]["d"] == ddp["1"]["d"]
+    assert zero["1"]["g"] == ddp["1"]["g"] if precision == "fp32" else abs(zero["1"]["g"] - ddp["1"]["g"]) < 1e-3
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

@@ -23,7 +23,7 @@ STOP, END = 5, 10
 
 def overrides(packed: str, run_dir: Path, precision: str, stage: int, steps: int) -> list[str]:
     return [
-        f"data.path={packed}", f"run.dir={run_dir}", "data.workers=0", "data.shuffle_buffer=8",
+        f"data.path={packed}", f"run.dir={run_dir}", "data.workers=0",
         "model.width=0.0625", "train.batch_size=4", f"train.max_steps={steps}", "train.log_every_steps=1",
         "samples.count=4", "samples.every_steps=5", f"checkpoint.every_steps={STOP}", "metrics.port=null",
         f"precision={precision}", f"memory.zero_stage={stage}", "ema.half_life_kimg=null",

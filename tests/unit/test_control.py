@@ -1,10 +1,19 @@
 import os
 import signal
+import time
 
+import pytest
 import torch
 
 from gand.config import CheckpointConfig
-from gand.train.control import RunControl, all_finite
+from gand.train.control import FiniteWatch, RunControl, StopWhileWaiting
+
+
+def watch(*values: float) -> FiniteWatch:
+    finite = FiniteWatch()
+    for value in values:
+        finite.observe(torch.isfinite(torch.tensor(value)))
+    return finite
 
 
 class OneRank:
@@ -16,18 +25,18 @@ class OneRank:
 
 def test_saves_are_due_by_steps_images_and_at_the_end():
     control = RunControl(OneRank(), CheckpointConfig(every_steps=None, every_images=100), max_steps=50)
-    assert not control.decide(1, 0, 64, True).save
-    assert control.decide(2, 64, 128, True).save  # crossed 100 images
-    assert not control.decide(3, 128, 192, True).save
-    assert control.decide(50, 3136, 3200, True).save  # the last step always saves
+    assert not control.decide(1, 0, 64, watch(1.0)).save
+    assert control.decide(2, 64, 128, watch(1.0)).save  # crossed 100 images
+    assert not control.decide(3, 128, 192, watch(1.0)).save
+    assert control.decide(50, 3136, 3200, watch(1.0)).save  # the last step always saves
     by_steps = RunControl(OneRank(), CheckpointConfig(every_steps=5), max_steps=50)
-    assert [s for s in range(1, 12) if by_steps.decide(s, 0, 0, True).save] == [5, 10]
+    assert [s for s in range(1, 12) if by_steps.decide(s, 0, 0, watch(1.0)).save] == [5, 10]
 
 
 def test_seconds_trigger_and_roll_back_never_saves():
     control = RunControl(OneRank(), CheckpointConfig(every_steps=None, every_seconds=1e-9), max_steps=50)
-    assert control.decide(1, 0, 8, True).save
-    decision = control.decide(2, 8, 16, losses_finite=False)
+    assert control.decide(1, 0, 8, watch(1.0)).save
+    decision = control.decide(2, 8, 16, watch(1.0, float("nan"), 2.0))
     assert decision.roll_back and not decision.save
 
 
@@ -35,9 +44,9 @@ def test_sigterm_becomes_a_stop_and_a_save_at_the_next_boundary():
     control = RunControl(OneRank(), CheckpointConfig(every_steps=1000, grace_seconds=20), max_steps=50)
     control.install_signal_handlers()
     try:
-        assert not control.decide(1, 0, 8, True).stop
+        assert not control.decide(1, 0, 8, watch(1.0)).stop
         os.kill(os.getpid(), signal.SIGTERM)
-        decision = control.decide(2, 8, 16, True)
+        decision = control.decide(2, 8, 16, watch(1.0))
         assert decision.stop and decision.save and control.stop_signal == "SIGTERM"
         assert 0 < control.grace_left_seconds() <= 20
     finally:
@@ -45,7 +54,46 @@ def test_sigterm_becomes_a_stop_and_a_save_at_the_next_boundary():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def test_all_finite():
-    assert all_finite({"adv": torch.tensor(1.0)}, {"gp": torch.tensor(0.5)})
-    assert not all_finite({"adv": torch.tensor(float("nan"))})
-    assert not all_finite({"adv": torch.tensor(1.0)}, {"adv": torch.tensor(float("inf"))})
+def test_a_nan_is_kept_on_the_device_until_a_check_and_then_rolls_back():
+    control = RunControl(OneRank(), CheckpointConfig(every_steps=10), max_steps=50)
+    finite = watch(1.0, float("nan"))
+    assert not control.decide(1, 0, 8, finite).roll_back  # an ordinary step: nothing is read back
+    assert control.decide(2, 8, 16, finite, check=True).roll_back  # a logging step reads the flag
+    assert not control.decide(3, 16, 24, finite, check=True).roll_back  # read once, then it starts over
+    late = watch(float("inf"))
+    decision = control.decide(10, 72, 80, late)  # a save is due: the flag is read first, and the save is refused
+    assert decision.roll_back and not decision.save
+
+
+def test_finite_watch():
+    assert watch(1.0, 0.5).read()
+    assert not watch(float("nan")).read()
+    assert not watch(1.0, float("inf"), 2.0).read()
+    assert FiniteWatch().read()  # nothing observed
+
+
+def test_a_wait_still_blocked_after_the_grace_is_interrupted_and_a_short_one_is_not():
+    control = RunControl(OneRank(), CheckpointConfig(), max_steps=50, wait_grace_seconds=0.3)
+    waiting = [True]
+    control.interrupt_waits(lambda: waiting[0])
+    control.install_signal_handlers()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(StopWhileWaiting):
+            time.sleep(30)  # a blocked wait: the alarm raises out of it after 0.3 s
+        assert control.stop_signal == "SIGTERM"
+    finally:
+        control.restore_signal_handlers()
+
+    short = RunControl(OneRank(), CheckpointConfig(), max_steps=50, wait_grace_seconds=0.3)
+    waiting = [True]
+    short.interrupt_waits(lambda: waiting[0])
+    short.install_signal_handlers()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        waiting[0] = False  # the batch arrived: the stop waits for the step boundary
+        time.sleep(1.0)
+        assert short.decide(1, 0, 8, watch(1.0)).stop
+    finally:
+        short.restore_signal_handlers()
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL

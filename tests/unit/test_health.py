@@ -14,11 +14,11 @@ from gand.observability.health import (
 def test_discriminator_outputs_for_logits_and_for_a_critic():
     real, fake = torch.tensor([[3.0], [2.0], [-1.0], [4.0]]), torch.tensor([[-2.0], [-3.0], [1.0], [-1.0]])
     stats = discriminator_outputs(real, fake, critic=False)
-    assert stats["acc_real"] == 0.75 and stats["acc_fake"] == 0.75
-    assert 0.5 < stats["d_real"] < 1 and 0 < stats["d_fake"] < 0.5
+    assert stats.accuracy_real == 0.75 and stats.accuracy_fake == 0.75
+    assert 0.5 < stats.real < 1 and 0 < stats.fake < 0.5
     # A critic's scores have no zero point: all positive, yet real above fake everywhere.
     shifted = discriminator_outputs(real + 10, fake + 10, critic=True)
-    assert shifted["acc_real"] == 0.75 and shifted["acc_fake"] == 0.75
+    assert shifted.accuracy_real == 0.75 and shifted.accuracy_fake == 0.75
 
 
 def test_gradient_stats_groups_blocks_and_counts_vanishing_entries():

@@ -86,7 +86,7 @@ def test_channels_last_is_applied_to_conv_weights():
     engine.setup(g, d, torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters()))
     weight = d.blocks[1][0].weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
-    assert engine.to_device(torch.randn(2, 3, 32, 32)).is_contiguous(memory_format=torch.channels_last)
+    assert engine.layout(torch.randn(2, 3, 32, 32)).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_deepspeed_config_from_memory_settings(tmp_path):

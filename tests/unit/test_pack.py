@@ -10,6 +10,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from gand.data.images import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS, decode_member, encode, image_to_array
 from gand.data.manifest import latest_generation, read_manifest, read_parts
 from gand.data.pack import PackOptions, pack
 from gand.data.sources import sample_key
@@ -182,21 +183,140 @@ def test_exclusion_list_and_label_modes(tmp_path):
 
 
 @pytest.mark.parametrize("resize", ["center_crop", "keep_ratio"])
-@pytest.mark.parametrize("output", ["png", "webp", "jpg"])
+@pytest.mark.parametrize("output", ["png", "webp", "jpg", "raw"])
 def test_resize_modes_and_output_formats(tmp_path, resize, output):
     src = tmp_path / "src"
     wide = Image.new("RGB", (200, 100), (200, 30, 30))
     save(wide, src / "wide.png")
     manifest = pack(str(src), str(tmp_path / "out"), options(resize=resize, output=output)).manifest
     (sample,) = read_resolution(tmp_path / "out", manifest, 32)
-    image = Image.open(io.BytesIO(sample[output]))
-    assert image.size == (32, 32)
-    corner, centre = np.asarray(image.convert("RGB"))[1, 16], np.asarray(image.convert("RGB"))[16, 16]
+    extension = OUTPUT_EXTENSIONS[output]
+    assert [ext for ext in IMAGE_EXTENSIONS if ext in sample] == [extension]
+    pixels = decode_member(extension, sample[extension])
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+    corner, centre = pixels[1, 16], pixels[16, 16]
     assert centre[0] > 150
     if resize == "keep_ratio":
         assert corner.max() < 40  # the border above a wide picture
     else:
         assert corner[0] > 150
+
+
+def test_raw_output_is_the_png_packs_pixels_through_upstream_webdataset(demo_raw, packed, tmp_path):
+    """The same sources packed as raw .npy and as PNG (the `packed` fixture's options) hold identical pixels."""
+    dest = tmp_path / "raw"
+    raw_options = PackOptions(resolutions=(32, 64), shard_size=8, min_side=128, workers=2, output="raw")
+    raw = pack(str(demo_raw), str(dest), raw_options).manifest
+    png, _ = read_manifest(str(packed))
+    assert raw.options["layout"] == {"resolutions": [32, 64], "resize": "center_crop", "format": "raw"}
+    assert raw.num_samples == png.num_samples > 0
+    for res in (32, 64):
+        urls = [str(dest / shard.path) for shard in raw.shards_at(res)]
+        decoded = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode())  # numpy's .npy reader
+        encoded = read_resolution(dest, raw, res)
+        pngs = read_resolution(packed, png, res)
+        assert [s["__key__"] for s in decoded] == [s["__key__"] for s in pngs]
+        for upstream, member, reference in zip(decoded, encoded, pngs, strict=True):
+            assert not {"png", "webp", "jpg"} & set(member)
+            array = upstream["npy"]
+            assert array.dtype == np.uint8 and array.shape == (res, res, 3) and array.flags.c_contiguous
+            assert len(member["npy"]) == 128 + res * res * 3  # 64-byte aligned header, then the pixels
+            for channels in (3, 1):
+                expected = decode_member("png", reference["png"], channels)
+                assert np.array_equal(decode_member("npy", member["npy"], channels), expected)
+                assert np.array_equal(image_to_array(member["npy"], channels), expected)
+            assert np.array_equal(array, decode_member("png", reference["png"]))
+            assert json.loads(member["json"]) == json.loads(reference["json"])
+            assert member["cls"] == reference["cls"]
+
+
+def test_decode_member_reads_npy_without_copying_and_matches_png():
+    image = pattern("rings", (48, 40), seed=3)
+    data = encode(image, "raw")
+    pixels = decode_member("npy", data)
+    assert np.array_equal(pixels, np.asarray(image))
+    assert np.shares_memory(pixels, np.frombuffer(data, np.uint8))  # a view of the member, no copy
+    assert np.array_equal(decode_member("npy", memoryview(data)), pixels)
+    assert np.array_equal(np.load(io.BytesIO(data), allow_pickle=False), pixels)  # a plain .npy file
+    png = encode(image, "png")
+    for channels in (3, 1):
+        gray_or_rgb = decode_member("npy", data, channels)
+        assert gray_or_rgb.shape == (40, 48, channels)
+        assert np.array_equal(gray_or_rgb, decode_member("png", png, channels))
+    version_2 = io.BytesIO()
+    np.lib.format.write_array(version_2, np.asarray(image), version=(2, 0))
+    assert np.array_equal(decode_member("npy", version_2.getvalue()), pixels)
+
+
+class _Trap:
+    """Unpickling this would record it: proof that an object array is refused before its payload is touched."""
+
+    loaded = False
+
+    def __reduce__(self):
+        return (_Trap._spring, ())
+
+    @staticmethod
+    def _spring():
+        _Trap.loaded = True
+        return _Trap()
+
+
+def npy(array: np.ndarray, **kw) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, **kw)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda good: npy(np.zeros((8, 8, 3), np.float32)), "dtype float32 is not uint8"),
+        (lambda good: npy(np.zeros((8, 8, 3), np.uint16)), "dtype uint16 is not uint8"),
+        (lambda good: npy(np.array([[[_Trap()] * 3]], dtype=object), allow_pickle=True), "Python objects"),
+        (lambda good: good[:-1], "payload is 191 bytes; shape \\(8, 8, 3\\) needs 192"),
+        (lambda good: good + b"\0", "payload is 193 bytes"),
+        (lambda good: good[:40], "header truncated"),
+        (lambda good: good[:7], "header truncated"),
+        (lambda good: npy(np.zeros((8, 8, 4), np.uint8)), "shape \\(8, 8, 4\\) is not H x W x 3"),
+        (lambda good: npy(np.zeros((8, 24), np.uint8)), "shape \\(8, 24\\) is not H x W x 3"),
+        (lambda good: npy(np.zeros((0, 8, 3), np.uint8)), "is empty"),
+        (lambda good: npy(np.asfortranarray(np.zeros((8, 8, 3), np.uint8))), "Fortran order"),
+        (lambda good: encode(Image.new("RGB", (8, 8)), "png"), "not a .npy array"),
+        (lambda good: b"", "not a .npy array"),
+        (lambda good: good[:6] + b"\x09\x00" + good[8:], "unsupported .npy format version 9.0"),
+        (lambda good: good.replace(b"'descr'", b"'dxxxx'"), "header unreadable"),
+    ],
+)
+def test_decode_member_refuses_malformed_npy(make, problem):
+    good = encode(Image.new("RGB", (8, 8), (1, 2, 3)), "raw")
+    assert decode_member("npy", good).shape == (8, 8, 3)
+    for channels in (3, 1):
+        with pytest.raises(ValueError, match=problem):
+            decode_member("npy", make(good), channels)
+    assert not _Trap.loaded
+
+
+def test_decode_member_refuses_unknown_extensions_and_channels():
+    data = encode(Image.new("RGB", (8, 8)), "raw")
+    with pytest.raises(ValueError, match="unknown image member extension 'gif'"):
+        decode_member("gif", data)
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        decode_member("npy", data, channels=4)
+
+
+@pytest.mark.parametrize(("first", "second"), [("png", "raw"), ("raw", "png"), ("raw", "jpg")])
+def test_one_destination_holds_one_output_format(tmp_path, first, second):
+    src, dest = tmp_path / "src", tmp_path / "out"
+    save(pattern("rings"), src / "a.png")
+    pack(str(src), str(dest), options(output=first))
+    save(pattern("stripes"), src / "b.png")
+    with pytest.raises(ConfigError, match=f"'format': '{first}'.*'format': '{second}'.*--output-format"):
+        pack(str(src), str(dest), options(output=second))
+    manifest, _ = read_manifest(str(dest))
+    assert manifest.num_samples == 1 and manifest.options["layout"]["format"] == first
+    again = pack(str(src), str(dest), options(output=first)).manifest  # the same format adds the new image
+    assert again.num_samples == 2
 
 
 def test_resize_none_keeps_presized_images_only(tmp_path):

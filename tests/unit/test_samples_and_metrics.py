@@ -7,6 +7,7 @@ from PIL import Image
 from gand.eval.samples import generate, grid_png
 from gand.models import ModelSpec, build_models
 from gand.observability.metrics import TrainingMetrics
+from gand.observability.report import DataCounts, DiscriminatorOutputs, LoggedStep, NetworkNumbers
 
 
 def test_grid_layout_and_value_mapping():
@@ -27,11 +28,22 @@ def test_sampling_leaves_batchnorm_buffers_untouched():
         assert torch.equal(value, before[key]), key
 
 
+def logged_step(step: int, images_seen: int, d_terms: dict[str, float]) -> LoggedStep:
+    def numbers(terms: dict[str, float]) -> NetworkNumbers:
+        return NetworkNumbers(loss=sum(terms.values()), terms=terms, grad_norm=2.0, vanishing={"blocks.0": 0.5},
+                              learning_rate=2e-4)  # fmt: skip
+
+    return LoggedStep(step=step, images_seen=images_seen, epoch=1, images_per_second=12.0,
+                      generator=numbers({"adv": 1.5}), discriminator=numbers(d_terms),
+                      d_outputs=DiscriminatorOutputs(0.75, 0.25, 1.0, 0.5), d_dominating=False,
+                      data=DataCounts(wait_seconds=0.5, batches=3, shards_opened=2,
+                                      skipped={"undecodable": 1}))  # fmt: skip
+
+
 def test_metrics_endpoint_serves_progress():
     metrics = TrainingMetrics(port=0, run_name="unit")
     try:
-        losses = {"g": 1.5, "d": 0.25, "d_gp": 0.125}
-        metrics.record_step(step=3, images_seen=96, epoch=1, losses=losses, rate=12.0)
+        metrics.record_step(logged_step(step=3, images_seen=96, d_terms={"adv": 0.125, "gp": 0.125}))
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=5).read().decode()
     finally:
         metrics.close()
@@ -40,9 +52,13 @@ def test_metrics_endpoint_serves_progress():
     assert 'gand_train_loss{network="d",term="total"} 0.25' in body
     assert 'gand_train_loss{network="d",term="gp"} 0.125' in body
     assert 'gand_build_info{run="unit"' in body
+    assert 'gand_discriminator_accuracy{input="fake"} 0.5' in body
+    assert 'gand_vanishing_gradient_ratio{group="blocks.0",network="generator"} 0.5' in body
+    assert 'gand_data_samples_skipped_total{reason="undecodable"} 1.0' in body
+    assert 'gand_grad_norm{network="discriminator"} 2.0' in body
 
 
 def test_no_port_means_no_exporter():
     metrics = TrainingMetrics(port=None, run_name="unit")
-    metrics.record_step(1, 1, 0, {"g": 1.0}, 1.0)  # a no-op, not an error
+    metrics.record_step(logged_step(1, 1, {"adv": 1.0}))  # a no-op, not an error
     assert not metrics.enabled
