@@ -214,11 +214,14 @@ def bare_loop(name: str, size: tuple[int, float, int, int], precision: str) -> f
     real = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
     ones, zeros = torch.ones(batch, device=device), torch.zeros(batch, device=device)
 
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # what a hand-written GPU script usually sets
+
     def step() -> None:
         z = torch.randn(batch, cfg.model.latent_dim, device=device)
-        fake = generator(z)
+        with torch.no_grad():  # D's fakes: G gets its own forward below (as gand's recipe does)
+            fake = generator(z)
         d_loss = F.binary_cross_entropy_with_logits(discriminator(real)[:, 0], ones) + \
-            F.binary_cross_entropy_with_logits(discriminator(fake.detach())[:, 0], zeros)  # fmt: skip
+            F.binary_cross_entropy_with_logits(discriminator(fake)[:, 0], zeros)  # fmt: skip
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()

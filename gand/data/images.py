@@ -229,15 +229,6 @@ def decode_member(extension: str, data: bytes | memoryview, channels: int = 3) -
     return pixels if channels == 3 else pixels[..., None]
 
 
-def image_to_array(data: bytes, channels: int = 3) -> np.ndarray:
-    """Encoded bytes (PNG, WebP, JPEG, or a raw .npy member, told apart by its magic) -> uint8 H x W x channels."""
-    extension = RAW_EXTENSION if bytes(data[: len(_NPY_MAGIC)]) == _NPY_MAGIC else "png"  # PIL sniffs the rest
-    return decode_member(extension, data, 1 if channels != 3 else 3)
-
-
-png_to_array = image_to_array
-
-
 def _npy_pixels(data: bytes | memoryview) -> np.ndarray:
     """Check a .npy member is uint8 H x W x 3 in C order with exactly its payload, and view it without copying."""
     view = memoryview(data).cast("B")

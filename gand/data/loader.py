@@ -2,17 +2,18 @@
 
 The order. All images of a manifest generation form one sequence per pass, a fresh random permutation each pass
 (seeded by the run's seed, the generation and the pass number). The infinite concatenation of passes is cut into
-chunks of ceil(N / slots) images; slot k (one per rank x loader worker) takes chunks k, k + slots, k + 2 slots, ...
-So every pass hands each image to exactly one slot, whatever the shard sizes, ranks and workers: sampling is
-uniform per image, and an epoch is a position in this stream, not a restart. Samples are read by offset from an
-index of each shard's members (`gand.data.tarindex`), so a permutation costs no extra reading and no shuffle
-buffer is filled or thrown away.
+chunks of ceil(N / ranks) images; rank r takes chunks r, r + ranks, r + 2 ranks, ... So every pass hands each image
+to exactly one rank, whatever the shard sizes: sampling is uniform per image, and an epoch is a position in this
+stream, not a restart. Batch b of a rank holds its draws [b x batch_size, (b + 1) x batch_size); the loader worker
+that makes it reads those samples by offset from an index of each shard's members (`gand.data.tarindex`), so which
+worker makes a batch, and how many workers there are, changes nothing, a permutation costs no extra reading, and no
+shuffle buffer is filled or thrown away.
 
-The stream is a pure function of (seed, generation, slot, position): resuming at batch k of a generation's stream
-jumps straight there, and gives back exactly the batches an uninterrupted run saw (a sample that cannot be used is
-replaced by a draw seeded by its position, so replacements repeat too). At every epoch boundary the loader looks
-for a newer manifest generation (the packing daemon may have added shards); all ranks use the generation rank 0
-saw, and only a new generation starts a new stream.
+The stream is a pure function of (seed, generation, rank, position): resuming at batch k of a generation's stream
+jumps straight there, and gives back exactly the batches an uninterrupted run saw, with any number of loader
+workers (a sample that cannot be used is replaced by a draw seeded by its position, so replacements repeat too).
+At every epoch boundary the loader looks for a newer manifest generation (the packing daemon may have added
+shards); all ranks use the generation rank 0 saw, and only a new generation starts a new stream.
 
 Batches stay uint8 (N x C x H x W, channels-last in memory) until the training device converts them; workers
 ignore SIGINT/SIGTERM so that a signal to the process group reaches the trainer, which decides.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import atexit
 import bisect
 import contextlib
+import itertools
 import os
 import signal
 import weakref
@@ -33,6 +35,7 @@ import numpy as np
 import structlog
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import _utils as data_utils
 
 from gand.data.images import IMAGE_EXTENSIONS, decode_member
 from gand.data.manifest import PackedManifest, dataset_root, read_manifest
@@ -131,29 +134,20 @@ class StreamSpec:
 
 
 class RankStream(IterableDataset):
-    """One rank's infinite batches. Batch b of the stream is made by worker b % workers, from its slot's draws
-    [(b // workers) * batch_size, ...). The DataLoader takes batches from workers 0, 1, ... in turn, so after a
-    resume at batch k, workers below k % workers first yield a None marker that the trainer drops."""
+    """One rank's infinite batches from batch `first_batch` on. The DataLoader takes batches from workers 0, 1, ...
+    in turn, so worker w makes batches first_batch + w, first_batch + w + workers, ..."""
 
     def __init__(self, spec: StreamSpec):
         super().__init__()
         self.spec = spec
 
-    def __iter__(self) -> Iterator[tuple | None]:
+    def __iter__(self) -> Iterator[tuple]:
         spec = self.spec
         worker, workers = _worker_slot()
-        slot = spec.rank * workers + worker
-        order = SampleOrder([len(shard) for shard in spec.shards], spec.seed, spec.generation,
-                            spec.world_size * workers)  # fmt: skip
-        maker = _BatchMaker(spec, order, slot)
-        turns, first_in_turn = divmod(spec.first_batch, workers)
-        own = turns
-        if worker < first_in_turn:
-            own += 1
-            yield None  # this worker's turn in the first round belongs to a batch before the resume point
-        while True:
-            yield maker.batch(own, batch_index=own * workers + worker)
-            own += 1
+        order = SampleOrder([len(shard) for shard in spec.shards], spec.seed, spec.generation, spec.world_size)
+        maker = _BatchMaker(spec, order, spec.rank)
+        for index in itertools.count(spec.first_batch + worker, workers):
+            yield maker.batch(index)
 
 
 class _BatchMaker:
@@ -165,13 +159,14 @@ class _BatchMaker:
         self.counts = dict.fromkeys(READ_COUNTERS, 0)
         self.reasons: dict[str, int] = {}
 
-    def batch(self, own: int, batch_index: int) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, int], int]:
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, int], int]:
+        """The rank's batch `index`: its draws [index x batch_size, (index + 1) x batch_size)."""
         size = self.spec.batch_size
         pixels: np.ndarray | None = None
         labels = np.empty(size, dtype=np.int64)
         keys: list[str] = []
         for i in range(size):
-            array, label, key = self._usable(own * size + i)
+            array, label, key = self._usable(index * size + i)
             if pixels is None:
                 pixels = np.empty((size, *array.shape), dtype=np.uint8)
             pixels[i] = array
@@ -182,7 +177,7 @@ class _BatchMaker:
         counts, self.counts = self.counts, dict.fromkeys(READ_COUNTERS, 0)
         # N x H x W x C in memory, seen as N x C x H x W: channels-last, the layout convolutions on GPUs prefer.
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
-        return images, torch.from_numpy(labels), keys, counts, batch_index
+        return images, torch.from_numpy(labels), keys, counts, index
 
     def _usable(self, j: int) -> tuple[np.ndarray, int, str]:
         """The slot's j-th draw, or its seeded stand-ins until one can be used."""
@@ -202,8 +197,9 @@ class _BatchMaker:
         shard_number, sample = self.order.locate(index)
         shard = self.spec.shards[shard_number]
         label = int(shard.labels[sample])
-        # Classes the daemon added after the model was built cannot be learned by it: leave them out.
-        if self.spec.num_classes and label >= self.spec.num_classes:
+        # Classes the daemon added after the model was built cannot be learned by it, and a sample whose class is
+        # missing (UNLABELLED) cannot serve a conditional model: leave them out.
+        if self.spec.num_classes and not 0 <= label < self.spec.num_classes:
             return self._skip("skipped_unknown_class", "unknown_class")
         kind = int(shard.image_kinds[sample])
         try:
@@ -211,10 +207,10 @@ class _BatchMaker:
                 raise ValueError("the sample has no image member")
             array = decode_member(IMAGE_EXTENSIONS[kind], self.reader.image_bytes(shard, sample), self.spec.channels)
         except (OSError, ValueError, KeyError, SyntaxError) as err:  # PIL raises all of these for bad data
-            log.warning("sample_skipped", key=shard.keys[sample], shard=redact(shard.path), reason="undecodable",
+            log.warning("sample_skipped", key=shard.key(sample), shard=redact(shard.path), reason="undecodable",
                         error=str(err))  # fmt: skip
             return self._skip("skipped_undecodable", "undecodable")
-        return array, label, shard.keys[sample]
+        return array, label, shard.key(sample)
 
     def _skip(self, counter: str, reason: str) -> None:
         self.counts[counter] += 1
@@ -241,10 +237,18 @@ _LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
 
 def _stop_workers(iterator) -> None:
     """Ask the iterator's workers to finish (DataLoader's own shutdown), then SIGKILL any that did not: a worker
-    blocked in I/O ignores both the request and SIGTERM."""
+    blocked in I/O ignores both the request and SIGTERM. DataLoader waits 5 s for each worker in turn; a stop after
+    a signal has a grace period to keep, so each gets half a second here (workers only read: killing one loses
+    nothing)."""
     workers = list(getattr(iterator, "_workers", []))
-    with contextlib.suppress(Exception):
+    patience = data_utils.MP_STATUS_CHECK_INTERVAL
+    data_utils.MP_STATUS_CHECK_INTERVAL = 0.5
+    try:
         iterator._shutdown_workers()
+    except Exception:  # a half-started iterator: the kill below still ends its workers
+        pass
+    finally:
+        data_utils.MP_STATUS_CHECK_INTERVAL = patience
     for worker in workers:
         if worker.is_alive():
             with contextlib.suppress(ProcessLookupError):
@@ -259,15 +263,13 @@ def stop_all_workers() -> None:
         _stop_workers(iterator)
 
 
-def _without_markers(loader: DataLoader) -> Iterator[tuple]:
-    """The loader's batches without the resume markers; its workers stop when this generator is closed."""
+def _stopping_workers(loader: DataLoader) -> Iterator[tuple]:
+    """The loader's batches; its workers stop when this generator is closed."""
     iterator = iter(loader)
     if loader.num_workers > 0:
         _LIVE_ITERATORS.add(iterator)
     try:
-        for item in iterator:
-            if item is not None:
-                yield item
+        yield from iterator
     finally:
         _stop_workers(iterator)
 
@@ -307,7 +309,7 @@ class ImageLoader:
         self.agree = agree  # rank 0's value for every rank (a collective: all ranks call it together)
         self.pin_memory = pin_memory
         self.store = Store(dataset_root(data_path))
-        self._indexes: dict[str, ShardIndex] = {}  # by shard path: parts never change once published
+        self._indexes: dict[tuple[str, str], ShardIndex] = {}  # by shard path and SHA-256 (--overwrite reuses paths)
 
     def batches_per_epoch(self, manifest: PackedManifest) -> int:
         images = self.epoch_images or manifest.num_samples
@@ -360,14 +362,15 @@ class ImageLoader:
             # and make a resumed run differ from an uninterrupted one.
             generator=torch.Generator().manual_seed(self.seed),
         )
-        return _without_markers(loader)
+        return _stopping_workers(loader)
 
     def _shard_indexes(self, manifest: PackedManifest) -> list[ShardIndex]:
         indexes = []
         for shard in manifest.shards_at(self.resolution):
-            index = self._indexes.get(shard.path)
+            index = self._indexes.get((shard.path, shard.sha256))
             if index is None:
-                index = self._indexes[shard.path] = index_shard(local_shard(self.store.url(shard.path), shard.sha256))
+                index = index_shard(local_shard(self.store.url(shard.path), shard.sha256))
+                self._indexes[(shard.path, shard.sha256)] = index
                 if len(index) != shard.samples or not index.complete:
                     log.warning("shard_incomplete", shard=redact(self.store.url(shard.path)), expected=shard.samples,
                                 readable=len(index), effect="only its readable samples are drawn")  # fmt: skip

@@ -41,7 +41,7 @@ class ShardIndex:
     """The samples of one shard, in tar order. Arrays have one entry per sample."""
 
     path: str  # a local file
-    keys: list[str]
+    keys: np.ndarray  # bytes (numpy "S"): one array, not a million Python strings copied into every worker
     image_offsets: np.ndarray  # int64: byte offset of the image member's data (-1: the sample has no image)
     image_sizes: np.ndarray  # int64: its length in bytes
     image_kinds: np.ndarray  # int8: index into IMAGE_EXTENSIONS
@@ -50,6 +50,9 @@ class ShardIndex:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def key(self, sample: int) -> str:
+        return self.keys[sample].decode("utf-8")
 
 
 class _Builder:
@@ -82,7 +85,7 @@ class _Builder:
     def build(self, path: str, complete: bool) -> ShardIndex:
         return ShardIndex(
             path=path,
-            keys=self.keys,
+            keys=np.asarray([key.encode("utf-8") for key in self.keys], dtype=np.bytes_),
             image_offsets=np.asarray(self.offsets, dtype=np.int64),
             image_sizes=np.asarray(self.sizes, dtype=np.int64),
             image_kinds=np.asarray(self.kinds, dtype=np.int8),
@@ -137,7 +140,8 @@ def _checksum_ok(header: bytes) -> bool:
     except ValueError:
         return False
     unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
-    return stored == unsigned
+    signed = unsigned - 256 * sum(1 for byte in header[:148] + header[156:] if byte > 127)  # old tars (as tarfile)
+    return stored in (unsigned, signed)
 
 
 def _octal(field: bytes) -> int:
@@ -164,7 +168,7 @@ def _index_with_tarfile(path: str) -> ShardIndex:
             with tarfile.open(fileobj=handle, mode="r:") as tar:
                 for member in tar:
                     if member.isfile():
-                        head = tar.extractfile(member).read(64) if member.name.endswith(".cls") else b""
+                        head = tar.extractfile(member).read(64) if member.name.lower().endswith(".cls") else b""
                         builder.add(member.name, member.offset_data, member.size, head)
         except (tarfile.TarError, EOFError, OSError) as err:
             log.warning("shard_damaged", shard=redact(path), reason=str(err))

@@ -25,8 +25,9 @@ log = structlog.get_logger("gand.train")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StopWhileWaiting(Exception):
-    """A stop signal arrived while the loop was blocked waiting for data: the wait is abandoned."""
+class StopWhileWaiting(BaseException):
+    """A stop signal found the loop still blocked waiting for data: the wait is abandoned. A BaseException, like
+    KeyboardInterrupt, so that code which turns errors into others (storage, loader shutdown) lets it through."""
 
 
 class Agreeing(Protocol):
@@ -54,6 +55,7 @@ class RunControl:
         self._previous_handlers: dict[int, object] = {}
         self._is_waiting: Callable[[], bool] = lambda: False
         self.wait_grace_seconds = wait_grace_seconds
+        self._watching = False  # our SIGALRM timer is armed: a stop is pending and not yet acted on
 
     def interrupt_waits(self, is_waiting: Callable[[], bool]) -> None:
         """After a stop signal, a wait that `is_waiting()` still reports `wait_grace_seconds` later is abandoned:
@@ -72,8 +74,7 @@ class RunControl:
         self._previous_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
 
     def restore_signal_handlers(self) -> None:
-        if self._previous_handlers:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        self.stop_watching()
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers.clear()
@@ -84,13 +85,23 @@ class RunControl:
         if self.stop_signal is None:
             self.stop_signal = signal.Signals(signum).name
             self.stop_requested_at = time.monotonic()
+            self._watching = True
             signal.setitimer(signal.ITIMER_REAL, self.wait_grace_seconds)  # then see whether a wait is stuck
 
     def _on_alarm(self, _signum: int, _frame) -> None:
         """Checks, until the stop is acted on, whether the main thread is stuck waiting."""
+        if not self._watching:
+            return
         if self._is_waiting():
+            self.stop_watching()
             raise StopWhileWaiting(self.stop_signal)
         signal.setitimer(signal.ITIMER_REAL, 1.0)
+
+    def stop_watching(self) -> None:
+        """The stop is being acted on (or training ends): no more checks for stuck waits."""
+        if self._watching:
+            self._watching = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
     def grace_left_seconds(self) -> float:
         started = self.stop_requested_at or time.monotonic()
@@ -107,6 +118,8 @@ class RunControl:
         if stop and self.stop_requested_at is None:  # the signal reached another rank: same grace from here
             self.stop_requested_at = time.monotonic()
             self.stop_signal = "peer rank"
+        if stop:
+            self.stop_watching()  # acted on here, at a step boundary
         save = stop or timed or self._count_due(step, images_before, images_after)
         bad = False
         if save or check:

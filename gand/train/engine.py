@@ -141,6 +141,11 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
+    def format_like_trained(self, module: nn.Module) -> None:
+        """A copy of a trained network (the EMA generator) in the memory format the engine gave the original."""
+        if self.channels_last:
+            to_channels_last(module)
+
     def layout(self, images: torch.Tensor) -> torch.Tensor:
         """Images in the engine's memory format: real and generated images alike (a no-op when already so)."""
         return as_channels_last(images) if self.channels_last else images

@@ -64,11 +64,11 @@ class DeviceFeed:
         for name, count in batch.counts.items():
             self._counts[name] += count
         stream = torch.cuda.stream(self.copy_stream) if self.copy_stream is not None else contextlib.nullcontext()
-        with stream:
+        with stream:  # the layout change too: it reads the copy, so it runs on the copy's stream
             images = batch.images.to(self.device, non_blocking=True)
             labels = batch.labels.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
         return DeviceBatch(images, labels, batch.keys, batch.position)
 
     def counts_since_last_read(self) -> DataCounts:

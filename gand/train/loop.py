@@ -108,6 +108,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
     g, d = engine.setup(generator, discriminator, opt_g, opt_d)
     if ema is not None:
         ema.model.to(engine.device)
+        engine.format_like_trained(ema.model)  # the same layout as G: one foreach kernel for the EMA update
     if resumed is not None:
         _restore_training_state(resumed, engine, g, d)
         if resumed.rank_state is not None:
@@ -188,9 +189,14 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
             images_before = state.images_seen
             state.advance(images=images_per_batch * schedule.d_steps)
             progress.update(state.step, state.images_seen)
-            # Every rank takes the same branch: stop after a signal, save when due, roll back after NaN/Inf.
-            decision = control.decide(state.step, images_before, state.images_seen, finite, check=log_step)
-            if decision.roll_back or (decision.save and not _weights_finite(engine, g, d)):
+            # Evaluations land on a checkpoint, so its manifest carries the scores and retention can keep the best.
+            evaluate = bool(eval_every_images) and count_due(state.step, images_before, state.images_seen, None,
+                                                              eval_every_images, cfg.train.max_steps)  # fmt: skip
+            # Every rank takes the same branch: stop after a signal, save when due, roll back after NaN/Inf. The NaN
+            # flag is read on logging steps and before every save, the evaluation's too.
+            decision = control.decide(state.step, images_before, state.images_seen, finite, check=log_step or evaluate)
+            saving = decision.save or (evaluate and not decision.roll_back)
+            if decision.roll_back or (saving and not _weights_finite(engine, g, d)):
                 rollbacks += 1
                 state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks)
                 history.truncate(state.images_seen)
@@ -211,11 +217,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
                          cfg.samples.every_images, cfg.train.max_steps):  # fmt: skip
                 _write_samples(engine, g, ema, fixed_noise, fixed_classes, recipe, batch, history, run_store,
                                metrics, cfg, state)  # fmt: skip
-            # Evaluations land on a checkpoint, so its manifest carries the scores and retention can keep the best.
-            evaluate = bool(eval_every_images) and count_due(state.step, images_before, state.images_seen, None,
-                                                              eval_every_images, cfg.train.max_steps)  # fmt: skip
             scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
-            if decision.save or evaluate:
+            if saving:
                 snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
                                  history, scores)  # fmt: skip
                 control.saved()
@@ -231,7 +234,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
         # The loop was blocked on data when the signal came. One rank alone at a step boundary saves as usual; with
         # more ranks the others may be inside a collective, so nothing that needs them is attempted.
         log.warning("stop_while_waiting_for_data", signal=control.stop_signal, step=state.step)
-        if engine.world_size == 1 and at_boundary and state.step > saved_step and finite.read():
+        safe = at_boundary and finite.read() and _weights_finite(engine, g, d)
+        if engine.world_size == 1 and state.step > saved_step and safe:
             _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
                              history)  # fmt: skip
             _stop_after_signal(checkpoints, control, metrics, state, log)

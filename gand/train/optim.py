@@ -12,8 +12,8 @@ from gand.config import OptimizerConfig
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """`fused`: Adam's single-kernel CUDA update (the parameters must already be on the GPU); otherwise torch's
-    default (foreach: one kernel per group of tensors)."""
+    """`fused`: Adam's and SGD's single-kernel update, with its step counter on the device (the parameters must
+    already be on their device); RMSprop has none and keeps torch's default (foreach: one kernel per group)."""
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None)
     if cfg.name == "rmsprop":
@@ -21,7 +21,9 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig, fused:
             params, lr=cfg.lr, alpha=cfg.alpha, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None
+        )
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 

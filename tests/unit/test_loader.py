@@ -52,6 +52,16 @@ def test_starting_at_a_position_gives_the_same_batches_as_running_through(packed
             assert torch.equal(a.labels, b.labels)
 
 
+def test_resuming_with_another_number_of_workers_gives_the_same_batches(packed):
+    """Batch b of a rank is a function of b alone, not of the worker that makes it: a resume on a machine with
+    other cores (data.workers defaults to the spare cores) still continues exactly."""
+    straight = list(islice(make_loader(packed, workers=2).batches(), 9))
+    for workers in (0, 1):
+        resumed = list(islice(make_loader(packed, workers=workers).batches(straight[3].position), 5))
+        for a, b in zip(straight[4:], resumed, strict=True):
+            assert a.position == b.position and a.keys == b.keys and torch.equal(a.images, b.images)
+
+
 def test_epochs_differ(packed):
     first, second = islice(make_loader(packed).batches(), 0, 6, 5)  # batch 0 of epochs 0 and 1
     assert first.keys != second.keys
