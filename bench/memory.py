@@ -28,12 +28,12 @@ SETTINGS = {
     "fp32": ["precision=fp32"],
     "bf16": ["precision=bf16"],
     "bf16 + checkpointing": ["precision=bf16", "memory.grad_checkpointing=both"],
-    "bf16 + checkpointing + ZeRO-2": ["precision=bf16", "memory.grad_checkpointing=both", "memory.zero_stage=2"],
     "bf16 + checkpointing + ZeRO-2 + optimizer offload": [
         "precision=bf16", "memory.grad_checkpointing=both", "memory.zero_stage=2", "memory.offload_optimizer=cpu"],
 }  # fmt: skip
 GIB = 1024**3
 WIKIART_STYLES = 27  # CAN-256's style classes
+T4_BUDGET_GIB = 15.0  # a Colab T4's 16 GB, less the CUDA context and cuDNN's own allocations
 
 
 def main() -> int:
@@ -85,10 +85,13 @@ def predictions_only(batches: list[int], out: str) -> int:
             if cfg.precision not in components_by_precision:  # activations depend on precision only
                 components_by_precision[cfg.precision] = measure(cfg, WIKIART_STYLES, torch.device("cpu"))
             predicted = predict(components_by_precision[cfg.precision], planner_setting(cfg, batch), ranks=1)
-            rows.append({"setting": name, "batch": batch, "predicted_peak_gib": round(predicted / GIB, 2),
-                         "peak_gib": "GPU only", "images_per_second": "GPU only"})  # fmt: skip
+            row = {"setting": name, "batch": batch, "predicted_peak_gib": round(predicted / GIB, 2),
+                   "peak_gib": "GPU only", "images_per_second": "GPU only"}  # fmt: skip
+            row["fits_t4"] = fits_t4(row)
+            rows.append(row)
     print_table(rows, [("batch", "batch"), ("setting", "setting"), ("predicted_peak_gib", "predicted GiB"),
-                       ("peak_gib", "peak GiB"), ("images_per_second", "images/s")])  # fmt: skip
+                       ("peak_gib", "peak GiB"), ("images_per_second", "images/s"),
+                       ("fits_t4", f"fits a T4 ({T4_BUDGET_GIB:.0f} GiB)")])  # fmt: skip
     write_record("memory", out, {"batches": batches, "measured": False}, rows)
     return 0
 
@@ -158,7 +161,16 @@ def run_one(name: str, batch: int, steps: int, smoke: bool) -> dict:
         peak = torch.cuda.max_memory_allocated()
         row["peak_gib"] = round(peak / GIB, 2)
         row["prediction_error"] = round(predicted / peak - 1, 3)
+    row["fits_t4"] = fits_t4(row)
     return row
+
+
+def fits_t4(row: dict) -> str:
+    """Whether the setting fits a Colab T4: by the measured peak where there is one, else by the prediction. T4s have
+    no bf16: there the same setting runs in fp16 (`precision: auto` picks it), which needs the same memory."""
+    measured = isinstance(row.get("peak_gib"), float)
+    peak = row["peak_gib"] if measured else row["predicted_peak_gib"]
+    return ("yes" if peak <= T4_BUDGET_GIB else "no") + ("" if measured else " (predicted)")
 
 
 def format_row(row: dict) -> str:
@@ -167,7 +179,8 @@ def format_row(row: dict) -> str:
     peak = f"{row['peak_gib']:.2f} GiB" if "peak_gib" in row else "-"
     predicted = f"{row['predicted_peak_gib']:.2f} GiB"
     speed = f"{row['images_per_second']:>7.1f} img/s  x{row.get('vs_fp32_step_time', 1.0):.2f} fp32 time"
-    return f"batch {row['batch']:>4}  {row['setting']:52} peak {peak:>10}  predicted {predicted}  {speed}"
+    t4 = f"  T4 ({T4_BUDGET_GIB:.0f} GiB): {row.get('fits_t4', '-')}"
+    return f"batch {row['batch']:>4}  {row['setting']:52} peak {peak:>10}  predicted {predicted}  {speed}{t4}"
 
 
 if __name__ == "__main__":

@@ -238,7 +238,9 @@ class GandConfig(StrictModel):
     ema: EmaConfig = Field(default_factory=EmaConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32", description="auto: bf16 on GPUs with bf16 tensor cores, fp16 on older tensor-core GPUs (T4), else fp32"
+    )
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)

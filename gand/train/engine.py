@@ -41,6 +41,32 @@ from gand.observability.report import NetworkReport
 from gand.train.memory import as_channels_last, checkpoint_blocks, to_channels_last
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def choose_precision(device_type: str, capability: tuple[int, int] | None) -> tuple[str, str]:
+    """`precision: auto` for a device: (precision, why). bf16 needs compute capability 8.0 (A100, L4, A10G, H100,
+    H200); 7.x (V100, T4: Colab) has fp16 tensor cores but no bf16; older GPUs and CPUs train in fp32."""
+    if device_type != "cuda" or capability is None:
+        return "fp32", f"{device_type}: no tensor cores, mixed precision would only be emulated"
+    if capability >= (8, 0):
+        return "bf16", f"compute capability {capability[0]}.{capability[1]} has bf16 tensor cores"
+    if capability >= (7, 0):
+        return "fp16", f"compute capability {capability[0]}.{capability[1]} has fp16 but no bf16 tensor cores"
+    return "fp32", f"compute capability {capability[0]}.{capability[1]} has no tensor cores"
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """The precision to train in: `auto` chosen for the device, an explicit one checked against it. Raises
+    ConfigError for bf16 on a GPU without it (emulated bf16 is several times slower than fp32)."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    if precision == "auto":
+        return choose_precision(device.type, capability)
+    if precision == "bf16" and capability is not None and capability < (8, 0):
+        raise ConfigError(f"precision: bf16 needs compute capability 8.0 or newer; this GPU has "
+                          f"{capability[0]}.{capability[1]} (e.g. a T4): use fp16, or auto")  # fmt: skip
+    return precision, "set in the config"
+
+
 log = structlog.get_logger("gand.engine")
 
 
@@ -52,7 +78,6 @@ class Trained:
     module: nn.Module  # the pure model
     model: Any  # what forward calls: the module, DDP(module), or a DeepSpeed engine
     optimizer: Any
-    autocast: Any  # a context-manager factory for this network's forward
     scaler: torch.amp.GradScaler | None = None
     skipped: torch.Tensor | int = 0  # fp16 steps skipped because of inf/nan gradients (a device counter)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -62,8 +87,7 @@ class Trained:
         return int(self.skipped)  # reads the device counter: logging steps and saves only
 
     def __call__(self, *inputs: Any) -> Any:
-        with self.autocast():
-            return self.model(*inputs)
+        return self.model(*inputs)  # precision: the caller's `engine.autocast()` region around the whole update
 
 
 class Engine:
@@ -71,7 +95,6 @@ class Engine:
 
     def __init__(self, precision: str = "fp32", memory: MemoryConfig | None = None, batch_size: int = 1):
         self.memory = memory or MemoryConfig()
-        self.precision = precision
         # cpu=True where there is no GPU: Accelerate only sets up a gloo process group (MULTI_CPU) when told.
         # Mixed precision is ours (per-network scalers), so Accelerate's stays off.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
@@ -82,9 +105,10 @@ class Engine:
         micro = self.memory.micro_batch or batch_size
         self.micro_batch = micro
         self.micro_batches = batch_size // micro
-        self._autocast_dtype = AUTOCAST_DTYPES[precision]
-        if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("precision: this GPU has no bf16 (e.g. a T4); use fp16")
+        self.precision, reason = resolve_precision(precision, self.device)
+        self._autocast_dtype = AUTOCAST_DTYPES[self.precision]
+        if precision == "auto":
+            log.info("precision_chosen", precision=self.precision, reason=reason)
         on_gpu = self.device.type == "cuda"
         # GPU defaults users should not have to know: channels-last convolutions (tensor cores read NHWC) and
         # cuDNN's autotuner (the shapes never change during a run).
@@ -123,7 +147,7 @@ class Engine:
                                                ("discriminator", discriminator, d_model, opt_d)):  # fmt: skip
             scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
             model = torch.compile(model) if self.memory.compile else model
-            trained.append(Trained(name, module, model, optimizer, self._autocast, scaler))
+            trained.append(Trained(name, module, model, optimizer, scaler))
         return trained[0], trained[1]
 
     def _apply_memory_savers(self, generator: nn.Module, discriminator: nn.Module) -> None:
@@ -136,7 +160,9 @@ class Engine:
             to_channels_last(generator)
             to_channels_last(discriminator)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision around one whole network update (its forwards and loss, not its backward): weights are
+        cast once per update instead of once per call, which autocast's cast cache only keeps within a region."""
         if self._autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._autocast_dtype)
@@ -207,7 +233,7 @@ class Engine:
         net.module.requires_grad_(False)
         target = self._frozen_target(net)
         try:
-            yield lambda *inputs: _called(target, net.autocast, inputs)
+            yield target
         finally:
             for param, flag in zip(net.module.parameters(), flags, strict=True):
                 param.requires_grad_(flag)
@@ -331,18 +357,17 @@ def shutdown_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _called(target: Any, autocast: Any, inputs: Sequence[Any]) -> Any:
-    with autocast():
-        return target(*inputs)
-
-
 # -- DeepSpeed ZeRO ------------------------------------------------------------------------------------------------
 class DeepSpeedEngine(Engine):
     """G and D as two DeepSpeed engines (ZeRO 1-3, optional CPU offload), on Accelerate's process group."""
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # DeepSpeed's forward applies its own torch_autocast
+
     def __init__(self, precision: str, memory: MemoryConfig, batch_size: int):
         _ensure_process_group_variables()
         super().__init__(precision, memory, batch_size)
+        refuse_zero_without_ranks(memory, self.world_size)
         deepspeed = import_deepspeed()
         if deepspeed is None:
             raise ConfigError("memory.zero_stage > 0 needs DeepSpeed: pip install 'gand[deepspeed]'")
@@ -352,18 +377,19 @@ class DeepSpeedEngine(Engine):
 
     def setup(self, generator, discriminator, opt_g, opt_d) -> tuple[Trained, Trained]:
         self._apply_memory_savers(generator, discriminator)
-        config = deepspeed_config(self.memory, self.precision, self.micro_batch, self.micro_batches,
-                                  cuda=self.device.type == "cuda")  # fmt: skip
         trained = []
         for name, module, optimizer in (("generator", generator, opt_g), ("discriminator", discriminator, opt_d)):
+            config = deepspeed_config(self.memory, self.precision, self.micro_batch, self.micro_batches,
+                                      cuda=self.device.type == "cuda",
+                                      parameters=sum(p.numel() for p in module.parameters()))  # fmt: skip
+            optimizer = self._host_optimizer(optimizer)
             engine, ds_optimizer, _, _ = self.deepspeed.initialize(
                 model=module, optimizer=optimizer, config=config, dist_init_required=False
             )
             model = engine
             if self.memory.compile:
                 engine.compile()
-            # DeepSpeed's forward applies its own torch_autocast; no second context around it.
-            trained.append(Trained(name, module, model, ds_optimizer, contextlib.nullcontext))
+            trained.append(Trained(name, module, model, ds_optimizer))
         log.info(
             "deepspeed_ready",
             zero_stage=self.memory.zero_stage,
@@ -374,6 +400,23 @@ class DeepSpeedEngine(Engine):
             offload_params=self.memory.offload_params,
         )
         return trained[0], trained[1]
+
+    def _host_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """With the optimizer state offloaded, Adam runs on the CPU: DeepSpeed's vectorised CPU Adam (the same update
+        as torch's Adam, several times faster there) instead of torch's. Its C++ op is prebuilt in the image and
+        built on first use elsewhere (about half a minute); if it cannot be built, torch's Adam stays (a warning)."""
+        if self.memory.offload_optimizer != "cpu" or type(optimizer) is not torch.optim.Adam:
+            return optimizer
+        group = optimizer.param_groups[0]
+        params = [param for each in optimizer.param_groups for param in each["params"]]
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(params, lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                                    weight_decay=group["weight_decay"], adamw_mode=False)  # fmt: skip
+        except Exception as err:  # a missing compiler or headers: slower, not wrong
+            log.warning("deepspeed_cpu_adam_unavailable", error=str(err)[:300], using="torch.optim.Adam on the CPU")
+            return optimizer
 
     @contextlib.contextmanager
     def accumulate(self, net: Trained, last: bool) -> Iterator[None]:
@@ -453,6 +496,19 @@ class DeepSpeedEngine(Engine):
             scaler.load_state_dict(state["scaler"])
 
 
+def refuse_zero_without_ranks(memory: MemoryConfig, world_size: int) -> None:
+    """ZeRO on one rank without offload: nothing to partition, only DeepSpeed's buffers added. Raises ConfigError."""
+    offloads = memory.offload_optimizer != "none" or memory.offload_params != "none"
+    if world_size == 1 and memory.zero_stage and not offloads:
+        raise ConfigError(
+            f"memory.zero_stage: {memory.zero_stage} on one rank: ZeRO splits optimizer state, gradients and "
+            "parameters across ranks, and on one rank there is nothing to split, while DeepSpeed's buffers add memory "
+            "(CAN-256 at batch 64 on an H200: 4.95 GiB with ZeRO-2 against 1.45 GiB without). Use memory.zero_stage: 0 "
+            "with bf16, memory.grad_checkpointing and memory.micro_batch (`gand plan CONFIG --gpu-mem N` picks), or "
+            "keep ZeRO and add memory.offload_optimizer: cpu to hold the optimizer state in host RAM"
+        )
+
+
 def _master_partitions(optimizer: Any) -> list[torch.Tensor]:
     for attribute in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
         partitions = getattr(optimizer, attribute, None)
@@ -461,9 +517,18 @@ def _master_partitions(optimizer: Any) -> list[torch.Tensor]:
     return []
 
 
+def bucket_elements(parameters: int) -> int:
+    """Communication bucket size for one network, in elements: the network itself, at least 2**20 (few messages for
+    small networks) and at most DeepSpeed's default 5e8. The default holds 1.9 GiB in fp32 per bucket, more than
+    CAN-256's whole D, and ZeRO allocates such buckets per communication dtype: on one H200 it lifted CAN-256's peak
+    from 1.45 to 4.95 GiB (../shared/measurements/h200-2026-11-30.md)."""
+    return int(max(2**20, min(500_000_000, parameters)))
+
+
 def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch: int, accumulation: int,
-                     cuda: bool) -> dict[str, Any]:  # fmt: skip
-    """The DeepSpeed config gand passes to both engines: the memory.* settings over an optional tuning JSON."""
+                     cuda: bool, parameters: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """The DeepSpeed config gand passes to one network's engine: the memory.* settings over an optional tuning JSON,
+    with bucket sizes from the network's `parameters` unless the JSON sets them."""
     config: dict[str, Any] = {}
     if memory.deepspeed_config is not None:
         try:
@@ -477,6 +542,11 @@ def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch: int, acc
             " leave the stage out of the JSON"
         )
     zero["stage"] = memory.zero_stage
+    if parameters is not None:
+        bucket = bucket_elements(parameters)
+        for key in ("reduce_bucket_size", "allgather_bucket_size") + (("stage3_prefetch_bucket_size",)
+                                                                      if memory.zero_stage == 3 else ()):  # fmt: skip
+            zero.setdefault(key, bucket)
     if memory.offload_optimizer == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
     if memory.offload_params == "cpu":

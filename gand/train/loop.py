@@ -146,7 +146,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
         classes=num_classes,
         world_size=engine.world_size,
         device=str(engine.device),
-        precision=cfg.precision,
+        precision=engine.precision,
         channels_last=engine.channels_last,
         zero_stage=cfg.memory.zero_stage,
         micro_batch=engine.micro_batch,

@@ -5,10 +5,13 @@ Per-component memory, per rank:
     optimizer state          exactly, from the optimizer kind (Adam 2 tensors per parameter, RMSprop 1-2, SGD 0-1)
     EMA of G                 one more copy of G's parameters when enabled
     activations per image    measured by probe steps of the real training code on the current device:
-                             - on a GPU, the allocator's peak over a whole D+G update at two micro-batch sizes
-                               (a line: intercept = everything static, slope = activations per image);
+                             - on a GPU, the allocator's peak over a D update and a G update (each its own phase)
+                               at the real micro-batch m and at m/2 (a line through the two: intercept = everything
+                               static, cuDNN workspaces and optimizer temporaries included; slope = activations per
+                               image), each probe's networks freed and collected before the next;
                              - on a CPU, the bytes autograd saves for backward in the D and G phases at two sizes,
-                               plus, for checkpointed networks, the largest block's recomputed activations.
+                               plus, for checkpointed networks, the largest block's recomputed activations, plus
+                               autocast's cache of 16-bit weight copies in bf16/fp16: a CPU estimate.
 
 A setting is (micro-batch, checkpointing, ZeRO stage, offload). ZeRO divides optimizer state (stage >= 1),
 gradients (>= 2) and parameters (3) by the number of ranks; offload moves optimizer state (and, at stage 3,
@@ -29,7 +32,11 @@ from gand.train.memory import checkpoint_blocks
 
 GIB = 1024**3
 CHECKPOINTING = ("none", "g", "d", "both")
-PROBE_SIZES = (2, 4)
+PROBE_SIZES = (2, 4)  # the CPU probe's micro-batches (saved tensors grow exactly linearly)
+# The CPU estimate against one measured GPU table: CAN-256, batch 64, one H200, 2026-11-30
+# (../shared/measurements/h200-2026-11-30.md). tests/unit/test_planner.py holds the estimate to within 15% of it.
+H200_TABLE_GIB = {("fp32", "none"): 2.33, ("bf16", "none"): 1.85, ("bf16", "both"): 1.45}
+CPU_ESTIMATE_ERROR = "-6% (fp32), -13% (bf16), -9% (bf16 + checkpointing)"
 OPTIMIZER_STATE_TENSORS = {"adam": 2, "sgd": 0, "rmsprop": 1}
 # Relative throughput estimates (1.0 = plain DDP, no checkpointing, the whole batch in one pass).
 SPEED = {
@@ -65,6 +72,7 @@ class Components:
     """What one rank holds, in bytes, for a given model and precision."""
 
     device: str
+    precision: str  # as trained on that device (`auto` resolved)
     method: str  # "allocator" (GPU probe) or "saved-tensors" (CPU probe)
     params: dict[str, int]
     grads: dict[str, int]
@@ -76,27 +84,37 @@ class Components:
 
 
 def measure(cfg: GandConfig, num_classes: int, device: torch.device) -> Components:
+    from gand.train.engine import resolve_precision
+
+    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)[0]})
     spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
     g, d = build_models(cfg.model.arch, spec)
     params = {"g": _bytes(g.parameters()), "d": _bytes(d.parameters())}
     optimizer = {name: params[name] * _state_tensors(opt) for name, opt in (("g", cfg.optim.g), ("d", cfg.optim.d))}
     ema = params["g"] if cfg.ema.half_life_kimg else 0
     static = sum(params.values()) * 2 + sum(optimizer.values()) + ema  # params + grads + optimizer + EMA
-    components = Components(device.type, "", params, dict(params), optimizer, ema, {}, {})
+    components = Components(device.type, cfg.precision, "", params, dict(params), optimizer, ema, {}, {})
     if device.type == "cuda":
         components.method = "allocator"
+        micro = cfg.memory.micro_batch or cfg.train.batch_size
+        sizes = (max(1, micro // 2), micro)  # where the peak really is: extrapolating from 2 and 4 was far off
         for option in CHECKPOINTING:
-            peaks = [_gpu_peak(cfg, num_classes, option, size) for size in PROBE_SIZES]
-            slope = (peaks[1] - peaks[0]) / (PROBE_SIZES[1] - PROBE_SIZES[0])
+            peaks = [max(_gpu_peaks(cfg, num_classes, option, size).values()) for size in sizes]
+            slope = (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]) if sizes[1] > sizes[0] else 0.0
             components.per_image[option] = round(slope)
-            components.fixed[option] = round(peaks[0] - slope * PROBE_SIZES[0])  # measured: includes `static`
+            components.fixed[option] = round(peaks[1] - slope * sizes[1])  # measured: includes `static`
     else:
         components.method = "saved-tensors"
+        # Autocast keeps a 16-bit copy of every weight it casts for as long as the update runs (G's and D's in D's
+        # update): 2 bytes per parameter that fp32 does not need.
+        cast_cache = sum(params.values()) // 2 if cfg.precision in ("bf16", "fp16") else 0
         for option in CHECKPOINTING:
             components.per_image[option] = _saved_per_image(cfg, num_classes, option)
-            components.fixed[option] = static
-        components.notes.append("CPU probe: activations counted from autograd's saved tensors; allocator "
-                                "overheads (cuDNN workspaces, fragmentation) are not included")  # fmt: skip
+            components.fixed[option] = static + cast_cache
+        components.notes.append("a CPU estimate: activations counted from autograd's saved tensors, no allocator "
+                                "overheads (cuDNN workspaces, fragmentation); against the allocator on one H200 "
+                                f"(CAN-256, batch 64) it was {CPU_ESTIMATE_ERROR}. Run gand plan on the GPU for "
+                                "measured numbers")  # fmt: skip
     return components
 
 
@@ -160,7 +178,7 @@ def format_plan(plan: Plan, cfg: GandConfig, shown: int = 8) -> str:
     c = plan.components
     lines = [
         f"{cfg.model.arch} at {cfg.data.resolution} px, batch {cfg.train.batch_size} per rank, {plan.ranks} rank(s),"
-        f" {cfg.precision}; probe on {c.device} ({c.method})",
+        f" {c.precision}; probe on {c.device} ({c.method})",
         "",
         f"{'component (per rank)':34} {'G':>10} {'D':>10}",
         f"{'parameters (fp32)':34} {_gib(c.params['g']):>10} {_gib(c.params['d']):>10}",
@@ -208,27 +226,38 @@ def _probe_config(cfg: GandConfig, option: str, size: int) -> GandConfig:
         update={"d_steps": 1, "g_steps": 1, "d_every": 1})})  # fmt: skip
 
 
-def _gpu_peak(cfg: GandConfig, num_classes: int, option: str, size: int) -> int:
-    """The allocator's peak over one real D update and one G update (after a warm-up that creates the
-    optimizer state), at micro-batch `size`."""
+def _gpu_peaks(cfg: GandConfig, num_classes: int, option: str, size: int) -> dict[str, int]:
+    """The allocator's peak in each phase, D update and G update (forward, backward and optimizer step each), after
+    a warm-up step that creates the optimizer state, at micro-batch `size`. The probe's networks are freed and
+    collected afterwards: a reference cycle would otherwise keep their parameters and Adam state alive into the
+    next probe."""
+    import gc
+
+    from gand.observability.report import StepReport
     from gand.train.engine import Engine
-    from gand.train.steps import Recipe, setup_networks, synthetic_batch, train_step
+    from gand.train.steps import Recipe, discriminator_update, generator_update, setup_networks, synthetic_batch
 
     probe = _probe_config(cfg, option, size)
     engine = Engine(cfg.precision, probe.memory, size)
     g, d = setup_networks(probe, engine, num_classes)
     recipe = Recipe.from_config(probe, num_classes)
     batch = synthetic_batch(probe, size, num_classes, engine)
+    peaks: dict[str, int] = {}
     for measuring in (False, True):
-        if measuring:
+        for phase in ("d_update", "g_update"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        train_step(engine, g, d, recipe, batch)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
+            if phase == "d_update":
+                discriminator_update(engine, d, g, recipe, batch, StepReport())
+            else:
+                generator_update(engine, g, d, recipe, size, StepReport())
+            torch.cuda.synchronize()
+            if measuring:
+                peaks[phase] = torch.cuda.max_memory_allocated()
     del g, d, engine, batch
+    gc.collect()
     torch.cuda.empty_cache()
-    return peak
+    return peaks
 
 
 def _saved_per_image(cfg: GandConfig, num_classes: int, option: str) -> int:

@@ -82,14 +82,15 @@ def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe,
     net = report.discriminator = NetworkReport()
     for index, (real, labels) in enumerate(pieces):
         with engine.accumulate(d, last=index == len(pieces) - 1):
-            z, fake_classes = recipe.latent(real.shape[0], engine.device)
-            with torch.no_grad():
-                fake = engine.layout(g(z, fake_classes))
-            real, fake = augment(real, recipe.augment_policy), augment(fake, recipe.augment_policy)
-            real_out, fake_out = d(real), d(fake)
-            parts = recipe.objective.discriminator(real_out, fake_out, labels, fake_classes)
-            if recipe.gradient_penalty:
-                parts["gp"] = recipe.gradient_penalty * gradient_penalty(d, real, fake)
+            with engine.autocast():
+                z, fake_classes = recipe.latent(real.shape[0], engine.device)
+                with torch.no_grad():
+                    fake = engine.layout(g(z, fake_classes))
+                real, fake = augment(real, recipe.augment_policy), augment(fake, recipe.augment_policy)
+                real_out, fake_out = d(real), d(fake)
+                parts = recipe.objective.discriminator(real_out, fake_out, labels, fake_classes)
+                if recipe.gradient_penalty:
+                    parts["gp"] = recipe.gradient_penalty * gradient_penalty(d, real, fake)
             engine.backward(d, sum(parts.values()))
             if report.detailed and index == 0:
                 report.d_outputs = discriminator_outputs(real_out, fake_out, recipe.critic)
@@ -111,9 +112,10 @@ def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, cou
     with engine.frozen(d) as judge:
         for index, size in enumerate(sizes):
             with engine.accumulate(g, last=index == len(sizes) - 1):
-                z, fake_classes = recipe.latent(size, engine.device)
-                fake = augment(engine.layout(g(z, fake_classes)), recipe.augment_policy)
-                parts = recipe.objective.generator(judge(fake), fake_classes)
+                with engine.autocast():
+                    z, fake_classes = recipe.latent(size, engine.device)
+                    fake = augment(engine.layout(g(z, fake_classes)), recipe.augment_policy)
+                    parts = recipe.objective.generator(judge(fake), fake_classes)
                 engine.backward(g, sum(parts.values()))
             _add(net.losses, parts, len(sizes))
     if report.detailed:

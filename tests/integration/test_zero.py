@@ -2,12 +2,13 @@
 
 import json
 import math
+import sys
 
 import pytest
 import torch
 
 from gand.eval.samples import generate, load_generator
-from tests.conftest import bin_path, run_command
+from tests.conftest import bin_path, gand, run_command, tiny_config
 
 pytestmark = pytest.mark.integration
 # Losses of two correct runs drift apart: gradients are reduced in a different order (and, in bf16, in 16 bits
@@ -74,3 +75,43 @@ def test_zero_checkpoints_export_consolidated_weights_for_sampling_without_deeps
     ddp_generator, _, _, _ = load_generator(str(matrix_dir / "dcgan-fp32-zero0" / "checkpoints"))
     names = dict(generator.named_parameters()).keys()
     assert names == dict(ddp_generator.named_parameters()).keys()  # the same plain module, whatever wrote it
+
+
+def test_zero_on_one_rank_without_offload_is_refused_with_what_to_use_instead(tmp_path, packed):
+    """ZeRO partitions across ranks; on one it only adds DeepSpeed's buffers (4.95 vs 1.45 GiB measured on an H200)."""
+    config = tiny_config(tmp_path, packed)
+    result = gand("train", str(config), "memory.zero_stage=2", timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr
+    assert "memory.zero_stage: 2 on one rank" in message and "nothing to split" in message
+    assert "memory.zero_stage: 0" in message and "memory.offload_optimizer: cpu" in message
+    assert "Traceback" not in message
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+OFFLOAD_PROBE = """
+import os, json
+os.environ.pop("WORLD_SIZE", None)
+from gand.config import load_config
+from gand.train.engine import build_engine
+from gand.train.steps import Recipe, setup_networks, synthetic_batch, train_step
+cfg = load_config("configs/can256.yaml", ["data.path=unused", "model.width=0.0625", "data.resolution=128",
+                  "memory.zero_stage=2", "memory.offload_optimizer=cpu", "train.batch_size=4",
+                  "ema.half_life_kimg=null"])
+engine = build_engine(cfg.precision, cfg.memory, 4)
+g, d = setup_networks(cfg, engine, 27)
+recipe, batch = Recipe.from_config(cfg, 27), synthetic_batch(cfg, 4, 27, engine)
+before = [p.detach().clone() for p in g.module.parameters()]
+for _ in range(2):
+    train_step(engine, g, d, recipe, batch)
+moved = any(not p.detach().equal(b) for p, b in zip(g.module.parameters(), before))
+print(json.dumps({"optimizers": [type(n.optimizer.optimizer).__name__ for n in (g, d)], "moved": moved}))
+"""
+
+
+def test_optimizer_offload_runs_deepspeeds_cpu_adam():
+    """One rank with the optimizer state in host RAM: DeepSpeed's vectorised CPU Adam does the update."""
+    result = run_command([sys.executable, "-c", OFFLOAD_PROBE], timeout=600, env={"WORLD_SIZE": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome == {"optimizers": ["DeepSpeedCPUAdam", "DeepSpeedCPUAdam"], "moved": True}

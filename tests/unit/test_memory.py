@@ -55,7 +55,7 @@ def test_accumulated_micro_batches_give_the_whole_batch_update():
         optimizer = torch.optim.SGD(net_model.parameters(), lr=0.5)
         from gand.train.engine import Trained
 
-        net = Trained("d", net_model, net_model, optimizer, engine._autocast)
+        net = Trained("d", net_model, net_model, optimizer)
         pieces = list(zip(x.chunk(engine.micro_batches), y.chunk(engine.micro_batches), strict=True))
         for index, (xs, ys) in enumerate(pieces):
             with engine.accumulate(net, last=index == len(pieces) - 1):
@@ -137,3 +137,46 @@ def test_memory_settings_that_cannot_work_are_named(memory, train, loss, expecte
     with pytest.raises(ConfigError) as caught:
         validate_config({"data": {"path": "d", "resolution": 32}, "memory": memory, "train": train, "loss": loss})
     assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("device_type", "capability", "expected"),
+    [
+        ("cpu", None, "fp32"),  # emulated mixed precision is slower than fp32
+        ("cuda", (7, 5), "fp16"),  # T4 (Colab): fp16 tensor cores, no bf16
+        ("cuda", (7, 0), "fp16"),  # V100
+        ("cuda", (8, 0), "bf16"),  # A100
+        ("cuda", (8, 6), "bf16"),  # A10G
+        ("cuda", (8, 9), "bf16"),  # L4
+        ("cuda", (9, 0), "bf16"),  # H100, H200
+        ("cuda", (6, 0), "fp32"),  # P100: no tensor cores
+    ],
+)
+def test_precision_auto_picks_by_device_kind(device_type, capability, expected):
+    from gand.train.engine import choose_precision
+
+    precision, reason = choose_precision(device_type, capability)
+    assert precision == expected and reason
+
+
+def test_precision_auto_trains_in_fp32_on_the_cpu_and_says_why():
+    engine = Engine("auto", MemoryConfig(), batch_size=2)
+    assert engine.precision == "fp32" and engine.autocast().__class__.__name__ == "nullcontext"
+
+
+def test_deepspeed_buckets_follow_the_network_size_unless_the_tuning_json_sets_them(tmp_path):
+    from gand.train.engine import bucket_elements
+
+    config = deepspeed_config(MemoryConfig(zero_stage=2), "fp32", 8, 1, cuda=True, parameters=3_000_000)
+    assert config["zero_optimization"]["reduce_bucket_size"] == 3_000_000
+    assert config["zero_optimization"]["allgather_bucket_size"] == 3_000_000
+    assert "stage3_prefetch_bucket_size" not in config["zero_optimization"]
+    stage3 = deepspeed_config(MemoryConfig(zero_stage=3), "fp32", 8, 1, cuda=True, parameters=3_000_000)
+    assert stage3["zero_optimization"]["stage3_prefetch_bucket_size"] == 3_000_000
+    assert bucket_elements(10) == 2**20 and bucket_elements(10**10) == 500_000_000
+    tuning = tmp_path / "tuning.json"
+    tuning.write_text(json.dumps({"zero_optimization": {"reduce_bucket_size": 5e7}}))
+    tuned = deepspeed_config(MemoryConfig(zero_stage=2, deepspeed_config=str(tuning)), "fp32", 8, 1, cuda=True,
+                             parameters=3_000_000)  # fmt: skip
+    assert tuned["zero_optimization"]["reduce_bucket_size"] == 5e7  # the user's choice wins
+    assert tuned["zero_optimization"]["allgather_bucket_size"] == 3_000_000

@@ -5,6 +5,7 @@ from gand.config import load_config
 from gand.models import ModelSpec, build_models
 from gand.train.planner import (
     GIB,
+    H200_TABLE_GIB,
     Components,
     Setting,
     candidates,
@@ -27,7 +28,7 @@ def test_parse_size():
 
 def components(per_image: int = 10) -> Components:
     return Components(
-        device="cpu", method="test", params={"g": 100, "d": 60}, grads={"g": 100, "d": 60},
+        device="cpu", precision="fp32", method="test", params={"g": 100, "d": 60}, grads={"g": 100, "d": 60},
         optimizer={"g": 200, "d": 120}, ema=0, fixed={o: 1000 for o in ("none", "g", "d", "both")},
         per_image={"none": per_image, "g": per_image // 2, "d": per_image // 2, "both": per_image // 4},
     )  # fmt: skip
@@ -100,3 +101,15 @@ def test_plan_command_prints_components_table_and_overrides():
     assert nothing.returncode == 1 and "nothing fits" in nothing.stdout
     bad = gand("plan", str(REPO / "configs" / "dcgan64.yaml"), "--gpu-mem", "plenty")
     assert bad.returncode == 2 and "--gpu-mem" in bad.stderr
+
+
+@pytest.mark.parametrize(("precision", "checkpointing"), sorted(H200_TABLE_GIB))
+def test_the_cpu_estimate_reproduces_the_measured_h200_table_within_15_percent(precision, checkpointing):
+    """CAN-256 at batch 64 as measured by the allocator on one H200 (../shared/measurements/h200-2026-11-30.md)."""
+    overrides = ["data.path=unused", f"precision={precision}", "ema.half_life_kimg=null", "train.batch_size=64"]
+    cfg = load_config(REPO / "configs" / "can256.yaml", overrides)
+    components = measure(cfg, 27, torch.device("cpu"))
+    predicted = predict(components, Setting(64, 1, checkpointing, 0), ranks=1) / GIB
+    measured = H200_TABLE_GIB[(precision, checkpointing)]
+    assert abs(predicted - measured) / measured <= 0.15, (predicted, measured)
+    assert any("a CPU estimate" in note for note in components.notes)  # gand plan says so, and how far off it was
