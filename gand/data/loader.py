@@ -39,9 +39,9 @@ from torch.utils.data import _utils as data_utils
 
 from gand.data.images import IMAGE_EXTENSIONS, decode_member
 from gand.data.manifest import PackedManifest, dataset_root, read_manifest
-from gand.data.tarindex import UNLABELLED, SampleReader, ShardIndex, index_shard, local_shard
+from gand.data.tarindex import SampleReader, ShardIndex, index_shard, local_shard
 from gand.errors import DataError
-from gand.storage import Store, open_url, redact
+from gand.storage import Store, redact
 
 log = structlog.get_logger("gand.loader")
 
@@ -392,16 +392,18 @@ class ImageLoader:
 def ordered_samples(data_path: str, resolution: int, channels: int = 3) -> Iterator[tuple[str, np.ndarray, int]]:
     """Every sample of the dataset once, in manifest order: (key, uint8 H x W x C, class or UNLABELLED).
 
-    For evaluation, not training: no shuffling, no resampling, no rank split, so the same set every time."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
+    For evaluation, not training: no shuffling, no resampling, no rank split, so the same set every time. Read
+    through the same shard index as training, so both agree on what a sample is."""
     manifest, store = read_manifest(data_path)
-    for shard in manifest.shards_at(resolution):
-        url = store.url(shard.path)
-        with open_url(url) as stream:
-            for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-                label = int(sample["cls"]) if "cls" in sample else UNLABELLED
-                extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
-                if extension is None:
-                    raise DataError(f"sample {sample['__key__']} in {redact(url)} has no image member")
-                yield sample["__key__"], decode_member(extension, sample[extension], channels), label
+    reader = SampleReader()
+    try:
+        for shard in manifest.shards_at(resolution):
+            index = index_shard(local_shard(store.url(shard.path), shard.sha256))
+            for sample in range(len(index)):
+                kind = int(index.image_kinds[sample])
+                if kind < 0:
+                    raise DataError(f"sample {index.key(sample)} in {redact(store.url(shard.path))} has no image")
+                pixels = decode_member(IMAGE_EXTENSIONS[kind], reader.image_bytes(index, sample), channels)
+                yield index.key(sample), pixels, int(index.labels[sample])
+    finally:
+        reader.close()

@@ -46,7 +46,8 @@ def compare_on_dataset(location: str, data_path: str, test_share: float = 0.3, s
     """`gand features`: D's features vs raw pixels, each through the same linear SVM on the same split."""
     from sklearn.model_selection import train_test_split
 
-    from gand.data.loader import UNLABELLED, ordered_samples
+    from gand.data.loader import ordered_samples
+    from gand.data.tarindex import UNLABELLED
     from gand.errors import DataError
     from gand.eval.samples import load_networks
 

@@ -78,10 +78,7 @@ class LoggedStep:
     data: DataCounts
 
     def networks(self) -> dict[str, NetworkNumbers]:
-        found = {"generator": self.generator}
-        if self.discriminator is not None:
-            found["discriminator"] = self.discriminator
-        return found
+        return _present(self.generator, self.discriminator)
 
     def losses(self) -> dict[str, float]:
         """g, d (totals) and each term, e.g. d_adv, d_gp, g_ambiguity: the names of the loss history."""
@@ -127,10 +124,7 @@ class StepReport:
     detailed: bool = False  # a logging step: gather D's outputs and gradient statistics too
 
     def _networks(self) -> dict[str, NetworkReport]:
-        found = {"generator": self.generator}
-        if self.discriminator is not None:
-            found["discriminator"] = self.discriminator
-        return found
+        return _present(self.generator, self.discriminator)
 
     def read(self, mean_across_ranks: Callable[[torch.Tensor], list[float]], world_size: int,
              host: HostNumbers) -> LoggedStep:  # fmt: skip
@@ -190,6 +184,13 @@ class StepReport:
             d_dominating=host.d_dominating(d_outputs) if d_outputs is not None else None,
             data=counts,
         )
+
+
+def _present(generator, discriminator) -> dict:
+    """The networks that updated this step, by name (D may skip steps: schedule.d_every)."""
+    return (
+        {"generator": generator} if discriminator is None else {"generator": generator, "discriminator": discriminator}
+    )
 
 
 @dataclass(frozen=True)

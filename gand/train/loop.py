@@ -19,7 +19,6 @@ from gand.data.manifest import check_dataset, read_manifest
 from gand.errors import ConfigError, DataError, Diverged, PeerLost, Preempted, StorageError
 from gand.eval.fid import Evaluator
 from gand.eval.samples import generate, grid_png
-from gand.models import build_models, spec_from_config
 from gand.observability.curves import LossHistory, loss_curve_png
 from gand.observability.health import DominanceWindow, sample_diversity
 from gand.observability.logging import configure_logging
@@ -29,9 +28,9 @@ from gand.storage import Store, is_local, redact
 from gand.train.control import FiniteWatch, RunControl, StopWhileWaiting, count_due
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals, lost_a_peer
 from gand.train.feed import DeviceBatch, DeviceFeed
-from gand.train.optim import GeneratorEMA, build_optimizer
+from gand.train.optim import GeneratorEMA
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
-from gand.train.steps import Recipe, discriminator_update, generator_update
+from gand.train.steps import Recipe, build_networks, discriminator_update, generator_update
 
 
 def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
@@ -66,11 +65,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
     # -- build everything ----------------------------------------------------------------------------------
     manifest, _ = read_manifest(cfg.data.path)
     num_classes = check_dataset(manifest, cfg)
-    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
-    generator, discriminator = build_models(cfg.model.arch, spec)
-    engine.place(generator, discriminator)  # fused optimizers need their parameters on the device
-    opt_g = build_optimizer(generator.parameters(), cfg.optim.g, fused=engine.fused_optimizers)
-    opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d, fused=engine.fused_optimizers)
+    generator, discriminator, opt_g, opt_d = build_networks(cfg, engine, num_classes)  # set up after a resume
     recipe = Recipe.from_config(cfg, num_classes)
     fixed_noise, fixed_classes = _fixed_sample_inputs(cfg, recipe)
     checkpoints = _checkpoint_manager(cfg, engine)

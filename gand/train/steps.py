@@ -6,8 +6,10 @@ Everything a move needs that does not change between steps is in a `Recipe`, bui
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from gand.augment import augment
 from gand.config import GandConfig
@@ -131,14 +133,19 @@ def _add(totals: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], pieces
 
 
 # -- the step functions on their own (the planner, benches and GPU tests use them without the loop) ------------
-def setup_networks(cfg: GandConfig, engine: Engine, num_classes: int) -> tuple[Trained, Trained]:
-    """G and D from the config, on the engine's device, with their optimizers, set up by the engine."""
+def build_networks(cfg: GandConfig, engine: Engine, num_classes: int) -> tuple[nn.Module, nn.Module, Any, Any]:
+    """G and D (pure modules) from the config, on the engine's device, and their optimizers: (G, D, G's, D's)."""
     spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
     generator, discriminator = build_models(cfg.model.arch, spec)
     engine.place(generator, discriminator)  # fused optimizers need their parameters on the device
     opt_g = build_optimizer(generator.parameters(), cfg.optim.g, fused=engine.fused_optimizers)
     opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d, fused=engine.fused_optimizers)
-    return engine.setup(generator, discriminator, opt_g, opt_d)
+    return generator, discriminator, opt_g, opt_d
+
+
+def setup_networks(cfg: GandConfig, engine: Engine, num_classes: int) -> tuple[Trained, Trained]:
+    """G and D from the config with their optimizers, set up by the engine (no checkpoint to load first)."""
+    return engine.setup(*build_networks(cfg, engine, num_classes))
 
 
 def synthetic_batch(cfg: GandConfig, batch_size: int, num_classes: int, engine: Engine) -> DeviceBatch:

@@ -72,11 +72,16 @@ def test_finite_watch():
     assert FiniteWatch().read()  # nothing observed
 
 
-def test_a_wait_still_blocked_after_the_grace_is_interrupted_and_a_short_one_is_not():
+def watching(waiting: list[bool]) -> RunControl:
+    """A run control with a 0.3 s grace for stuck waits, its handlers installed, watching `waiting[0]`."""
     control = RunControl(OneRank(), CheckpointConfig(), max_steps=50, wait_grace_seconds=0.3)
-    waiting = [True]
     control.interrupt_waits(lambda: waiting[0])
     control.install_signal_handlers()
+    return control
+
+
+def test_a_wait_still_blocked_after_the_grace_is_interrupted_and_a_short_one_is_not():
+    control = watching([True])
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(StopWhileWaiting):
@@ -85,10 +90,8 @@ def test_a_wait_still_blocked_after_the_grace_is_interrupted_and_a_short_one_is_
     finally:
         control.restore_signal_handlers()
 
-    short = RunControl(OneRank(), CheckpointConfig(), max_steps=50, wait_grace_seconds=0.3)
     waiting = [True]
-    short.interrupt_waits(lambda: waiting[0])
-    short.install_signal_handlers()
+    short = watching(waiting)
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         waiting[0] = False  # the batch arrived: the stop waits for the step boundary
