@@ -4,18 +4,19 @@
 #   DRY=1 bash bench/gpu_check.sh          (rehearsal on this CPU, tiny sizes, a few minutes)
 # then one device call: command `bash bench/gpu_check.sh`, carry [".gpu"], timeout_s 540.
 # Prints, and leaves in $OUT: the sync count of ordinary steps (tests/gpu), bench/trainstep.py's four numbers for
-# CAN-256 and dcgan32 at batch 64, and the full `accelerate launch -m gand.train configs/can256.yaml` on PNG shards
+# CAN-256 and dcgan32 at batch 64 (its bf16 rows too), CAN-256's step functions with torch.compile (issue 17), and the full `accelerate launch -m gand.train configs/can256.yaml` on PNG shards
 # with its ms/step, then the resume.
 set -u
 root=$(pwd)
 if [ "${DRY:-0}" = 1 ]; then
   export PATH="$root/.venv/bin:$PATH"; OUT=${OUT:-/tmp/gpu-dry}; N=64; BS=4; STEPS=24; TINY="model.width=0.125"
-  TRAINSTEP="--configs dcgan32 --repeats 1 --images 64"
+  TRAINSTEP="--configs dcgan32 --repeats 1 --images 64"; PRECISION="--configs dcgan32 --repeats 1 --images 64"
 else
   [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$root; N=640; BS=64; STEPS=200; TINY=""
-  TRAINSTEP="--configs can256,dcgan32 --repeats 1 --full --images $N"
+  TRAINSTEP="--configs can256,dcgan32 --repeats 1 --full --images $N --rows bare,steps,memory,loader,steps_bf16"
+  PRECISION="--configs can256 --repeats 1 --full --images 64"
 fi
 export PYTHONUNBUFFERED=1 GAND_LOG_FORMAT=json
 mkdir -p "$OUT"; W=/tmp/gpu-work; rm -rf "$W"; mkdir -p "$W"
@@ -28,7 +29,10 @@ say "1/3 host-device syncs per ordinary step (tests/gpu/test_syncs_on_gpu.py)"
 timeout 150 python3 -m pytest tests/gpu/test_syncs_on_gpu.py -q -p no:cacheprovider 2>&1 | tail -4
 
 say "2/3 bare loop, step functions, loop from memory, loop with loader (bench/trainstep.py $TRAINSTEP)"
-timeout 330 python3 bench/trainstep.py $TRAINSTEP --work "$W/trainstep" --out "$OUT/trainstep.json" 2>&1 | tail -12
+timeout 260 python3 bench/trainstep.py $TRAINSTEP --work "$W/trainstep" --out "$OUT/trainstep.json" 2>&1 | tail -12
+say "2b/3 issue 17: can256 step functions in fp32, bf16 and bf16 + torch.compile"
+timeout 150 python3 bench/trainstep.py $PRECISION --rows steps,steps_bf16,steps_bf16_compile \
+  --work "$W/precision" --out "$OUT/precision.json" 2>&1 | tail -6
 
 say "3/3 the full command on PNG shards: accelerate launch -m gand.train configs/can256.yaml, batch $BS, $STEPS steps"
 gand demo-data "$W/raw" --n $N >/dev/null 2>&1

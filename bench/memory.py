@@ -1,8 +1,10 @@
 """Peak GPU memory and speed of CAN at 256 px (configs/can256.yaml) under gand's memory settings.
 
-For batch 64 and 128 per GPU, each setting trains a few real D+G updates on synthetic images (data loading is
-measured in its own bench), in a fresh process, and records the allocator's peak, images per second, the ratio to
-the fp32 step time, and what `gand plan` predicted for the same setting.
+For batch 64 and 128 (the config's own) per GPU, each setting trains a few real D+G updates on synthetic images
+already on the device (data loading is measured in its own bench), in a fresh process, and records the allocator's
+peak, images per second, the ratio to the fp32 step time, and what `gand plan` predicted for the same setting. The
+last row per batch runs what `gand plan --budget 15GiB` chooses with `precision: auto` (bf16 on an A100/H100/H200,
+fp16 on a T4): the setting a T4 user is told to run.
 
     .venv/bin/python bench/memory.py                    # on a GPU machine: the table in docs/benchmarks.md
                                                         # (without a GPU: the planner's predictions only)
@@ -31,6 +33,7 @@ SETTINGS = {
     "bf16 + checkpointing + ZeRO-2 + optimizer offload": [
         "precision=bf16", "memory.grad_checkpointing=both", "memory.zero_stage=2", "memory.offload_optimizer=cpu"],
 }  # fmt: skip
+PLAN_CHOICE = "gand plan's choice for a T4 budget"
 GIB = 1024**3
 WIKIART_STYLES = 27  # CAN-256's style classes
 T4_BUDGET_GIB = 15.0  # a Colab T4's 16 GB, less the CUDA context and cuDNN's own allocations
@@ -58,7 +61,7 @@ def main() -> int:
     rows = []
     for batch in batches:
         baseline = None
-        for name in SETTINGS:
+        for name in [*SETTINGS, PLAN_CHOICE]:
             row = measure_in_subprocess(name, batch, steps, args.smoke)
             baseline = baseline or row.get("seconds_per_step")
             if "seconds_per_step" in row:
@@ -80,34 +83,57 @@ def predictions_only(batches: list[int], out: str) -> int:
     components_by_precision = {}
     rows = []
     for batch in batches:
-        for name in SETTINGS:
-            cfg = setting_config(name)
+        for name in [*SETTINGS, PLAN_CHOICE]:
+            overrides, _ = chosen_overrides(name, batch, torch.device("cpu"))
+            cfg = setting_config(overrides, f"train.batch_size={batch}")
             if cfg.precision not in components_by_precision:  # activations depend on precision only
                 components_by_precision[cfg.precision] = measure(cfg, WIKIART_STYLES, torch.device("cpu"))
-            predicted = predict(components_by_precision[cfg.precision], planner_setting(cfg, batch), ranks=1)
+            predicted = predict(components_by_precision[cfg.precision], planner_setting(cfg), ranks=1)
             row = {"setting": name, "batch": batch, "predicted_peak_gib": round(predicted / GIB, 2),
-                   "peak_gib": "GPU only", "images_per_second": "GPU only"}  # fmt: skip
+                   "peak_gib": "GPU only", "images_per_second": "GPU only",
+                   "overrides": " ".join(overrides)}  # fmt: skip
             row["fits_t4"] = fits_t4(row)
             rows.append(row)
+    choices = {row["batch"]: row["overrides"] for row in rows if row["setting"] == PLAN_CHOICE}
     print_table(rows, [("batch", "batch"), ("setting", "setting"), ("predicted_peak_gib", "predicted GiB"),
                        ("peak_gib", "peak GiB"), ("images_per_second", "images/s"),
                        ("fits_t4", f"fits a T4 ({T4_BUDGET_GIB:.0f} GiB)")])  # fmt: skip
+    for batch, overrides in choices.items():
+        print(f"{PLAN_CHOICE} at batch {batch}: {overrides}")
     write_record("memory", out, {"batches": batches, "measured": False}, rows)
     return 0
 
 
-def setting_config(name: str, *extra: str):
-    """can256.yaml with one of SETTINGS, EMA off (not part of what is measured)."""
+def setting_config(overrides: list[str], *extra: str):
+    """can256.yaml with a setting's overrides, EMA off (not part of what is measured)."""
     from gand.config import load_config
 
-    return load_config(REPO / "configs" / "can256.yaml", [*SETTINGS[name], "ema.half_life_kimg=null", *extra])
+    return load_config(REPO / "configs" / "can256.yaml", [*overrides, "ema.half_life_kimg=null", *extra])
 
 
-def planner_setting(cfg, batch: int):
-    """The planner's view of a config's memory options at one micro-batch, no accumulation."""
+def chosen_overrides(name: str, batch: int, device, *extra: str) -> tuple[list[str], int | None]:
+    """A row's config overrides, and for PLAN_CHOICE the peak bytes `gand plan` predicts for what it chose (the
+    fastest setting under the T4 budget, as `gand plan --budget 15GiB` prints it)."""
+    if name != PLAN_CHOICE:
+        return SETTINGS[name], None
+    from gand.train.planner import make_plan
+
+    base = ["precision=auto"]
+    cfg = setting_config(base, f"train.batch_size={batch}", *extra)
+    plan = make_plan(cfg, WIKIART_STYLES, int(T4_BUDGET_GIB * GIB), 1, device)
+    if plan.best is None:
+        raise SystemExit(f"gand plan finds nothing that fits {T4_BUDGET_GIB} GiB at batch {batch}")
+    predicted = next(peak for setting, peak, _ in plan.rows if setting == plan.best)
+    return [*base, *plan.best.overrides()], predicted
+
+
+def planner_setting(cfg):
+    """The planner's view of a config's memory options (micro-batch and accumulation included)."""
     from gand.train.planner import Setting
 
-    return Setting(batch, 1, cfg.memory.grad_checkpointing, cfg.memory.zero_stage, cfg.memory.offload_optimizer)
+    micro = cfg.memory.micro_batch or cfg.train.batch_size
+    return Setting(micro, cfg.train.batch_size // micro, cfg.memory.grad_checkpointing, cfg.memory.zero_stage,
+                   cfg.memory.offload_optimizer, cfg.memory.offload_params)  # fmt: skip
 
 
 def measure_in_subprocess(name: str, batch: int, steps: int, smoke: bool) -> dict:
@@ -132,10 +158,12 @@ def run_one(name: str, batch: int, steps: int, smoke: bool) -> dict:
 
     # The smoke check exercises the same code paths at 128 px and 1/16 width: quicker in the test suite.
     smaller = ["model.width=0.0625", "data.resolution=128"] if smoke else []
-    cfg = setting_config(name, f"train.batch_size={batch}", *smaller)
     classes = WIKIART_STYLES
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    predicted = predict(measure(cfg, classes, device), planner_setting(cfg, batch), ranks=1)
+    overrides, predicted = chosen_overrides(name, batch, device, *smaller)
+    cfg = setting_config(overrides, f"train.batch_size={batch}", *smaller)
+    if predicted is None:
+        predicted = predict(measure(cfg, classes, device), planner_setting(cfg), ranks=1)
     engine = build_engine(cfg.precision, cfg.memory, batch)
     g, d = setup_networks(cfg, engine, classes)
     recipe = Recipe.from_config(cfg, classes)
@@ -155,8 +183,9 @@ def run_one(name: str, batch: int, steps: int, smoke: bool) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / steps
-    row = {"setting": name, "batch": batch, "seconds_per_step": round(seconds, 4),
-           "images_per_second": round(batch / seconds, 1), "predicted_peak_gib": round(predicted / GIB, 2)}  # fmt: skip
+    row = {"setting": name, "batch": batch, "seconds_per_step": round(seconds, 4), "precision": engine.precision,
+           "images_per_second": round(batch / seconds, 1), "predicted_peak_gib": round(predicted / GIB, 2),
+           "overrides": " ".join(overrides)}  # fmt: skip
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
         row["peak_gib"] = round(peak / GIB, 2)
@@ -180,7 +209,8 @@ def format_row(row: dict) -> str:
     predicted = f"{row['predicted_peak_gib']:.2f} GiB"
     speed = f"{row['images_per_second']:>7.1f} img/s  x{row.get('vs_fp32_step_time', 1.0):.2f} fp32 time"
     t4 = f"  T4 ({T4_BUDGET_GIB:.0f} GiB): {row.get('fits_t4', '-')}"
-    return f"batch {row['batch']:>4}  {row['setting']:52} peak {peak:>10}  predicted {predicted}  {speed}{t4}"
+    line = f"batch {row['batch']:>4}  {row['setting']:52} peak {peak:>10}  predicted {predicted}  {speed}{t4}"
+    return line + (f"\n           ({row['overrides']})" if row["setting"] == PLAN_CHOICE else "")
 
 
 if __name__ == "__main__":

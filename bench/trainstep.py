@@ -10,9 +10,10 @@ per config (images/s, each run in its own process, all on the same device: the G
               batches: what users run
 
 bare vs steps is the cost of gand's objective and engine; steps vs memory the loop's; memory vs loader the data
-path's. On a GPU a fifth row times the step functions in bf16. Runs alternate order every other repeat (so a
-machine that speeds up or slows down hits all alike); images/s are medians over repeats. gand's numbers are its
-steady state between its first and last logged steps (start-up and the final save excluded).
+path's. On a GPU two more rows time the step functions in bf16, and in bf16 with each network compiled
+(`memory.compile=true`; issue 17's target: the fastest setting >= 2x the fp32 step functions). Runs alternate order
+every other repeat (so a machine that speeds up or slows down hits all alike); images/s are medians over repeats.
+gand's numbers are its steady state between its first and last logged steps (start-up and the final save excluded).
 
 Targets (issue 16): on a GPU, loader >= 90% of steps for CAN-256 at batch 64, and dcgan32 at batch 64 >= 20,000
 images/s on an H100/H200-class GPU.
@@ -48,7 +49,10 @@ LABELS = {
     "memory": "gand train, batches from host memory",
     "loader": "gand train, shard loader (raw shards)",
     "steps_bf16": "gand step functions, bf16",
+    "steps_bf16_compile": "gand step functions, bf16, torch.compile",
 }
+# The step-function rows: their precision and whether the networks are compiled.
+STEP_VARIANTS = {"steps": ("fp32", False), "steps_bf16": ("bf16", False), "steps_bf16_compile": ("bf16", True)}
 
 
 def main() -> int:
@@ -57,6 +61,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--full", action="store_true", help="the configs' own width, batch 64 (a GPU's job)")
     parser.add_argument("--images", type=int, default=160, help="demo images packed for the loader row")
+    parser.add_argument("--rows", default=None, help="only these rows (comma-separated keys, e.g. steps,steps_bf16)")
     parser.add_argument("--sizes", default=None, help="RES,WIDTH,BATCH,STEPS for every config (a quick check)")
     parser.add_argument("--work", default="bench/work/trainstep")
     parser.add_argument("--out", default="bench/results/trainstep.json")
@@ -64,12 +69,14 @@ def main() -> int:
     parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.one:
         size = tuple(json.loads(args.size))
         if args.one == "memory":
             return train_from_memory(rest)
-        print(json.dumps({"seconds_per_step": ONE[args.one](args.config, size, args.precision)}))
+        seconds = ONE[args.one](args.config, size, args.precision, args.compile)
+        print(json.dumps({"seconds_per_step": seconds}))
         return 0
 
     import torch
@@ -82,7 +89,12 @@ def main() -> int:
     if args.sizes:
         resolution, width, batch, steps = args.sizes.split(",")
         sizes = dict.fromkeys(names, (int(resolution), float(width), int(batch), int(steps)))
-    keys = ["bare", "steps", "memory", "loader"] + (["steps_bf16"] if gpu else [])
+    keys = ["bare", "steps", "memory", "loader"] + (["steps_bf16", "steps_bf16_compile"] if gpu else [])
+    if args.rows:
+        unknown = set(args.rows.split(",")) - set(LABELS)
+        if unknown or "steps" not in args.rows.split(","):
+            parser.error(f"--rows: {sorted(unknown) or 'steps is the baseline and must be one'}; known: {list(LABELS)}")
+        keys = [key for key in keys if key in args.rows.split(",")]
     rows = []
     for name in names:
         runs: dict[str, list[float]] = {key: [] for key in keys}
@@ -100,9 +112,10 @@ def main() -> int:
     print_table(rows, [("config", "config"), ("loop", "what runs"), ("images_per_second", "images/s"),
                        ("vs_steps", "vs gand step functions")])  # fmt: skip
     loader_share = {row["config"]: row["vs_steps"] for row in rows if row["loop"] == LABELS["loader"]}
-    print("gand train with its loader, as a share of its step functions' images/s: "
-          + ", ".join(f"{name} {share:.0%}" for name, share in loader_share.items())
-          + ("" if gpu else " (on a CPU the model is the limit everywhere: the GPU targets need a GPU)"))  # fmt: skip
+    if loader_share:
+        print("gand train with its loader, as a share of its step functions' images/s: "
+              + ", ".join(f"{name} {share:.0%}" for name, share in loader_share.items())
+              + ("" if gpu else " (on a CPU the model is the limit: GPU targets need a GPU)"))  # fmt: skip
     settings = {"configs": {name: dict(zip(("resolution", "width", "batch", "steps"), sizes[name], strict=True))
                             for name in names}, "repeats": args.repeats, "full": args.full, "device": "cuda" if gpu
                 else "cpu", "epoch_batches": EPOCH_BATCHES}  # fmt: skip
@@ -125,10 +138,10 @@ def measure(key: str, name: str, size: tuple[int, float, int, int], data: Path, 
     if key == "memory":
         own = [sys.executable, str(Path(__file__)), "--one", "memory", "--size", json.dumps(size)]
         return gand_run(own + gand_command(name, data, run_dir, size)[3:], data_path=data)
-    precision = "bf16" if key == "steps_bf16" else "fp32"
+    precision, compiled = STEP_VARIANTS.get(key, ("fp32", False))
     one = "steps" if key.startswith("steps") else key
     command = [sys.executable, str(Path(__file__)), "--one", one, "--config", name, "--size", json.dumps(size),
-               "--precision", precision]  # fmt: skip
+               "--precision", precision] + (["--compile"] if compiled else [])  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
         sys.exit(f"{key} run failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -168,12 +181,13 @@ def gand_run(command: list[str], data_path: Path) -> float:
     return (last - first).total_seconds() / (last_step - first_step)
 
 
-def _config(name: str, size: tuple[int, float, int, int], precision: str = "fp32"):
+def _config(name: str, size: tuple[int, float, int, int], precision: str = "fp32", compiled: bool = False):
     from gand.config import load_config
 
     resolution, width, batch, _ = size
     return load_config(REPO / "configs" / f"{name}.yaml", ["data.path=unused", f"data.resolution={resolution}",
-                       f"model.width={width}", f"train.batch_size={batch}", f"precision={precision}"])  # fmt: skip
+                       f"model.width={width}", f"train.batch_size={batch}", f"precision={precision}",
+                       f"memory.compile={str(compiled).lower()}"])  # fmt: skip
 
 
 def _timed(step, steps: int) -> float:
@@ -196,7 +210,7 @@ def _timed(step, steps: int) -> float:
 CLASSES = 4  # the demo data's styles, for a class head
 
 
-def bare_loop(name: str, size: tuple[int, float, int, int], precision: str) -> float:
+def bare_loop(name: str, size: tuple[int, float, int, int], precision: str, compiled: bool = False) -> float:
     """The hand-written loop, on the same device as gand (the GPU when there is one)."""
     import torch
     import torch.nn.functional as F
@@ -235,12 +249,13 @@ def bare_loop(name: str, size: tuple[int, float, int, int], precision: str) -> f
     return _timed(step, steps)
 
 
-def step_functions(name: str, size: tuple[int, float, int, int], precision: str) -> float:
-    """gand's step functions, on a uint8 batch already on the device, with the engine's defaults."""
+def step_functions(name: str, size: tuple[int, float, int, int], precision: str, compiled: bool = False) -> float:
+    """gand's step functions, on a uint8 batch already on the device, with the engine's defaults (compiling happens
+    in the warm-up steps)."""
     from gand.train.engine import build_engine
     from gand.train.steps import Recipe, setup_networks, synthetic_batch, train_step
 
-    cfg = _config(name, size, precision)
+    cfg = _config(name, size, precision, compiled)
     _, _, batch, steps = size
     engine = build_engine(cfg.precision, cfg.memory, batch)
     g, d = setup_networks(cfg, engine, CLASSES)

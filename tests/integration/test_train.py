@@ -119,6 +119,26 @@ def test_bf16_autocast_trains_with_batchnorm_and_keeps_fp32_weights(tmp_path, pa
     assert {tensor.dtype for key, tensor in weights.items() if "weight" in key} == {torch.float32}
 
 
+def test_compiled_networks_train_like_eager_ones_and_resume(tmp_path, packed):
+    """`memory.compile=true` (torch.compile of G and D; inductor's C++ backend on the CPU): the same losses as the
+    eager run up to kernel rounding, checkpoints with the plain module's parameter names (no `_orig_mod.`), and a
+    resume from them."""
+    eager = tiny_config(tmp_path / "eager", packed, train={"max_steps": 3})
+    compiled = tiny_config(tmp_path / "compiled", packed, train={"max_steps": 3}, memory={"compile": True})
+    inductor = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # its kernels land here: compiling happened
+    first, second = gand("train", str(eager)), gand("train", str(compiled), env=inductor)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr[-3000:]
+    assert any(path.suffix == ".so" for path in (tmp_path / "inductor").rglob("*"))
+    eager_losses = [e[k] for e in events(first.stdout) if e["event"] == "train_step" for k in ("loss_g", "loss_d")]
+    compiled_losses = [e[k] for e in events(second.stdout) if e["event"] == "train_step" for k in ("loss_g", "loss_d")]
+    assert len(compiled_losses) == 6 and compiled_losses == pytest.approx(eager_losses, rel=1e-3, abs=1e-3)
+    weights = latest_weights(tmp_path / "compiled" / "run", "generator")
+    assert weights.keys() == latest_weights(tmp_path / "eager" / "run", "generator").keys()
+    resumed = gand("train", str(compiled), "train.max_steps=4", env=inductor)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [e["step"] for e in events(resumed.stdout) if e["event"] == "resumed"] == [3]
+
+
 def test_wgan_gp_double_backward_under_two_ranks(tmp_path, packed_all):
     """The gradient penalty differentiates through D twice; that must work under DDP, with n_critic batches."""
     result = run_command(
