@@ -282,10 +282,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "train":
         from gand.config import load_config
         from gand.observability.logging import configure_logging
-        from gand.train.engine import requested_cpu_ranks, run_cpu_ranks, shutdown_distributed
+        from gand.train.engine import shutdown_distributed
+        from gand.train.launch import follow_launcher, requested_cpu_ranks, run_cpu_ranks
         from gand.train.loop import train
 
         configure_logging()
+        follow_launcher()  # under `accelerate launch`, a launcher that goes is a SIGTERM: save and exit
         cfg = load_config(args.config, args.overrides)  # validate once, before any rank starts
         ranks = requested_cpu_ranks()
         if ranks > 1:
@@ -300,7 +302,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         from gand.config import load_config
         from gand.observability.logging import configure_logging
-        from gand.train.engine import free_port, launch_ranks
+        from gand.train.launch import free_port, launch_ranks
 
         configure_logging()
         load_config(args.config, args.overrides)  # a bad config fails here, once, with exit code 2

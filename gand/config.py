@@ -200,6 +200,9 @@ class CheckpointConfig(StrictModel):
     background_upload: bool = Field(True, description="upload while training goes on (false: wait for each)")
     grace_seconds: float = Field(25.0, gt=0, description="after SIGTERM: save and upload within this (GCP gives 30)")
     upload_timeout_seconds: float = Field(900.0, gt=0, description="give up on one checkpoint's upload after this")
+    startup_timeout_seconds: float = Field(
+        120.0, gt=0, description="at start-up, give up listing and reading checkpoints after storage failed this long"
+    )
     retry_first_seconds: float = Field(1.0, gt=0, description="first retry delay; doubles up to retry_max_seconds")
     retry_max_seconds: float = Field(30.0, gt=0)
     max_rollbacks: int = Field(3, ge=0, description="NaN/Inf losses: roll back this often, then exit 3")

@@ -6,8 +6,9 @@ Exit codes (the Kubernetes Job's podFailurePolicy and the README rely on these):
     2   bad input from the user: config field, command-line argument, dataset or checkpoint that does not match
         the config: retrying cannot help
     3   diverged: losses stayed NaN/Inf after `checkpoint.max_rollbacks` roll-backs: retrying cannot help
-    75  stopped by SIGTERM/SIGINT after saving, or another rank vanished mid-collective (a preempted node):
-        run the same command again to resume (EX_TEMPFAIL)
+    75  stopped by SIGTERM/SIGINT and this step's checkpoint committed, or stopped while waiting (for data, for
+        storage, for a rank that vanished) with a commit of this run to resume from: run the same command again to
+        resume (EX_TEMPFAIL). Never without a committed checkpoint: a stop whose save did not commit exits 1.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class Preempted(GandError):
     """Stopped by a signal after saving a checkpoint; the same command resumes (EX_TEMPFAIL)."""
 
     exit_code = 75
+
+
+class StoppedAtOnce(GandError):
+    """A second SIGTERM/SIGINT: stopped without waiting for the save or its upload; the last commit stays."""
+
+    exit_code = 1
 
 
 class PeerLost(GandError):

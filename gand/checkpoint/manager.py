@@ -40,6 +40,7 @@ from safetensors.torch import save as save_safetensors
 
 from gand import __version__
 from gand.checkpoint.uploader import RetryPolicy, Uploader, UploadResult, with_retries
+from gand.errors import StorageError
 from gand.storage import Store, redact
 
 MANIFEST = "MANIFEST.json"
@@ -115,6 +116,7 @@ class CheckpointManager:
                  safe_globals: list[type] = (), retry: RetryPolicy | None = None,
                  background: bool = False):  # fmt: skip
         self.store = Store(url)
+        self.url = url
         self.collective = collective
         self.keep_last = keep_last
         self.keep_every = keep_every  # also keep every M-th checkpoint for good (0: none)
@@ -125,6 +127,30 @@ class CheckpointManager:
         self.sequence = 0
         self._last_snapshot: str | None = None
         self._results: list[UploadResult] = []  # synchronous mode's results, handed out by poll()
+        self._commits_seen: list[str] = []  # committed checkpoints this process listed, wrote or saw appear
+
+    @property
+    def known_commit(self) -> str | None:
+        """The newest checkpoint of this run that this process knows to be committed (resumed from, listed, written
+        or confirmed), without asking the store: what a stop can promise to resume from when storage is down."""
+        names = [*self._commits_seen, *([self.resumed_from] if self.resumed_from else [])]
+        return max(names) if names else None  # names sort by images seen
+
+    def wait_for_commit(self, name: str, timeout_seconds: float) -> bool:
+        """Whether `name`'s manifest is (or within timeout_seconds appears) in the store: on rank 0, once its own
+        upload finished; elsewhere, a poll for rank 0's manifest."""
+        deadline = time.monotonic() + timeout_seconds
+        while name not in self._commits_seen:
+            try:
+                if self.store.exists(f"{name}/{MANIFEST}"):
+                    self._commits_seen.append(name)
+                    break
+            except (OSError, StorageError):
+                pass  # not known to be committed; keep asking until the deadline
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return True
 
     # -- save ----------------------------------------------------------------------------------------------
     def save(self, images_seen: int, step: int, weights: dict[str, dict[str, torch.Tensor]], trainer: dict[str, Any],
@@ -210,6 +236,7 @@ class CheckpointManager:
             manifest["eval"] = snapshot.scores
         path = f"{snapshot.name}/{MANIFEST}"
         self._retried(lambda: self.store.write_bytes(path, json.dumps(manifest, indent=2).encode()), path, deadline)
+        self._commits_seen.append(snapshot.name)
         log.info("checkpoint_committed", checkpoint=snapshot.name, url=redact(self.store.url(snapshot.name)))
         try:
             self._prune(newest=snapshot.name)
@@ -287,10 +314,14 @@ class CheckpointManager:
     def _all_dirs(self) -> list[str]:
         return [name for name in self.store.list_dir() if name.startswith(PREFIX)]
 
-    def load_latest(self) -> Checkpoint | None:
-        """Collective. The newest checkpoint that every rank can read and verify, or None for a fresh run."""
-        candidates = self._listing() if self.collective.rank == 0 else None
+    def load_latest(self, timeout_seconds: float | None = None) -> Checkpoint | None:
+        """Collective. The newest checkpoint that every rank can read and verify, or None for a fresh run.
+
+        Storage errors are retried for `timeout_seconds` (default: the retry policy's) per request, then raised as
+        StorageError."""
+        candidates = self._listing(timeout_seconds) if self.collective.rank == 0 else None
         candidates = self.collective.gather_objects(candidates)[0]  # rank 0's listing decides for everyone
+        self._commits_seen += candidates[:1]  # listed with a manifest: a commit exists, verified or not
         for name in candidates:
             try:
                 loaded: Checkpoint | None = self._read(name)
@@ -306,8 +337,8 @@ class CheckpointManager:
             log.warning("checkpoint_unusable", checkpoint=name, reasons=problems)
         return None
 
-    def _listing(self) -> list[str]:
-        deadline = time.monotonic() + self.retry.timeout_seconds
+    def _listing(self, timeout_seconds: float | None = None) -> list[str]:
+        deadline = time.monotonic() + (self.retry.timeout_seconds if timeout_seconds is None else timeout_seconds)
         return self._retried(lambda: self.committed()[::-1], "listing checkpoints", deadline)
 
     def load_weights(self, name: str) -> tuple[str, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:

@@ -41,9 +41,30 @@ class UploadTimeout(StorageError):
     pass
 
 
+_main_thread_storage_calls = 0  # how deep the main thread is in with_retries (a stop signal may abandon it)
+
+
+def waiting_on_storage() -> bool:
+    """Whether the main thread is in a storage call or its retries right now (the training loop's run control
+    abandons such a wait a few seconds after a stop signal)."""
+    return _main_thread_storage_calls > 0
+
+
 def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadline: float,
                  on_failure: Callable[[], None] = lambda: None) -> T:  # fmt: skip
     """`action()`, tried again after transient errors until it succeeds or `deadline` (monotonic) passes."""
+    global _main_thread_storage_calls
+    if threading.current_thread() is not threading.main_thread():
+        return _with_retries(action, what, policy, deadline, on_failure)
+    _main_thread_storage_calls += 1
+    try:
+        return _with_retries(action, what, policy, deadline, on_failure)
+    finally:
+        _main_thread_storage_calls -= 1
+
+
+def _with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadline: float,
+                  on_failure: Callable[[], None]) -> T:  # fmt: skip
     attempt = 0
     while True:
         try:

@@ -19,6 +19,7 @@ from typing import Protocol
 import structlog
 import torch
 
+from gand.checkpoint.uploader import waiting_on_storage
 from gand.config import CheckpointConfig
 
 log = structlog.get_logger("gand.train")
@@ -26,8 +27,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopWhileWaiting(BaseException):
-    """A stop signal found the loop still blocked waiting for data: the wait is abandoned. A BaseException, like
-    KeyboardInterrupt, so that code which turns errors into others (storage, loader shutdown) lets it through."""
+    """A stop signal found the main thread still blocked waiting for data or storage: the wait is abandoned. A
+    BaseException, like KeyboardInterrupt, so that code which turns errors into others (storage retries, loader
+    shutdown) lets it through."""
+
+
+class StopNow(BaseException):
+    """A second SIGTERM/SIGINT: stop at once, without waiting for a save or an upload; the last commit stays the
+    resume point (commits are atomic, so nothing half-written is ever loaded)."""
 
 
 class Agreeing(Protocol):
@@ -58,15 +65,15 @@ class RunControl:
         self._watching = False  # our SIGALRM timer is armed: a stop is pending and not yet acted on
 
     def interrupt_waits(self, is_waiting: Callable[[], bool]) -> None:
-        """After a stop signal, a wait that `is_waiting()` still reports `wait_grace_seconds` later is abandoned:
-        StopWhileWaiting is raised in the main thread, instead of waiting for a step boundary that may never come
-        (storage or a loader worker stuck). Ordinary waits for the next batch end long before that, and the stop
-        is then handled at the step boundary as usual, with a save."""
+        """After a stop signal, a wait that `is_waiting()` (or a storage retry loop in the main thread) still
+        reports `wait_grace_seconds` later is abandoned: StopWhileWaiting is raised in the main thread, instead of
+        waiting for a step boundary that may never come (storage or a loader worker stuck). Ordinary waits for the
+        next batch end long before that, and the stop is then handled at the step boundary as usual, with a save."""
         self._is_waiting = is_waiting
 
     # -- signals -------------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT set a flag that the next step boundary acts on; a second SIGINT interrupts at once."""
+        """SIGTERM/SIGINT set a flag that the next step boundary acts on; a second one (either) stops at once."""
         if threading.current_thread() is not threading.main_thread():
             return  # e.g. training from a notebook thread: signals stay with the host
         for signum in STOP_SIGNALS:
@@ -80,8 +87,9 @@ class RunControl:
         self._previous_handlers.clear()
 
     def _on_signal(self, signum: int, _frame) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: stop now, the last commit stays the resume point
+        if self.stop_signal is not None:
+            self.stop_watching()
+            raise StopNow(signal.Signals(signum).name)  # asked twice: the last commit stays the resume point
         if self.stop_signal is None:
             self.stop_signal = signal.Signals(signum).name
             self.stop_requested_at = time.monotonic()
@@ -92,7 +100,7 @@ class RunControl:
         """Checks, until the stop is acted on, whether the main thread is stuck waiting."""
         if not self._watching:
             return
-        if self._is_waiting():
+        if self._is_waiting() or waiting_on_storage():
             self.stop_watching()
             raise StopWhileWaiting(self.stop_signal)
         signal.setitimer(signal.ITIMER_REAL, 1.0)

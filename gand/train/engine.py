@@ -20,8 +20,6 @@ import io
 import json
 import logging
 import os
-import socket
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ from gand.errors import ConfigError
 from gand.observability.health import gradient_stats
 from gand.observability.logging import route_library_logs
 from gand.observability.report import NetworkReport
+from gand.train.launch import free_port
 from gand.train.memory import as_channels_last, checkpoint_blocks, to_channels_last
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -579,12 +578,6 @@ def _ensure_process_group_variables() -> None:
                        "MASTER_PORT": str(free_port())})  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def build_engine(precision: str, memory: MemoryConfig, batch_size: int) -> Engine:
     if memory.uses_deepspeed:
         return DeepSpeedEngine(precision, memory, batch_size)
@@ -621,73 +614,3 @@ def load_state_bytes(data: bytes) -> Any:
     """torch.load(weights_only=True), allowing only DeepSpeed's plain state classes besides tensors and containers."""
     with torch.serialization.safe_globals(deepspeed_safe_globals()):
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-
-
-# -- `accelerate launch --cpu --num_processes N` ------------------------------------------------------------------
-# Accelerate starts N CPU processes only through mpirun; without it, that command runs ONE process (and sets
-# MASTER_ADDR because N > 1 was asked for). Rather than silently train on one rank, gand starts the N ranks
-# itself with torch.distributed.run, which is what Accelerate's GPU path does.
-
-
-def requested_cpu_ranks() -> int:
-    """N when this process is the lone process of `accelerate launch --cpu --num_processes N`, else 1."""
-    env = os.environ
-    lone_cpu_launch = (
-        env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-        and "MASTER_ADDR" in env
-        and "WORLD_SIZE" not in env
-        and "LOCAL_RANK" not in env
-    )
-    if not lone_cpu_launch:
-        return 1
-    try:
-        launcher = [arg.decode() for arg in Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0") if arg]
-    except OSError:
-        return 1
-    if "launch" not in launcher:
-        return 1
-    from accelerate.commands.launch import launch_command_parser
-
-    known, _ = launch_command_parser().parse_known_args(launcher[launcher.index("launch") + 1 :])
-    processes = known.num_processes
-    if processes is None and known.config_file:
-        from accelerate.commands.config.config_args import load_config_from_file
-
-        processes = load_config_from_file(known.config_file).num_processes
-    return max(1, int(processes or 1))
-
-
-def run_cpu_ranks(ranks: int, module: str, args: Sequence[str]) -> int:
-    """`accelerate launch --cpu --num_processes N` done right: N local ranks as one gloo process group."""
-    log.info("starting_cpu_ranks", ranks=ranks, reason="accelerate launch --cpu runs one process without mpirun")
-    # One machine: any free port serves, and 29500 (Accelerate's default) may belong to another run.
-    return launch_ranks(module, args, ranks, main_address="127.0.0.1", main_port=free_port())
-
-
-def launch_ranks(module: str, args: Sequence[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
-                 main_address: str = "127.0.0.1", main_port: int = 29500) -> int:  # fmt: skip
-    """Start `nproc_per_node` processes of `python -m module args` on this node, as part of `nnodes` nodes whose
-    rank 0 listens at main_address:main_port; return their exit code.
-
-    torch.distributed.run's own command line (and `accelerate launch`, which uses it) reports every failure as 1;
-    its API says which rank failed first and with what code, which keeps 75 (preempted, resume me) and 2/3 (do
-    not retry) intact for Kubernetes. A SIGTERM to this process reaches every rank (the elastic agent forwards it
-    and allows 30 s before SIGKILL)."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    config = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id="gand",
-                          rdzv_backend="static", rdzv_endpoint=f"{main_address}:{main_port}",
-                          rdzv_configs={"rank": node_rank}, max_restarts=0, monitor_interval=0.5)  # fmt: skip
-    try:
-        elastic_launch(config, sys.executable)("-u", "-m", module, *args)
-    except ChildFailedError as failed:
-        first_rank, failure = failed.get_first_failure()
-        code = failure.exitcode if failure.exitcode > 0 else 1  # negative: killed by a signal
-        log.error("rank_failed", rank=first_rank, exit_code=failure.exitcode, exiting_with=code)
-        return code
-    except SignalException as stopped:
-        log.warning("ranks_stopped_by_signal", signal=str(stopped.sigval))
-        return 75
-    return 0

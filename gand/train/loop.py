@@ -16,7 +16,7 @@ from gand.checkpoint.uploader import RetryPolicy, UploadResult
 from gand.config import GandConfig, default_loader_workers
 from gand.data.loader import ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
-from gand.errors import ConfigError, DataError, Diverged, PeerLost, Preempted, StorageError
+from gand.errors import ConfigError, DataError, Diverged, PeerLost, Preempted, StoppedAtOnce, StorageError
 from gand.eval.fid import Evaluator
 from gand.eval.samples import generate, grid_png
 from gand.observability.curves import LossHistory, loss_curve_png
@@ -25,7 +25,7 @@ from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
 from gand.observability.report import HostNumbers, StepReport
 from gand.storage import Store, is_local, redact
-from gand.train.control import FiniteWatch, RunControl, StopWhileWaiting, count_due
+from gand.train.control import FiniteWatch, RunControl, StopNow, StopWhileWaiting, count_due
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals, lost_a_peer
 from gand.train.feed import DeviceBatch, DeviceFeed
 from gand.train.optim import GeneratorEMA
@@ -36,7 +36,9 @@ from gand.train.steps import Recipe, build_networks, discriminator_update, gener
 def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
     """Train until train.max_steps, resuming from the newest committed checkpoint unless `fresh`.
 
-    Raises Preempted (exit 75) after a SIGTERM/SIGINT and a save, Diverged (exit 3) after too many NaN roll-backs.
+    Raises Preempted (exit 75) after a SIGTERM/SIGINT and a committed save (or, when the stop came while waiting,
+    with a commit to resume from), StoppedAtOnce (exit 1) after a second signal, Diverged (exit 3) after too many
+    NaN roll-backs.
     """
     engine = build_engine(cfg.precision, cfg.memory, cfg.train.batch_size)
     local_log = Path(cfg.run_dir) / "train.jsonl" if engine.is_main and is_local(cfg.run_dir) else None
@@ -45,30 +47,40 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
     seed_everything(cfg.train.seed + engine.rank)  # ranks draw different noise; wrapping syncs the initial weights
     control = RunControl(engine, cfg.checkpoint, cfg.train.max_steps)
     control.install_signal_handlers()  # from here on a SIGTERM means "save at the next step boundary"
+    checkpoints = _checkpoint_manager(cfg, engine)
     try:
-        return _train(cfg, fresh, engine, control, log)
+        return _train(cfg, fresh, engine, control, checkpoints, log)
+    except StopNow as second:
+        known = checkpoints.known_commit
+        log.warning("stopped_at_once", signal=str(second), last_commit=known, exit_code=StoppedAtOnce.exit_code)
+        raise StoppedAtOnce(f"stopped at once by a second {second} without waiting for the save; the same command "
+                            f"resumes from {known or 'the newest committed checkpoint, if any'}") from None  # fmt: skip
     except RuntimeError as error:
-        # Another node vanished (a spot preemption past its grace, a crash): exit 75 like a preemption, so that
-        # Kubernetes restarts the Job without counting a failure. Its checkpoint cannot commit without the lost
-        # ranks' parts, so there is nothing to wait for; the resume starts from the last commit.
+        # Another node vanished (a spot preemption past its grace, a crash). Its checkpoint cannot commit without
+        # the lost ranks' parts, so there is nothing to wait for: exit 75 (Kubernetes restarts the Job without
+        # counting a failure) when this run has a commit to resume from, else 1.
         if not lost_a_peer(error):
             raise
         first_line = str(error).splitlines()[0][:300]
-        log.warning("peer_lost", error=first_line, exit_code=PeerLost.exit_code)
-        raise PeerLost(f"another rank stopped in the middle of a collective ({first_line}); run the same command "
-                       "to resume from the last committed checkpoint") from None  # fmt: skip
+        known = checkpoints.known_commit
+        exit_code = PeerLost.exit_code if known else StorageError.exit_code
+        log.warning("peer_lost", error=first_line, last_commit=known, exit_code=exit_code)
+        message = f"another rank stopped in the middle of a collective ({first_line}); "
+        if known is None:
+            raise StorageError(message + "no checkpoint of this run is known to be committed") from None
+        raise PeerLost(message + f"run the same command to resume from {known}") from None
     finally:
         control.restore_signal_handlers()
 
 
-def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, log) -> TrainState:
+def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, checkpoints: CheckpointManager,
+           log) -> TrainState:  # fmt: skip
     # -- build everything ----------------------------------------------------------------------------------
     manifest, _ = read_manifest(cfg.data.path)
     num_classes = check_dataset(manifest, cfg)
     generator, discriminator, opt_g, opt_d = build_networks(cfg, engine, num_classes)  # set up after a resume
     recipe = Recipe.from_config(cfg, num_classes)
     fixed_noise, fixed_classes = _fixed_sample_inputs(cfg, recipe)
-    checkpoints = _checkpoint_manager(cfg, engine)
     progress = ProgressMarker(checkpoints.store, cfg.checkpoint.progress_every_seconds if engine.is_main else None)
     run_store = Store(cfg.run_dir)
     state = TrainState()
@@ -80,7 +92,11 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
             progress.discard()
         engine.barrier()
     previous_progress = progress.read() if engine.is_main else None  # before this process writes its own
-    resumed = checkpoints.load_latest()
+    control.interrupt_waits(lambda: False)  # from here a stop abandons storage waits (start-up listing, reads)
+    try:
+        resumed = checkpoints.load_latest(cfg.checkpoint.startup_timeout_seconds)
+    except StopWhileWaiting:
+        _stop_before_training(checkpoints, control, log)
     steps_lost = None
     if resumed is not None:
         _check_resumable(resumed, engine, cfg, num_classes)
@@ -237,7 +253,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, lo
         _stop_without_saving(checkpoints, control, metrics, state, log)
 
     engine.close()  # the last collective; from here each rank only waits for its own uploads
-    uploaded = checkpoints.wait(cfg.checkpoint.upload_timeout_seconds)
+    uploaded = _wait_for_uploads(checkpoints, control, cfg.checkpoint.upload_timeout_seconds)
     final = [r for r in _report_uploads(checkpoints, metrics, log) if r.name == checkpoint_name(state.images_seen)]
     log.info("train_done", step=state.step, images_seen=state.images_seen, run_dir=redact(cfg.run_dir))
     metrics.close()
@@ -429,7 +445,7 @@ def _stop_without_saving(checkpoints: CheckpointManager, control: RunControl, me
     checkpoints.wait(control.grace_left_seconds())
     _report_uploads(checkpoints, metrics, log)
     metrics.close()
-    committed = checkpoints.committed()
+    committed = [checkpoints.known_commit] if checkpoints.known_commit else _listed_commits(checkpoints)
     if committed:
         log.warning("stopped_by_signal", signal=control.stop_signal, step=state.step, checkpoint=committed[-1],
                     saved=False, exit_code=Preempted.exit_code)  # fmt: skip
@@ -441,16 +457,57 @@ def _stop_without_saving(checkpoints: CheckpointManager, control: RunControl, me
 
 def _stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics,
                        state: TrainState, log) -> NoReturn:  # fmt: skip
-    """The save of this step is handed over: wait for its upload within the grace period, then exit 75."""
+    """The save of this step is handed over: wait for its commit within the grace period, then exit 75; 1 when it
+    did not commit in time (exit 75 promises a committed checkpoint of this step)."""
     uploaded = checkpoints.wait(control.grace_left_seconds())
     results = _report_uploads(checkpoints, metrics, log)
     name = checkpoint_name(state.images_seen)
     committed = uploaded and all(r.committed for r in results if r.name == name)
+    # Ranks > 0 upload their part; the checkpoint is committed when rank 0's manifest is there.
+    committed = committed and checkpoints.wait_for_commit(name, control.grace_left_seconds())
+    exit_code = Preempted.exit_code if committed else StorageError.exit_code
     log.warning("stopped_by_signal", signal=control.stop_signal, step=state.step, checkpoint=name,
-                uploaded=committed, exit_code=Preempted.exit_code)  # fmt: skip
+                uploaded=committed, exit_code=exit_code)  # fmt: skip
     metrics.close()
-    outcome = f"saved {name}" if committed else f"the upload of {name} did not finish; resumes from the last commit"
-    raise Preempted(f"stopped by {control.stop_signal} at step {state.step}: {outcome}; run the same command to resume")
+    if not committed:
+        raise StorageError(f"stopped by {control.stop_signal} at step {state.step}, but {name} did not commit within "
+                           f"checkpoint.grace_seconds; the same command resumes from the last commit")  # fmt: skip
+    raise Preempted(f"stopped by {control.stop_signal} at step {state.step}: saved {name}; run the same command to "
+                    "resume")  # fmt: skip
+
+
+def _listed_commits(checkpoints: CheckpointManager) -> list[str]:
+    """The store's committed checkpoints, asked once (no retries: a stop is under way); [] when storage fails."""
+    try:
+        return checkpoints.committed()
+    except (OSError, StorageError):
+        return []
+
+
+def _stop_before_training(checkpoints: CheckpointManager, control: RunControl, log) -> NoReturn:
+    """A stop while start-up waited on storage (listing or reading checkpoints): nothing trained, nothing to save;
+    exit 75 only when a commit is known to exist for this run."""
+    known = checkpoints.known_commit
+    exit_code = Preempted.exit_code if known else StorageError.exit_code
+    log.warning("stopped_by_signal", signal=control.stop_signal, step=None, waiting_for="storage at start-up",
+                last_commit=known, exit_code=exit_code)  # fmt: skip
+    message = f"stopped by {control.stop_signal} while waiting for {redact(checkpoints.url)} at start-up"
+    if known is None:
+        raise StorageError(message + "; no checkpoint of this run is known to be committed")
+    raise Preempted(message + f"; the same command resumes from {known}")
+
+
+def _wait_for_uploads(checkpoints: CheckpointManager, control: RunControl, timeout_seconds: float) -> bool:
+    """The final uploads, up to timeout_seconds; after a stop signal only what is left of the grace period."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        if control.stop_signal is not None:
+            return checkpoints.wait(control.grace_left_seconds())
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if checkpoints.wait(min(0.5, left)):
+            return True
 
 
 def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, history: LossHistory,

@@ -154,28 +154,3 @@ def test_sigterm_while_the_loop_waits_for_data_stops_it(tmp_path, packed):
     fifo.unlink()
     os.mkfifo(fifo)
     assert "resumes from ckpt-" in stop_while_blocked(75)
-
-
-def test_sigterm_to_the_whole_process_group_saves_and_exits_75(tmp_path, packed):
-    """systemd, Slurm and `timeout` signal every process of the group, loader workers included: the workers leave the
-    decision to the trainer, which saves and exits 75, and no process is left behind."""
-    config = tiny_config(tmp_path, packed, data={"workers": 2}, train={"max_steps": 100_000, "log_every_steps": 1},
-                         samples={"every_steps": 100_000}, checkpoint={"every_steps": 100_000})  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "gand.cli", "train", str(config)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if '"train_step"' in line and '"step": 3,' in line:
-            break
-    group = os.getpgid(process.pid)
-    os.killpg(group, signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    text = "".join(lines) + output
-    assert process.returncode == 75, text[-3000:]
-    assert '"stopped_by_signal"' in text and '"uploaded": true' in text and "Traceback" not in text
-    assert list((tmp_path / "run" / "checkpoints").glob("ckpt-*/MANIFEST.json"))
-    time.sleep(0.5)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(group, 0)  # every process of the group is gone, loader workers included

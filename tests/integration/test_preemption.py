@@ -65,6 +65,29 @@ def test_sigterm_saves_exits_75_and_the_same_command_resumes_bit_identically(tmp
     assert_same_weights(final_weights(str(tmp_path / "split" / "run" / "checkpoints")), straight)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_group_saves_exits_75_and_resumes_bit_identically(tmp_path, packed, straight, signum):
+    """systemd, Slurm, `timeout` and `kill -- -PGID` (SIGTERM), or Ctrl-C in a terminal (SIGINT), signal every
+    process of the group, the two loader workers included: they leave the decision to the trainer, which saves and
+    exits 75; nothing is left behind, and the same command ends where an uninterrupted run does."""
+    config = config_for(tmp_path, packed, "group")
+    first = Live(train_command(config))
+    first.wait_for(lambda e: e["event"] == "train_step" and e["step"] >= 7)
+    first.stop_group(signum)
+    assert first.finish() == 75, first.output[-3000:]
+    stopped = next(e for e in first.events() if e["event"] == "stopped_by_signal")
+    assert stopped["uploaded"] is True and stopped["signal"] == signal.Signals(signum).name
+    assert "Traceback" not in first.output
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(first.proc.pid, 0)  # every process of the group is gone, loader workers included
+
+    second = Live(train_command(config))
+    assert second.finish() == 0, second.output[-3000:]
+    assert next(e for e in second.events() if e["event"] == "resumed")["step"] == stopped["step"]
+    assert_same_weights(final_weights(str(tmp_path / "group" / "run" / "checkpoints")), straight)
+
+
 def test_sigkill_at_random_moments_never_loads_an_uncommitted_checkpoint(tmp_path, packed, straight, s3_endpoint):
     """Ten SIGKILLs in a row, landing anywhere: in a step, in a snapshot, mid-upload, around the manifest."""
     url = f"{make_bucket('kills')}/run"

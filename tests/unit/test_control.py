@@ -5,8 +5,10 @@ import time
 import pytest
 import torch
 
+from gand.checkpoint.uploader import RetryPolicy, with_retries
 from gand.config import CheckpointConfig
-from gand.train.control import FiniteWatch, RunControl, StopWhileWaiting
+from gand.train.control import FiniteWatch, RunControl, StopNow, StopWhileWaiting
+from gand.train.launch import started_by_launcher
 
 
 def watch(*values: float) -> FiniteWatch:
@@ -100,3 +102,51 @@ def test_a_wait_still_blocked_after_the_grace_is_interrupted_and_a_short_one_is_
     finally:
         short.restore_signal_handlers()
     assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_of_either_kind_stops_at_once(second):
+    control = watching([False])
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert control.stop_signal == "SIGTERM"
+        with pytest.raises(StopNow):
+            os.kill(os.getpid(), second)
+            time.sleep(5)  # the handler raises out of whatever the main thread was doing
+    finally:
+        control.restore_signal_handlers()
+
+
+def test_a_stop_abandons_a_main_thread_storage_retry_loop():
+    control = watching([False])  # not waiting for data; the storage retries are what block
+
+    def refused() -> None:
+        raise ConnectionRefusedError("nothing listens")
+
+    policy = RetryPolicy(first_delay_seconds=0.2, max_delay_seconds=0.5)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        started = time.monotonic()
+        with pytest.raises(StopWhileWaiting):
+            with_retries(refused, "listing checkpoints", policy, deadline=time.monotonic() + 60)
+        assert time.monotonic() - started < 3
+    finally:
+        control.restore_signal_handlers()
+
+
+@pytest.mark.parametrize(
+    ("parent", "environ", "tied"),
+    [
+        (["/venv/bin/python", "/venv/bin/accelerate", "launch", "--cpu", "-m", "gand.train", "c.yaml"], {}, True),
+        (["/usr/bin/python3", "-m", "torch.distributed.run", "--nproc-per-node", "2"], {}, True),
+        (["torchrun", "--nproc-per-node", "2", "-m", "gand.train"], {}, True),
+        (["/venv/bin/python", "-m", "gand.cli", "launch", "c.yaml"], {}, True),
+        (["bash"], {"TORCHELASTIC_RUN_ID": "gand"}, True),  # a rank of torch's elastic agent
+        (["bash"], {}, False),
+        (["/venv/bin/python", "-m", "pytest", "tests/integration/test_launchers.py"], {}, False),
+        (["/venv/bin/python", "-m", "gand.cli", "train", "launch.yaml"], {}, False),
+    ],
+)
+def test_what_counts_as_a_launcher_to_follow(parent, environ, tied):
+    assert started_by_launcher(parent, environ) is tied

@@ -1,0 +1,220 @@
+"""Starting ranks and staying tied to whoever started them: `gand launch`, `accelerate launch --cpu` with N ranks,
+and a trainer whose launcher is gone.
+
+Where a stop signal goes decides whether work is lost (issue 18):
+- `gand launch` (and `accelerate launch --cpu --num_processes N`, which gand turns into the same thing) starts the
+  ranks with torch's elastic agent, each rank in its own session. The agent runs in a thread of this process so
+  that the signals stay ours: SIGTERM/SIGINT to the launcher are forwarded to every rank's process group, each rank
+  saves and exits 75 (or 1 when its save did not commit), and the launcher exits with the first failing rank's code.
+  torch's own handling would give the ranks 30 s and then return "stopped by a signal", committed or not.
+- `accelerate launch -m gand.train` on one process runs the trainer as a child and does not forward signals: a
+  SIGTERM that reaches only the launcher ends it at once. The trainer asks the kernel for a SIGTERM when its
+  launcher goes (Linux `PR_SET_PDEATHSIG`), so it saves, exits and leaves nothing behind. The exit code is the
+  launcher's; where it matters (Kubernetes), use `gand launch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("gand.train")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LAUNCHER_COMMANDS = ("accelerate", "gand", "gand.cli")  # followed by `launch` on the parent's command line
+LAUNCHER_MODULES = ("torchrun", "torch.distributed.run")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# -- a trainer tied to its launcher ---------------------------------------------------------------------------------
+def command_line(pid: int) -> list[str]:
+    """The arguments of process `pid` ([] when it is gone or unreadable)."""
+    try:
+        return [arg.decode(errors="replace") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
+    except OSError:
+        return []
+
+
+def started_by_launcher(parent_command: Sequence[str], environ: dict[str, str]) -> bool:
+    """Whether a process with this parent and environment is a launcher's child: a rank of torch's elastic agent
+    (torchrun, `gand launch`, accelerate on GPUs) or the one process of `accelerate launch`."""
+    if "TORCHELASTIC_RUN_ID" in environ:
+        return True
+    names = [Path(arg).name for arg in parent_command]
+    pairs = itertools.pairwise(names)
+    return any(name in LAUNCHER_MODULES for name in names) or any(
+        first in LAUNCHER_COMMANDS and second == "launch" for first, second in pairs
+    )
+
+
+def follow_launcher() -> bool:
+    """When this process was started by a launcher, have the kernel send it SIGTERM when the launcher ends (Linux
+    only; elsewhere nothing changes). The trainer then stops as after any SIGTERM: it saves and exits. Returns
+    whether the tie was made."""
+    parent = os.getppid()
+    if not sys.platform.startswith("linux") or not started_by_launcher(command_line(parent), dict(os.environ)):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the launcher ended before the tie was made: act as if told now
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
+# -- starting ranks -------------------------------------------------------------------------------------------------
+# Accelerate starts N CPU processes only through mpirun; without it, `accelerate launch --cpu --num_processes N`
+# runs ONE process (and sets MASTER_ADDR because N > 1 was asked for). Rather than silently train on one rank, gand
+# starts the N ranks itself, as `gand launch` does.
+
+
+def requested_cpu_ranks() -> int:
+    """N when this process is the lone process of `accelerate launch --cpu --num_processes N`, else 1."""
+    env = os.environ
+    lone_cpu_launch = (
+        env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        and "MASTER_ADDR" in env
+        and "WORLD_SIZE" not in env
+        and "LOCAL_RANK" not in env
+    )
+    if not lone_cpu_launch:
+        return 1
+    launcher = command_line(os.getppid())
+    if "launch" not in launcher:
+        return 1
+    from accelerate.commands.launch import launch_command_parser
+
+    known, _ = launch_command_parser().parse_known_args(launcher[launcher.index("launch") + 1 :])
+    processes = known.num_processes
+    if processes is None and known.config_file:
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        processes = load_config_from_file(known.config_file).num_processes
+    return max(1, int(processes or 1))
+
+
+def run_cpu_ranks(ranks: int, module: str, args: Sequence[str]) -> int:
+    """`accelerate launch --cpu --num_processes N` done right: N local ranks as one gloo process group."""
+    log.info("starting_cpu_ranks", ranks=ranks, reason="accelerate launch --cpu runs one process without mpirun")
+    # One machine: any free port serves, and 29500 (Accelerate's default) may belong to another run.
+    return launch_ranks(module, args, ranks, main_address="127.0.0.1", main_port=free_port())
+
+
+def launch_ranks(module: str, args: Sequence[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
+                 main_address: str = "127.0.0.1", main_port: int = 29500) -> int:  # fmt: skip
+    """Start `nproc_per_node` processes of `python -m module args` on this node, as part of `nnodes` nodes whose
+    rank 0 listens at main_address:main_port; return their exit code.
+
+    torch.distributed.run's own command line (and `accelerate launch`, which uses it) reports every failure as 1;
+    its API says which rank failed first and with what code, which keeps 75 (preempted, resume me) and 2/3 (do
+    not retry) intact for Kubernetes. SIGTERM/SIGINT to this process are forwarded to every rank, which decides
+    its own exit code (75 only with a committed checkpoint); a second one is forwarded too (the ranks stop at once).
+    """
+    from torch.distributed.launcher.api import LaunchConfig
+
+    config = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id="gand",
+                          rdzv_backend="static", rdzv_endpoint=f"{main_address}:{main_port}",
+                          rdzv_configs={"rank": node_rank}, max_restarts=0, monitor_interval=0.5)  # fmt: skip
+    outcome: dict[str, object] = {}
+    # In a thread, torch's agent leaves the signal handlers alone (it installs its own only in the main thread).
+    agent = threading.Thread(target=_run_agent, args=(config, module, args, outcome), name="gand-rank-agent")
+    forwarder = _SignalForwarder()
+    forwarder.install()
+    try:
+        agent.start()
+        while agent.is_alive():
+            agent.join(0.5)  # short waits: signal handlers run in this thread between them
+            forwarder.forward_to_new_ranks()
+    finally:
+        forwarder.restore()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return int(outcome["code"])  # type: ignore[arg-type]
+
+
+def _run_agent(config, module: str, args: Sequence[str], outcome: dict[str, object]) -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", module, *args)
+        outcome["code"] = 0
+    except ChildFailedError as failed:
+        first_rank, failure = failed.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 1  # negative: killed by a signal
+        log.error("rank_failed", rank=first_rank, exit_code=failure.exitcode, exiting_with=code)
+        outcome["code"] = code
+    except BaseException as error:  # handed to the main thread, which raises it
+        outcome["error"] = error
+
+
+class _SignalForwarder:
+    """SIGTERM/SIGINT to the launcher go to each rank's process group (the rank and its loader workers); ranks that
+    start after a signal get it when they appear."""
+
+    def __init__(self):
+        self.received: list[signal.Signals] = []
+        self.signalled: dict[int, int] = {}  # rank pid -> how many of the received signals it got
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self.received.append(signal.Signals(signum))
+        log.warning("forwarding_signal_to_ranks", signal=signal.Signals(signum).name, ranks=len(rank_processes()))
+        self.forward_to_new_ranks()
+
+    def forward_to_new_ranks(self) -> None:
+        if not self.received:
+            return
+        for pid in rank_processes():
+            for signum in self.received[self.signalled.get(pid, 0) :]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signum)  # torch starts each rank as the leader of its own session
+            self.signalled[pid] = len(self.received)
+
+
+def rank_processes() -> list[int]:
+    """The PIDs of this process's children that are ranks (they carry torch elastic's run id)."""
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parent = stat[stat.rindex(")") + 2 :].split()[1]  # after "pid (comm) state"
+            if parent != me:
+                continue
+            if b"TORCHELASTIC_RUN_ID=" in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
