@@ -10,6 +10,7 @@ command again after a crash, or with new images in the source, packs exactly wha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -52,6 +53,7 @@ from gand.data.manifest import (
 from gand.data.shards import EncodedSample, PartWriter
 from gand.data.sources import LABEL_MODES, SourceItem, scan_source
 from gand.errors import ConfigError, DataError
+from gand.processes import die_with_parent
 from gand.storage import Store, read_url, redact
 
 LOGGED_SKIPS_PER_REASON = 10  # name the first few files per reason; the records count them all
@@ -360,7 +362,15 @@ def _init_worker(options: PackOptions) -> None:
 
 
 def _init_pool_worker(options: PackOptions) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+    """A pack worker leaves stopping to its parent. Signals sent to the whole process group (systemd, `timeout`,
+    `kill -- -PGID`, Ctrl-C) would kill it mid-task, possibly holding the task queue's lock, and the pool's own
+    shutdown would then wait for that lock forever: so it runs in its own session, out of the group's reach, and
+    ignores SIGINT. The parent ends it (Pool.terminate) once it has published what is complete; if the parent dies
+    (SIGKILL, a lost machine), the kernel ends the worker too."""
+    with contextlib.suppress(OSError):  # already a session leader: nothing to do
+        os.setsid()
+    die_with_parent(signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _init_worker(options)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from gand.checkpoint.uploader import waiting_on_storage
 from gand.config import CheckpointConfig
+from gand.train.launch import LAUNCHER_GONE, tied_to_launcher
 
 log = structlog.get_logger("gand.train")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -63,6 +64,7 @@ class RunControl:
         self._is_waiting: Callable[[], bool] = lambda: False
         self.wait_grace_seconds = wait_grace_seconds
         self._watching = False  # our SIGALRM timer is armed: a stop is pending and not yet acted on
+        self._signalled = False  # this process got a SIGTERM/SIGINT: the next one stops at once
 
     def interrupt_waits(self, is_waiting: Callable[[], bool]) -> None:
         """After a stop signal, a wait that `is_waiting()` (or a storage retry loop in the main thread) still
@@ -78,6 +80,8 @@ class RunControl:
             return  # e.g. training from a notebook thread: signals stay with the host
         for signum in STOP_SIGNALS:
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        if tied_to_launcher():  # the launcher ended: a stop like SIGTERM, never a second one
+            self._previous_handlers[LAUNCHER_GONE] = signal.signal(LAUNCHER_GONE, self._on_launcher_gone)
         self._previous_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
 
     def restore_signal_handlers(self) -> None:
@@ -87,14 +91,22 @@ class RunControl:
         self._previous_handlers.clear()
 
     def _on_signal(self, signum: int, _frame) -> None:
-        if self.stop_signal is not None:
+        if self._signalled:  # asked twice (a peer's stop or the launcher's going do not count)
             self.stop_watching()
-            raise StopNow(signal.Signals(signum).name)  # asked twice: the last commit stays the resume point
+            raise StopNow(signal.Signals(signum).name)  # the last commit stays the resume point
+        self._signalled = True
         if self.stop_signal is None:
-            self.stop_signal = signal.Signals(signum).name
-            self.stop_requested_at = time.monotonic()
-            self._watching = True
-            signal.setitimer(signal.ITIMER_REAL, self.wait_grace_seconds)  # then see whether a wait is stuck
+            self._request_stop(signal.Signals(signum).name)
+
+    def _on_launcher_gone(self, _signum: int, _frame) -> None:
+        if self.stop_signal is None:
+            self._request_stop("launcher gone")
+
+    def _request_stop(self, reason: str) -> None:
+        self.stop_signal = reason
+        self.stop_requested_at = time.monotonic()
+        self._watching = True
+        signal.setitimer(signal.ITIMER_REAL, self.wait_grace_seconds)  # then see whether a wait is stuck
 
     def _on_alarm(self, _signum: int, _frame) -> None:
         """Checks, until the stop is acted on, whether the main thread is stuck waiting."""

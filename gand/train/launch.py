@@ -16,7 +16,6 @@ Where a stop signal goes decides whether work is lost (issue 18):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import signal
@@ -28,9 +27,15 @@ from pathlib import Path
 
 import structlog
 
+from gand.processes import children, command_line, die_with_parent
+
 log = structlog.get_logger("gand.train")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# What the kernel sends a tied trainer when its launcher ends: a real-time signal of its own, because a launcher with
+# several threads makes the kernel send it once per thread, and none of those may count as a second ("stop at
+# once") SIGTERM. Nothing else uses it; left unhandled (before training starts) it ends the process.
+LAUNCHER_GONE: int | None = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else None
+_tied_to_launcher = False
 LAUNCHER_COMMANDS = ("accelerate", "gand", "gand.cli")  # followed by `launch` on the parent's command line
 LAUNCHER_MODULES = ("torchrun", "torch.distributed.run")
 
@@ -42,14 +47,6 @@ def free_port() -> int:
 
 
 # -- a trainer tied to its launcher ---------------------------------------------------------------------------------
-def command_line(pid: int) -> list[str]:
-    """The arguments of process `pid` ([] when it is gone or unreadable)."""
-    try:
-        return [arg.decode(errors="replace") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
-    except OSError:
-        return []
-
-
 def started_by_launcher(parent_command: Sequence[str], environ: dict[str, str]) -> bool:
     """Whether a process with this parent and environment is a launcher's child: a rank of torch's elastic agent
     (torchrun, `gand launch`, accelerate on GPUs) or the one process of `accelerate launch`."""
@@ -63,21 +60,19 @@ def started_by_launcher(parent_command: Sequence[str], environ: dict[str, str]) 
 
 
 def follow_launcher() -> bool:
-    """When this process was started by a launcher, have the kernel send it SIGTERM when the launcher ends (Linux
-    only; elsewhere nothing changes). The trainer then stops as after any SIGTERM: it saves and exits. Returns
-    whether the tie was made."""
-    parent = os.getppid()
-    if not sys.platform.startswith("linux") or not started_by_launcher(command_line(parent), dict(os.environ)):
+    """When this process was started by a launcher, have the kernel send it LAUNCHER_GONE when the launcher ends
+    (Linux only; elsewhere nothing changes). The trainer's run control takes that as a first SIGTERM: it saves and
+    exits; repeats are ignored. Returns whether the tie was made."""
+    global _tied_to_launcher
+    if LAUNCHER_GONE is None or not started_by_launcher(command_line(os.getppid()), dict(os.environ)):
         return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
-        return False
-    if os.getppid() != parent:  # the launcher ended before the tie was made: act as if told now
-        os.kill(os.getpid(), signal.SIGTERM)
-    return True
+    _tied_to_launcher = die_with_parent(LAUNCHER_GONE)
+    return _tied_to_launcher
+
+
+def tied_to_launcher() -> bool:
+    """Whether follow_launcher() tied this process to its launcher (then LAUNCHER_GONE means "stop")."""
+    return _tied_to_launcher
 
 
 # -- starting ranks -------------------------------------------------------------------------------------------------
@@ -180,6 +175,8 @@ class _SignalForwarder:
             return
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        if tied_to_launcher():  # this agent's own launcher (`accelerate launch --cpu`) went: one SIGTERM, once
+            self._previous[LAUNCHER_GONE] = signal.signal(LAUNCHER_GONE, self._on_launcher_gone)
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -190,6 +187,10 @@ class _SignalForwarder:
         self.received.append(signal.Signals(signum))
         log.warning("forwarding_signal_to_ranks", signal=signal.Signals(signum).name, ranks=len(rank_processes()))
         self.forward_to_new_ranks()
+
+    def _on_launcher_gone(self, _signum: int, _frame) -> None:
+        if not self.received:
+            self._on_signal(signal.SIGTERM, None)
 
     def forward_to_new_ranks(self) -> None:
         if not self.received:
@@ -203,18 +204,4 @@ class _SignalForwarder:
 
 def rank_processes() -> list[int]:
     """The PIDs of this process's children that are ranks (they carry torch elastic's run id)."""
-    me = str(os.getpid())
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            parent = stat[stat.rindex(")") + 2 :].split()[1]  # after "pid (comm) state"
-            if parent != me:
-                continue
-            if b"TORCHELASTIC_RUN_ID=" in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+    return children(os.getpid(), with_variable="TORCHELASTIC_RUN_ID")

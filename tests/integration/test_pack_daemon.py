@@ -17,6 +17,7 @@ import pytest
 from gand.data.demo import generate_landscapes
 from gand.data.loader import ImageLoader
 from gand.data.manifest import PackedManifest, read_parts
+from gand.processes import children
 from gand.storage import Store
 from tests.conftest import REPO, free_port, make_bucket
 from tests.corpus import build_bad_corpus, pattern, save
@@ -88,6 +89,22 @@ def test_sigkill_at_random_moments_then_restart_packs_every_image_exactly_once(t
     manifest = PackedManifest.model_validate_json((dest / "manifest.json").read_bytes())
     assert manifest.skipped == reference.skipped  # and every skip counted once
     assert not list(dest.rglob("*.tmp-*"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _group_gone(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def wait_for(condition, timeout: float = 90.0, what: str = "condition"):
@@ -172,3 +189,41 @@ def test_daemon_on_s3_and_training_reads_from_s3(s3_endpoint, tmp_path, promtool
     run_daemon_and_add_images(f"{bucket}/raw", f"{bucket}/packed", add_images, promtool)
     batch = next(ImageLoader(f"{bucket}/packed", 32, 4, seed=0, workers=0).batches())
     assert batch.images.shape == (4, 3, 32, 32) and batch.position.generation >= 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_daemons_whole_group_mid_pack_stops_it_cleanly(tmp_path, signum):
+    """systemd or `kill -- -PGID` signal the pack workers too: they leave the decision to the daemon, which
+    publishes what is complete within its time limit and exits 0; a later pack finishes the job, each image once."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    generate_landscapes(src / "art", count=160, seed=7, workers=2)
+    daemon = gand_process("daemon", str(src), str(dest), *PACK_ARGS, "--workers", "2", "--generation-seconds", "0.3",
+                          "--interval", "3600")  # fmt: skip
+    lines = []
+    for line in daemon.stdout:
+        lines.append(line)
+        if '"generation_published"' in line:
+            break  # mid-pack: parts are being written and published
+    workers = children(daemon.pid)  # the pack workers (in their own session) and multiprocessing's tracker
+    assert len(workers) >= 2
+    signalled = time.monotonic()
+    os.killpg(daemon.pid, signum)
+    try:
+        output, _ = daemon.communicate(timeout=60)
+    finally:
+        os.killpg(daemon.pid, signal.SIGKILL) if daemon.poll() is None else None
+    output = "".join(lines) + output
+    assert daemon.returncode == 0, output[-3000:]
+    assert time.monotonic() - signalled < 30
+    assert "Traceback" not in output and '"daemon_stopped"' in output
+    wait_for(lambda: _group_gone(daemon.pid) and not [pid for pid in workers if _alive(pid)], timeout=10,
+             what="the pack workers to end")  # fmt: skip
+    partial = listed_keys_and_check_published(dest)
+    assert 0 < len(partial) < 140 and len(partial) == len(set(partial))
+
+    finish = gand_process("pack", str(src), str(dest), *PACK_ARGS, "--workers", "2")
+    output, _ = finish.communicate(timeout=300)
+    assert finish.returncode == 0, output[-3000:]
+    keys = listed_keys_and_check_published(dest)
+    manifest = PackedManifest.model_validate_json((dest / "manifest.json").read_bytes())
+    assert len(keys) == len(set(keys)) and len(keys) + sum(manifest.skipped.values()) == 160  # each image once
