@@ -200,6 +200,13 @@ class CheckpointConfig(StrictModel):
     background_upload: bool = Field(True, description="upload while training goes on (false: wait for each)")
     grace_seconds: float = Field(25.0, gt=0, description="after SIGTERM: save and upload within this (GCP gives 30)")
     upload_timeout_seconds: float = Field(900.0, gt=0, description="give up on one checkpoint's upload after this")
+    preemption_notice: Literal["none", "aws", "gcp", "azure"] = Field(
+        "none", description="poll this cloud's metadata service for spot/preemption notices; commit at once on one"
+    )
+    notice_endpoint: str | None = Field(
+        None, description="the metadata service's base URL (default: the provider's link-local address)"
+    )
+    notice_poll_seconds: float = Field(5.0, gt=0, description="seconds between polls of the notice endpoint")
     startup_timeout_seconds: float = Field(
         120.0, gt=0, description="at start-up, give up listing and reading checkpoints after storage failed this long"
     )

@@ -58,8 +58,10 @@ def render_tree() -> dict[str, str]:
         "base/job.yaml": to_yaml([job]),
     }
     for provider in SPOT:
-        spot_job = render_run(cfg, SubmitOptions(image=IMAGE, spot=provider))[1]
-        files[f"overlays/{provider}-spot/kustomization.yaml"] = overlay(job_patch(job, spot_job))
+        spot_config, spot_job = render_run(cfg, SubmitOptions(image=IMAGE, spot=provider))
+        files[f"overlays/{provider}-spot/kustomization.yaml"] = overlay(
+            job_patch(job, spot_job), config=job_patch(config_map, spot_config)
+        )
     multi = render_run(cfg, SubmitOptions(image=IMAGE, **MULTI_NODE))
     files["overlays/multi-node/kustomization.yaml"] = overlay(job_patch(job, multi[1]), ["service.yaml"])
     files["overlays/multi-node/service.yaml"] = to_yaml([multi[2]])
@@ -81,14 +83,20 @@ def kustomization(resources: list[str]) -> str:
                      "resources": resources}])  # fmt: skip
 
 
-def overlay(operations: list[dict[str, Any]], extra_resources: list[str] = ()) -> str:
-    """An overlay of the base: JSON patches (RFC 6902) on the Job, so the result is exactly the rendered Job."""
+def overlay(operations: list[dict[str, Any]], extra_resources: list[str] = (),
+            config: list[dict[str, Any]] = ()) -> str:  # fmt: skip
+    """An overlay of the base: JSON patches (RFC 6902) on the Job (and the run's ConfigMap, when `config` has
+    operations), so the result is exactly what gand submit renders."""
+    patches = [{"target": {"group": "batch", "version": "v1", "kind": "Job", "name": "gand-can256"},
+                "patch": yaml.safe_dump(operations, sort_keys=False, width=120)}]  # fmt: skip
+    if config:
+        patches.append({"target": {"version": "v1", "kind": "ConfigMap", "name": "gand-can256-config"},
+                        "patch": yaml.safe_dump(list(config), sort_keys=False, width=120)})  # fmt: skip
     return to_yaml([{
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": ["../../base", *extra_resources],
-        "patches": [{"target": {"group": "batch", "version": "v1", "kind": "Job", "name": "gand-can256"},
-                     "patch": yaml.safe_dump(operations, sort_keys=False, width=120)}],
+        "patches": patches,
     }])  # fmt: skip
 
 

@@ -57,6 +57,8 @@ SPOT: dict[str, dict[str, Any]] = {
     },
 }
 # GPU nodes are usually tainted so that only GPU work lands there.
+# The cloud whose metadata service announces a spot VM's preemption, per managed Kubernetes (`--spot`).
+SPOT_NOTICE = {"gke": "gcp", "eks": "aws", "aks": "azure"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -120,11 +122,14 @@ def labels(cfg: GandConfig, component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": component, RUN_LABEL: job_name(cfg)}
 
 
-def run_config(cfg: GandConfig) -> dict[str, Any]:
-    """The config the pod runs: credential-free, run.dir in the pod's home, metrics on the scraped port."""
+def run_config(cfg: GandConfig, options: SubmitOptions | None = None) -> dict[str, Any]:
+    """The config the pod runs: credential-free, run.dir in the pod's home, metrics on the scraped port, and on
+    spot nodes the provider's preemption notices watched (unless the config chose otherwise)."""
     data = cfg.snapshot()
     data["run"]["dir"] = f"{HOME}/runs/{cfg.run.name}"
     data["metrics"]["port"] = METRICS_PORT
+    if options is not None and options.spot and "preemption_notice" not in cfg.checkpoint.model_fields_set:
+        data["checkpoint"]["preemption_notice"] = SPOT_NOTICE[options.spot]
     return data
 
 
@@ -139,7 +144,7 @@ def render_run(cfg: GandConfig, options: SubmitOptions) -> list[dict[str, Any]]:
 
 
 def config_map(cfg: GandConfig, options: SubmitOptions) -> dict[str, Any]:
-    text = yaml.safe_dump(run_config(cfg), sort_keys=False)
+    text = yaml.safe_dump(run_config(cfg, options), sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -58,6 +58,8 @@ class TrainingMetrics:
         self.steps_lost = gauge("gand_train_steps_lost_at_resume", "Steps the previous process trained past the "
                                 "checkpoint this one resumed from (a lower bound; 0 when none or unknown)")  # fmt: skip
         self.rollbacks = counter("gand_train_rollbacks", "Roll-backs to the last commit after NaN/Inf losses")
+        self.notices = counter("gand_preemption_notices", "Preemption notices from the cloud's metadata service "
+                               "(each commits a checkpoint at once)", ("provider",))  # fmt: skip
         # losses and the game
         self.loss = gauge("gand_train_loss", "Latest loss per network and term (total, adv, class, style, "
                           "ambiguity, gp)", ("network", "term"))  # fmt: skip
@@ -191,6 +193,10 @@ class TrainingMetrics:
     def record_rollback(self) -> None:
         if self.enabled:
             self.rollbacks.inc()
+
+    def record_preemption_notice(self, provider: str) -> None:
+        if self.enabled:
+            self.notices.labels(provider=provider).inc()
 
     def close(self) -> None:
         if self.server is not None:

@@ -21,6 +21,7 @@ import torch
 
 from gand.checkpoint.uploader import waiting_on_storage
 from gand.config import CheckpointConfig
+from gand.notices import NoticeWatcher
 from gand.train.launch import LAUNCHER_GONE, tied_to_launcher
 
 log = structlog.get_logger("gand.train")
@@ -47,8 +48,9 @@ class Agreeing(Protocol):
 @dataclass(frozen=True)
 class Decision:
     stop: bool  # a signal reached some rank: save, upload, exit 75
-    save: bool  # a checkpoint is due (steps, images, seconds, or the end)
+    save: bool  # a checkpoint is due (steps, images, seconds, a preemption notice, or the end)
     roll_back: bool  # some rank saw a NaN/Inf loss: back to the last commit, skip the batch
+    notice: bool = False  # the cloud announced this machine's preemption: save now, train on
 
 
 class RunControl:
@@ -65,6 +67,8 @@ class RunControl:
         self.wait_grace_seconds = wait_grace_seconds
         self._watching = False  # our SIGALRM timer is armed: a stop is pending and not yet acted on
         self._signalled = False  # this process got a SIGTERM/SIGINT: the next one stops at once
+        self.notices: NoticeWatcher | None = None  # rank 0's poller of the cloud's preemption notices
+        self._notice_acted = False
 
     def interrupt_waits(self, is_waiting: Callable[[], bool]) -> None:
         """After a stop signal, a wait that `is_waiting()` (or a storage retry loop in the main thread) still
@@ -134,17 +138,19 @@ class RunControl:
 
         The losses' device flag is read when a save is due, on a stop, and when `check` (logging steps)."""
         local_stop = self.stop_signal is not None
-        stop, timed = self.engine.any_across_ranks([local_stop, self._seconds_due()])
+        notice = not self._notice_acted and self.notices is not None and self.notices.notice is not None
+        stop, timed, noticed = self.engine.any_across_ranks([local_stop, self._seconds_due(), notice])
         if stop and self.stop_requested_at is None:  # the signal reached another rank: same grace from here
             self.stop_requested_at = time.monotonic()
             self.stop_signal = "peer rank"
         if stop:
             self.stop_watching()  # acted on here, at a step boundary
-        save = stop or timed or self._count_due(step, images_before, images_after)
+        save = stop or timed or noticed or self._count_due(step, images_before, images_after)
         bad = False
         if save or check:
             (bad,) = self.engine.any_across_ranks([not finite.read()])
-        return Decision(stop=stop, save=save and not bad, roll_back=bad)
+        self._notice_acted = self._notice_acted or (noticed and not bad)  # a roll-back step saves the next one
+        return Decision(stop=stop, save=save and not bad, roll_back=bad, notice=noticed and not bad)
 
     def _seconds_due(self) -> bool:
         every = self.checkpoint.every_seconds

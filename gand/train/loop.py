@@ -19,6 +19,7 @@ from gand.data.manifest import check_dataset, read_manifest
 from gand.errors import ConfigError, DataError, Diverged, PeerLost, Preempted, StoppedAtOnce, StorageError
 from gand.eval.fid import Evaluator
 from gand.eval.samples import generate, grid_png
+from gand.notices import NoticeWatcher
 from gand.observability.curves import LossHistory, loss_curve_png
 from gand.observability.health import DominanceWindow, sample_diversity
 from gand.observability.logging import configure_logging
@@ -138,10 +139,14 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         agree=engine.from_rank_zero,
         pin_memory=engine.device.type == "cuda",
     )
-    if "shuffle_buffer" in cfg.data.model_fields_set:
+    if cfg.data.shuffle_buffer is not None:  # snapshots of configs list it as null
         log.warning("config_field_unused", field="data.shuffle_buffer",
                     reason="the loader draws a fresh permutation of all images each pass; remove it")  # fmt: skip
     metrics = TrainingMetrics(cfg.metrics.port if engine.is_main else None, cfg.run.name)
+    section = cfg.checkpoint
+    if section.preemption_notice != "none" and engine.is_main:  # rank 0 polls; the ranks agree at step boundaries
+        control.notices = NoticeWatcher(section.preemption_notice, section.notice_endpoint,
+                                        section.notice_poll_seconds).start()  # fmt: skip
     if resumed is not None:
         metrics.record_resume(state.step, steps_lost)
     dominance = DominanceWindow()
@@ -207,6 +212,12 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             # flag is read on logging steps and before every save, the evaluation's too.
             decision = control.decide(state.step, images_before, state.images_seen, finite, check=log_step or evaluate)
             saving = decision.save or (evaluate and not decision.roll_back)
+            if decision.notice:
+                notice = control.notices.notice if control.notices is not None else None
+                log.warning("preemption_notice", step=state.step, provider=section.preemption_notice,
+                            detail=notice.detail if notice else None,
+                            effect="checkpoint now, training goes on")  # fmt: skip
+                metrics.record_preemption_notice(section.preemption_notice)
             if decision.roll_back or (saving and not _weights_finite(engine, g, d)):
                 rollbacks += 1
                 state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks)

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gand.k8s.render import SPOT, SubmitOptions, render_run
+from gand.k8s.render import SPOT, SPOT_NOTICE, SubmitOptions, render_run
 from tests.conftest import REPO, gand
 
 KUBERNETES_VERSION = "1.32.0"  # podFailurePolicy is GA from 1.31
@@ -142,6 +142,11 @@ def test_spot_pods_land_on_spot_nodes_and_wait_out_the_checkpoint_grace():
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
         assert pod["securityContext"]["runAsNonRoot"] is True
+        config = yaml.safe_load(submit_dry_run("--spot", provider)[0]["data"]["config.yaml"])
+        assert config["checkpoint"]["preemption_notice"] == SPOT_NOTICE[provider]  # the cloud that warns this pod
+    chosen_map = submit_dry_run("--spot", "gke", "checkpoint.preemption_notice=none")[0]
+    chosen = yaml.safe_load(chosen_map["data"]["config.yaml"])
+    assert chosen["checkpoint"]["preemption_notice"] == "none"  # a config's own choice wins
 
 
 def test_a_local_config_is_refused_with_the_fields_named():
