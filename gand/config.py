@@ -207,6 +207,15 @@ class CheckpointConfig(StrictModel):
         None, description="the metadata service's base URL (default: the provider's link-local address)"
     )
     notice_poll_seconds: float = Field(5.0, gt=0, description="seconds between polls of the notice endpoint")
+    lease_seconds: float | None = Field(
+        60.0,
+        gt=0,
+        description="one writer per run: the lease on checkpoint.url lives this long unless renewed "
+        "(renewed every third of it); unset: no lease",
+    )
+    lease_wait_seconds: float = Field(
+        90.0, ge=0, description="at start, wait this long for another trainer's live lease before exiting 2"
+    )
     startup_timeout_seconds: float = Field(
         120.0, gt=0, description="at start-up, give up listing and reading checkpoints after storage failed this long"
     )

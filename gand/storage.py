@@ -8,6 +8,7 @@ Credentials come from the environment and the providers' standard chains; URLs a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import tempfile
@@ -136,9 +137,93 @@ class Store:
             with self._errors("write", relpath):
                 self.fs.put_file(handle.name, self._path(relpath))
 
+    # -- conditional writes (the run's lease) ----------------------------------------------------------------
+    @property
+    def conditional_writes(self) -> bool:
+        """Whether write_if is atomic here: local files (a lock file, one machine) and S3 (If-None-Match / If-Match
+        on PUT). Elsewhere it is a read-compare-write with a small race window."""
+        return self.is_local or _protocol(self.fs) in ("s3", "s3a")
+
+    def read_tagged(self, relpath: str) -> tuple[bytes, str] | None:
+        """The object's bytes and a version tag for write_if (S3: its ETag; elsewhere a SHA-256 of the bytes), or
+        None when there is no object. The tag may be newer than the bytes, never older: a write_if with it fails
+        rather than overwrite a change it did not see."""
+        path = self._fresh(self._path(relpath))
+        try:
+            with self._errors("read", relpath):
+                if self.is_local or _protocol(self.fs) not in ("s3", "s3a"):
+                    data = self.fs.cat_file(path)
+                    return data, hashlib.sha256(data).hexdigest()
+                tag = self.fs.info(path)["ETag"]
+                return self.fs.cat_file(path), tag
+        except FileNotFoundError:
+            return None
+
+    def write_if(self, relpath: str, data: bytes, tag: str | None) -> bool:
+        """Write `data` only if the object still has `tag` (from read_tagged), or, with tag None, only if there is
+        no object. False when another writer got there first."""
+        if self.is_local:
+            return self._write_if_local(relpath, data, tag)
+        path = self._path(relpath)
+        if _protocol(self.fs) not in ("s3", "s3a"):
+            current = self.read_tagged(relpath)
+            if (current[1] if current else None) != tag:
+                return False
+            self.write_bytes(relpath, data)
+            return True
+        try:
+            with self._errors("write", relpath):
+                if tag is None:
+                    self.fs.pipe_file(path, data, mode="create")  # If-None-Match: *
+                else:
+                    self.fs.pipe_file(path, data, IfMatch=tag)
+        except FileExistsError:
+            return False
+        except StorageError as err:
+            if _precondition_failed(err):
+                return False
+            raise
+        return True
+
+    def _write_if_local(self, relpath: str, data: bytes, tag: str | None) -> bool:
+        import fcntl
+
+        final = self._path(relpath)
+        os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
+        with open(f"{final}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            current = self.read_tagged(relpath)
+            if (current[1] if current else None) != tag:
+                return False
+            self.write_bytes(relpath, data)
+            return True
+
+    def delete(self, relpath: str) -> None:
+        """Remove one object (nothing when it is not there)."""
+        with contextlib.suppress(FileNotFoundError), self._errors("delete", relpath):
+            self.fs.rm_file(self._path(relpath))
+
     def delete_tree(self, relpath: str) -> None:
         with contextlib.suppress(FileNotFoundError), self._errors("delete", relpath):
             self.fs.rm(self._path(relpath), recursive=True)
+
+
+def _protocol(fs) -> str:
+    protocol = fs.protocol
+    return protocol if isinstance(protocol, str) else protocol[0]
+
+
+def _precondition_failed(err: BaseException) -> bool:
+    """Whether an S3 write failed on its If-Match / If-None-Match condition (HTTP 412), not on anything else."""
+    seen: BaseException | None = err
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            return True
+        if "pre-conditions you specified did not hold" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def read_url(url: str) -> bytes:

@@ -39,6 +39,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from gand import __version__
+from gand.checkpoint.lease import RunLease
 from gand.checkpoint.uploader import RetryPolicy, Uploader, UploadResult, with_retries
 from gand.errors import StorageError
 from gand.storage import Store, redact
@@ -128,6 +129,7 @@ class CheckpointManager:
         self._last_snapshot: str | None = None
         self._results: list[UploadResult] = []  # synchronous mode's results, handed out by poll()
         self._commits_seen: list[str] = []  # committed checkpoints this process listed, wrote or saw appear
+        self.lease: RunLease | None = None  # rank 0's lease on the run: checked before every manifest
 
     @property
     def known_commit(self) -> str | None:
@@ -210,6 +212,8 @@ class CheckpointManager:
 
         Checksums are computed here, off the training thread; ranks > 0 hand theirs to rank 0 in the marker."""
         deadline = time.monotonic() + self.retry.timeout_seconds
+        if self.lease is not None:  # before the first file too: a trainer that lost the run writes nothing more
+            self._retried(self.lease.confirm, "the run's lease", deadline)
         records = {filename: _record(data) for filename, data in sorted(snapshot.files.items())}
         for filename, data in snapshot.files.items():
             self._retried(lambda f=filename, d=data: self._write_verified(f"{snapshot.name}/{f}", d),
@@ -234,6 +238,10 @@ class CheckpointManager:
         }
         if snapshot.scores:
             manifest["eval"] = snapshot.scores
+        if self.lease is not None:
+            manifest["writer"] = self.lease.owner
+            # LeaseLost (another trainer holds the run now) is not retried: nothing is published.
+            self._retried(self.lease.confirm, "the run's lease", deadline)
         path = f"{snapshot.name}/{MANIFEST}"
         self._retried(lambda: self.store.write_bytes(path, json.dumps(manifest, indent=2).encode()), path, deadline)
         self._commits_seen.append(snapshot.name)

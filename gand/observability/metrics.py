@@ -100,6 +100,9 @@ class TrainingMetrics:
                                        "checkpoints (each retry counts)")  # fmt: skip
         self.uploads_failed = counter("gand_checkpoint_uploads_abandoned", "Checkpoint uploads given up after retries")
         self.uploads_pending = gauge("gand_checkpoint_uploads_pending", "Snapshots uploading or waiting to")
+        self.lease_held = gauge("gand_checkpoint_lease_held", "1 while this trainer holds the run's lease (one "
+                                "writer per checkpoint.url); 0 when it has none or lost it")  # fmt: skip
+        self.leases_lost = counter("gand_checkpoint_leases_lost", "Leases another trainer took over from this one")
         buckets = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
         self.stall = Histogram("gand_checkpoint_stall_seconds", "Training stall per save (the synchronous part)",
                                registry=registry, buckets=buckets)  # fmt: skip
@@ -193,6 +196,13 @@ class TrainingMetrics:
     def record_rollback(self) -> None:
         if self.enabled:
             self.rollbacks.inc()
+
+    def record_lease(self, held: bool, lost: bool = False) -> None:
+        if not self.enabled:
+            return
+        self.lease_held.set(int(held))
+        if lost:
+            self.leases_lost.inc()
 
     def record_preemption_notice(self, provider: str) -> None:
         if self.enabled:

@@ -19,6 +19,7 @@ from typing import Protocol
 import structlog
 import torch
 
+from gand.checkpoint.lease import RunLease
 from gand.checkpoint.uploader import waiting_on_storage
 from gand.config import CheckpointConfig
 from gand.notices import NoticeWatcher
@@ -51,6 +52,7 @@ class Decision:
     save: bool  # a checkpoint is due (steps, images, seconds, a preemption notice, or the end)
     roll_back: bool  # some rank saw a NaN/Inf loss: back to the last commit, skip the batch
     notice: bool = False  # the cloud announced this machine's preemption: save now, train on
+    lease_lost: bool = False  # another trainer took the run's lease over: publish nothing more, exit 75
 
 
 class RunControl:
@@ -68,6 +70,7 @@ class RunControl:
         self._watching = False  # our SIGALRM timer is armed: a stop is pending and not yet acted on
         self._signalled = False  # this process got a SIGTERM/SIGINT: the next one stops at once
         self.notices: NoticeWatcher | None = None  # rank 0's poller of the cloud's preemption notices
+        self.lease: RunLease | None = None  # rank 0's lease on the run's checkpoints
         self._notice_acted = False
 
     def interrupt_waits(self, is_waiting: Callable[[], bool]) -> None:
@@ -139,7 +142,11 @@ class RunControl:
         The losses' device flag is read when a save is due, on a stop, and when `check` (logging steps)."""
         local_stop = self.stop_signal is not None
         notice = not self._notice_acted and self.notices is not None and self.notices.notice is not None
-        stop, timed, noticed = self.engine.any_across_ranks([local_stop, self._seconds_due(), notice])
+        lost = self.lease is not None and self.lease.lost
+        stop, timed, noticed, lost = self.engine.any_across_ranks([local_stop, self._seconds_due(), notice, lost])
+        if lost:
+            self.stop_watching()
+            return Decision(stop=False, save=False, roll_back=False, lease_lost=True)
         if stop and self.stop_requested_at is None:  # the signal reached another rank: same grace from here
             self.stop_requested_at = time.monotonic()
             self.stop_signal = "peer rank"

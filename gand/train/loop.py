@@ -10,13 +10,23 @@ import structlog
 import torch
 
 from gand import __version__
+from gand.checkpoint.lease import LeaseHeld, LeaseLost, RunLease
 from gand.checkpoint.manager import Checkpoint, CheckpointManager, Snapshot, checkpoint_name
 from gand.checkpoint.progress import ProgressMarker
 from gand.checkpoint.uploader import RetryPolicy, UploadResult
 from gand.config import GandConfig, default_loader_workers
 from gand.data.loader import ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
-from gand.errors import ConfigError, DataError, Diverged, PeerLost, Preempted, StoppedAtOnce, StorageError
+from gand.errors import (
+    ConfigError,
+    DataError,
+    Diverged,
+    GandError,
+    PeerLost,
+    Preempted,
+    StoppedAtOnce,
+    StorageError,
+)
 from gand.eval.fid import Evaluator
 from gand.eval.samples import generate, grid_png
 from gand.notices import NoticeWatcher
@@ -71,6 +81,8 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
             raise StorageError(message + "no checkpoint of this run is known to be committed") from None
         raise PeerLost(message + f"run the same command to resume from {known}") from None
     finally:
+        if checkpoints.lease is not None:
+            checkpoints.lease.release()  # the next trainer may start at once
         control.restore_signal_handlers()
 
 
@@ -87,17 +99,20 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     state = TrainState()
     history = LossHistory()
 
-    if fresh:
-        if engine.is_main:
-            checkpoints.discard_all()
-            progress.discard()
-        engine.barrier()
-    previous_progress = progress.read() if engine.is_main else None  # before this process writes its own
-    control.interrupt_waits(lambda: False)  # from here a stop abandons storage waits (start-up listing, reads)
+    # Nothing trains yet: a stop ends any start-up wait (another trainer's lease, storage that is down) at once.
+    control.interrupt_waits(lambda: True)
     try:
+        control.lease = _take_lease(cfg, engine, checkpoints)  # before anything lists or deletes checkpoints
+        if fresh:
+            if engine.is_main:
+                checkpoints.discard_all()
+                progress.discard()
+            engine.barrier()
+        previous_progress = progress.read() if engine.is_main else None  # before this process writes its own
         resumed = checkpoints.load_latest(cfg.checkpoint.startup_timeout_seconds)
     except StopWhileWaiting:
         _stop_before_training(checkpoints, control, log)
+    control.interrupt_waits(lambda: False)
     steps_lost = None
     if resumed is not None:
         _check_resumable(resumed, engine, cfg, num_classes)
@@ -143,6 +158,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         log.warning("config_field_unused", field="data.shuffle_buffer",
                     reason="the loader draws a fresh permutation of all images each pass; remove it")  # fmt: skip
     metrics = TrainingMetrics(cfg.metrics.port if engine.is_main else None, cfg.run.name)
+    metrics.record_lease(held=checkpoints.lease is not None)
     section = cfg.checkpoint
     if section.preemption_notice != "none" and engine.is_main:  # rank 0 polls; the ranks agree at step boundaries
         control.notices = NoticeWatcher(section.preemption_notice, section.notice_endpoint,
@@ -211,6 +227,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             # Every rank takes the same branch: stop after a signal, save when due, roll back after NaN/Inf. The NaN
             # flag is read on logging steps and before every save, the evaluation's too.
             decision = control.decide(state.step, images_before, state.images_seen, finite, check=log_step or evaluate)
+            if decision.lease_lost:
+                _stop_after_losing_the_lease(checkpoints, metrics, state, log)
             saving = decision.save or (evaluate and not decision.roll_back)
             if decision.notice:
                 notice = control.notices.notice if control.notices is not None else None
@@ -485,6 +503,44 @@ def _stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metr
                            f"checkpoint.grace_seconds; the same command resumes from the last commit")  # fmt: skip
     raise Preempted(f"stopped by {control.stop_signal} at step {state.step}: saved {name}; run the same command to "
                     "resume")  # fmt: skip
+
+
+def _take_lease(cfg: GandConfig, engine: Engine, checkpoints: CheckpointManager) -> RunLease | None:
+    """Collective. Rank 0 takes the run's lease (waiting for another trainer's, if live); every rank learns the
+    outcome, so that all of them stop when it fails (exit 2 when held, 1 when storage failed)."""
+    section = cfg.checkpoint
+    if section.lease_seconds is None:
+        return None
+    lease, failure = None, None
+    if engine.is_main:
+        lease = RunLease(checkpoints.store, cfg.run.name, section.lease_seconds)
+        try:
+            lease.acquire(section.lease_wait_seconds)
+        except GandError as err:
+            failure = err
+    outcome = engine.from_rank_zero(failure.exit_code if failure is not None else 0)
+    if outcome != 0:
+        if failure is not None:
+            raise failure
+        if outcome == LeaseHeld.exit_code:
+            raise LeaseHeld("rank 0 found the run's lease held by another trainer (its log says which)")
+        raise StorageError("rank 0 could not take the run's lease (its log says why)")
+    if lease is not None:
+        lease.start_renewing()
+        checkpoints.lease = lease
+    return lease
+
+
+def _stop_after_losing_the_lease(checkpoints: CheckpointManager, metrics: TrainingMetrics, state: TrainState,
+                                 log) -> NoReturn:  # fmt: skip
+    """Another trainer took this run's lease over (this one was frozen or cut off past the expiry): its
+    checkpoints are the run's now. Nothing more is published from here; exit 75."""
+    metrics.record_lease(held=False, lost=True)
+    metrics.close()
+    holder = checkpoints.lease.describe_holder() if checkpoints.lease is not None else "unknown"
+    log.error("stopped_lease_lost", step=state.step, holder=holder, exit_code=LeaseLost.exit_code)
+    raise LeaseLost(f"another trainer took over the checkpoints at {redact(checkpoints.url)} ({holder}); this one "
+                    f"stops at step {state.step} without publishing anything more")  # fmt: skip
 
 
 def _listed_commits(checkpoints: CheckpointManager) -> list[str]:

@@ -162,3 +162,50 @@ def test_a_second_sigterm_stops_at_once_and_the_last_commit_stays(tmp_path, pack
         server.stop()
         for name in environment:
             os.environ.pop(name, None)
+
+
+# -- one writer per run ----------------------------------------------------------------------------------------------
+def manifests_by_writer(url: str) -> list[tuple[int, str]]:
+    """(images seen, writer) of every committed checkpoint in the store, oldest first."""
+    from gand.storage import Store
+
+    store = Store(url)
+    found = []
+    for name in store.list_dir():
+        if name.startswith("ckpt-") and store.exists(f"{name}/{MANIFEST}"):
+            manifest = json.loads(store.read_bytes(f"{name}/{MANIFEST}"))
+            found.append((manifest["images_seen"], manifest.get("writer")))
+    return sorted(found)
+
+
+def test_two_trainers_on_one_bucket_never_interleave_their_commits(tmp_path, packed, s3_endpoint, reaper):
+    """The same command started twice: the second waits for the first's lease, then exits 2 with who holds it.
+    Then the first is frozen (SIGSTOP, as a stalled VM) past its lease: a third trainer takes over after the
+    expiry and trains on; the first, woken, publishes nothing more and exits 75."""
+    url = f"{make_bucket('one-writer')}/run"
+    settings = {"url": url, "every_steps": 4, "lease_seconds": 3, "lease_wait_seconds": 2}
+    first = reaper(Live(train_command(endless_config(tmp_path / "first", packed, **settings))), tmp_path / "first")
+    owner = first.wait_for(lambda e: e.get("event") == "lease_taken", timeout=120)["owner"]
+    first.wait_for(lambda e: e.get("event") == "checkpoint_committed", timeout=120)
+
+    second = Live(train_command(endless_config(tmp_path / "second", packed, **settings)))
+    assert second.finish(timeout=60) == 2, second.output[-3000:]
+    assert "another trainer writes checkpoints to s3://one-writer/run" in second.output
+    assert not any(e.get("event") == "train_step" for e in second.events())
+
+    first.proc.send_signal(signal.SIGSTOP)
+    try:
+        patient = {**settings, "lease_wait_seconds": 30}
+        third = reaper(Live(train_command(endless_config(tmp_path / "third", packed, **patient))), tmp_path / "third")
+        taken = third.wait_for(lambda e: e.get("event") == "lease_taken", timeout=60)
+        third.wait_for(lambda e: e.get("event") == "checkpoint_committed", timeout=60)
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+    assert first.finish(timeout=60) == 75, first.output[-3000:]
+    assert any(e.get("event") == "stopped_lease_lost" for e in first.events())
+    third.proc.send_signal(signal.SIGTERM)
+    assert third.finish(timeout=60) == 75, third.output[-3000:]
+
+    writers = [writer for _, writer in manifests_by_writer(url)]
+    assert set(writers) == {owner, taken["owner"]}
+    assert writers == sorted(writers, key=lambda w: w == taken["owner"])  # all of the first's, then the third's
