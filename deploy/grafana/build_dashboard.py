@@ -70,6 +70,10 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                                                   "failed requests / 15m"),
                                                  (f"gand_checkpoint_uploads_pending{RUN}", "pending")]),
         ("Checkpoint size", "bytes", [(f"gand_checkpoint_size_bytes{RUN}", "bytes")]),
+        ("Spot notices and the run's lease", "short",
+         [(f"increase(gand_preemption_notices_total{RUN}[1h])", "{{provider}} notices / 1h"),
+          (f"gand_checkpoint_lease_held{RUN}", "lease held"),
+          (f"gand_checkpoint_leases_lost_total{RUN}", "leases lost")]),
     ]),
     ("Packing daemon", [
         ("Images packed", "short", [(f"gand_pack_images_packed_total{RUN}", "packed")]),

@@ -204,6 +204,11 @@ class TrainingMetrics:
         if lost:
             self.leases_lost.inc()
 
+    def watch_notices(self, provider: str) -> None:
+        """The provider's notice counter exists (at 0) from the start, so dashboards show "none yet"."""
+        if self.enabled:
+            self.notices.labels(provider=provider)
+
     def record_preemption_notice(self, provider: str) -> None:
         if self.enabled:
             self.notices.labels(provider=provider).inc()

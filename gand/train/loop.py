@@ -163,6 +163,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     if section.preemption_notice != "none" and engine.is_main:  # rank 0 polls; the ranks agree at step boundaries
         control.notices = NoticeWatcher(section.preemption_notice, section.notice_endpoint,
                                         section.notice_poll_seconds).start()  # fmt: skip
+        metrics.watch_notices(section.preemption_notice)
     if resumed is not None:
         metrics.record_resume(state.step, steps_lost)
     dominance = DominanceWindow()

@@ -94,16 +94,18 @@ def test_gand_launch_runs_the_ranks_and_passes_their_exit_code_on(tmp_path, pack
 
 def test_a_node_that_vanishes_makes_the_other_nodes_exit_75_not_1(tmp_path, packed):
     """Two nodes on one machine, as an Indexed Job's pods run them; node 1 is SIGKILLed (a spot VM gone past its
-    grace). Node 0's rank finds its collective broken: that is a preemption of the run, so it exits 75 (the Job
-    ignores it) instead of 1 (which would count against backoffLimit)."""
+    grace) after the run's first commit. Node 0's rank finds its collective broken: that is a preemption of the
+    run, with a commit to resume from, so it exits 75 (the Job ignores it) instead of 1 (which would count against
+    backoffLimit). Without any commit it would be 1: exit 75 promises a checkpoint."""
     job, mounted = rendered_job_and_config(tmp_path, packed, gpus=1, nodes=2)
     port = str(free_port())
     nodes = [
         Live([*entrypoint(), "launch", "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(rank),
-              "--main-address", "127.0.0.1", "--main-port", port, str(mounted)], env={"ACCELERATE_USE_CPU": "true"})
+              "--main-address", "127.0.0.1", "--main-port", port, str(mounted), "checkpoint.every_steps=2"],
+             env={"ACCELERATE_USE_CPU": "true"})
         for rank in (0, 1)
     ]  # fmt: skip
-    nodes[0].wait_for(lambda e: e["event"] == "train_step" and e["step"] >= 2)
+    committed = nodes[0].wait_for(lambda e: e["event"] == "checkpoint_committed")["checkpoint"]
     # The whole node at once: its launcher and its rank (torch's launcher starts ranks in their own sessions).
     node_1 = psutil.Process(nodes[1].proc.pid)
     for process in [*node_1.children(recursive=True), node_1]:
@@ -111,5 +113,5 @@ def test_a_node_that_vanishes_makes_the_other_nodes_exit_75_not_1(tmp_path, pack
     code = nodes[0].finish(timeout=120)
     assert code == 75, nodes[0].output[-3000:]
     lost = next(e for e in nodes[0].events() if e["event"] == "peer_lost")
-    assert "connection" in lost["error"].lower() and lost["exit_code"] == 75
+    assert "connection" in lost["error"].lower() and lost["exit_code"] == 75 and lost["last_commit"] >= committed
     assert policy_action(job, code) == "Ignore"

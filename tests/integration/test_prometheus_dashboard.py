@@ -56,9 +56,11 @@ def test_prometheus_scrapes_a_run_and_every_panel_and_rule_works(tmp_path, packe
     # (no download), so that the evaluation panels have data.
     weights = random_inception(str(tmp_path / "random-inception.pth"))
     config = tiny_config(tmp_path, packed, train={"max_steps": 100_000, "log_every_steps": 1},
-                         samples={"every_steps": 3}, checkpoint={"every_steps": 3},
+                         samples={"every_steps": 3},
                          eval={"every_kimg": 0.024, "samples": 10, "inception_weights": weights},
-                         metrics={"port": trainer_port})  # fmt: skip
+                         metrics={"port": trainer_port},
+                         checkpoint={"every_steps": 3, "preemption_notice": "gcp",  # polled, unreachable: no notice
+                                     "notice_endpoint": f"http://127.0.0.1:{free_port()}"})  # fmt: skip
     trainer = Live(train_command(config, "precision=fp16"))
     settings = tmp_path / "prometheus.yml"
     settings.write_text(json.dumps({
@@ -85,7 +87,7 @@ def test_prometheus_scrapes_a_run_and_every_panel_and_rule_works(tmp_path, packe
             f"http://127.0.0.1:{prometheus_port}/api/v1/rules", timeout=10).read())["data"]["groups"],
             timeout=30, what="rules")  # fmt: skip
         loaded = {rule["name"]: rule["health"] for group in rules for rule in group["rules"]}
-        assert len(loaded) == 8 and set(loaded.values()) == {"ok"}, loaded
+        assert len(loaded) == 10 and set(loaded.values()) == {"ok"}, loaded
     finally:
         server.terminate()
         server.wait(timeout=30)
