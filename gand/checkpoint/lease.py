@@ -27,6 +27,7 @@ from pathlib import Path
 
 import structlog
 
+from gand.checkpoint.uploader import RetryPolicy, with_retries
 from gand.errors import ConfigError, GandError, StorageError
 from gand.storage import Store, redact
 
@@ -52,8 +53,10 @@ class Holder:
     host: str
     pid: int
     run: str
-    expires_at: float  # Unix time
+    expires_at: float  # Unix time, by the holder's clock
+    ttl_seconds: float = 60.0
     boot_id: str = ""
+    pid_namespace: int = 0  # the inode of the holder's PID namespace: PIDs mean something only within it
     started_at: str = ""  # the holder process's start time (/proc/PID/stat), to tell a reused PID
 
     def describe(self) -> str:
@@ -62,8 +65,11 @@ class Holder:
         return f"{self.host} PID {self.pid} (run {self.run!r}), lease {state}"
 
     def gone_from_this_machine(self) -> bool:
-        """Whether the holder is a process of this machine (same host and boot) that no longer runs."""
-        if self.host != socket.gethostname() or not self.boot_id or self.boot_id != _boot_id() or not self.started_at:
+        """Whether the holder is a process of this machine (same host, boot and PID namespace: containers that
+        share a hostname do not count) that no longer runs."""
+        here = (socket.gethostname(), _boot_id(), _pid_namespace())
+        same_place = (self.host, self.boot_id, self.pid_namespace) == here
+        if not same_place or not self.boot_id or not self.pid_namespace or not self.started_at:
             return False
         return _process_start(self.pid) != self.started_at
 
@@ -76,16 +82,21 @@ class RunLease:
         self.owner = uuid.uuid4().hex
         self.lost = False
         self.held = False
-        self._tag: str | None = None
+        self.waiting_for_holder = False  # acquire() is waiting for another trainer's live lease
+        self._seen: tuple[str, float] | None = None  # (tag, monotonic time first seen) of another's lease
         self._valid_until = 0.0  # monotonic: past it without a renewal, another trainer may hold the lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- taking it -----------------------------------------------------------------------------------------------
-    def acquire(self, wait_seconds: float) -> None:
+    def acquire(self, wait_seconds: float, retry: RetryPolicy | None = None,
+                storage_timeout_seconds: float = 120.0) -> None:  # fmt: skip
         """Take the lease, waiting up to wait_seconds while another live trainer holds it.
 
-        Raises LeaseHeld (exit 2) when it is still held after that, StorageError when storage fails throughout."""
+        Raises LeaseHeld (exit 2) when it is still held after that; storage failures are retried (`retry`) for up to
+        storage_timeout_seconds, then raised as StorageError."""
+        retry = retry or RetryPolicy()
+        storage_deadline = time.monotonic() + storage_timeout_seconds
         deadline = time.monotonic() + wait_seconds
         announced = False
         if not self.store.conditional_writes:
@@ -93,16 +104,10 @@ class RunLease:
                         reason="this store has no conditional writes: two trainers starting at the same moment "
                                "could both take the lease")  # fmt: skip
         while True:
-            try:
-                if self._try_take():
-                    return
-                holder = self._holder()
-            except (OSError, StorageError) as err:
-                if time.monotonic() >= deadline:
-                    where = redact(self.store.url(LEASE))
-                    raise StorageError(f"cannot take the run's lease at {where}: {err}") from err
-                time.sleep(POLL_SECONDS)
-                continue
+            self.waiting_for_holder = False
+            if with_retries(self._try_take, "taking the run's lease", retry, storage_deadline):
+                return
+            holder = with_retries(self._holder, "reading the run's lease", retry, storage_deadline)
             if time.monotonic() >= deadline:
                 raise LeaseHeld(
                     f"another trainer writes checkpoints to {redact(self.store.url())}: "
@@ -115,17 +120,32 @@ class RunLease:
                 log.warning("waiting_for_lease", holder=holder.describe(), url=redact(self.store.url()),
                             wait_seconds=wait_seconds)  # fmt: skip
                 announced = True
+            self.waiting_for_holder = True
             time.sleep(POLL_SECONDS)
 
     def _try_take(self) -> bool:
         current = self.store.read_tagged(LEASE)
         if current is None:
             return self._write(None, previous=None)
-        holder = _parse(current[0])
+        data, tag = current
+        holder = _parse(data)
         if holder is not None and holder.owner == self.owner:
-            return self._write(current[1], previous=None)
-        free = holder is None or holder.expires_at <= time.time() or holder.gone_from_this_machine()
-        return free and self._write(current[1], previous=holder)
+            return self._write(tag, previous=None)
+        if self._seen is None or self._seen[0] != tag:
+            self._seen = (tag, time.monotonic())  # when this version of the lease was first seen, by our clock
+        return self._free(holder) and self._write(tag, previous=holder)
+
+    def _free(self, holder: Holder | None) -> bool:
+        """Whether a lease may be taken over: unreadable, its holder gone from this machine, or expired. Expiry is
+        judged on both clocks: by the holder's stamp, and by this process's own clock having seen the same version
+        unchanged for a whole lifetime (or the stamp being a lifetime past), so that clock skew cannot shorten it."""
+        if holder is None or holder.gone_from_this_machine():
+            return True
+        now = time.time()
+        if holder.expires_at > now:
+            return False
+        unchanged_for = time.monotonic() - self._seen[1] if self._seen else 0.0
+        return unchanged_for >= holder.ttl_seconds or now >= holder.expires_at + holder.ttl_seconds
 
     def _holder(self) -> Holder | None:
         current = self.store.read_tagged(LEASE)
@@ -134,7 +154,7 @@ class RunLease:
     def _write(self, tag: str | None, previous: Holder | None) -> bool:
         written_at = time.monotonic()
         record = Holder(self.owner, socket.gethostname(), os.getpid(), self.run_name, time.time() + self.ttl_seconds,
-                        _boot_id(), _process_start(os.getpid()))  # fmt: skip
+                        self.ttl_seconds, _boot_id(), _pid_namespace(), _process_start(os.getpid()))  # fmt: skip
         if not self.store.write_if(LEASE, json.dumps(asdict(record), indent=2).encode(), tag):
             return False
         self._valid_until = written_at + self.ttl_seconds
@@ -178,10 +198,15 @@ class RunLease:
         if not self.lost:
             current = self.store.read_tagged(LEASE)
             holder = _parse(current[0]) if current else None
-            if holder is None or holder.owner != self.owner or time.monotonic() >= self._valid_until:
+            # A margin before the lease runs out: the write that follows must land while it is still ours.
+            if holder is None or holder.owner != self.owner or time.monotonic() >= self._valid_until - self.margin:
                 self._lose(f"found {holder.describe() if holder else 'no lease'} before a commit")
         if self.lost:
             raise LeaseLost(f"this trainer no longer holds the lease on {redact(self.store.url())}")
+
+    @property
+    def margin(self) -> float:
+        return self.ttl_seconds / 10
 
     def describe_holder(self) -> str:
         """Who holds the lease now, for a message ("unknown" when storage cannot say)."""
@@ -195,6 +220,8 @@ class RunLease:
     def release(self) -> None:
         """Stop renewing and, if the lease is still ours, delete it so that the next trainer starts at once."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # a renewal under way finishes first
         if not self.held or self.lost:
             return
         try:
@@ -222,6 +249,13 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 def _process_start(pid: int) -> str:

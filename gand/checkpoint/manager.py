@@ -240,13 +240,22 @@ class CheckpointManager:
             manifest["eval"] = snapshot.scores
         if self.lease is not None:
             manifest["writer"] = self.lease.owner
-            # LeaseLost (another trainer holds the run now) is not retried: nothing is published.
-            self._retried(self.lease.confirm, "the run's lease", deadline)
         path = f"{snapshot.name}/{MANIFEST}"
-        self._retried(lambda: self.store.write_bytes(path, json.dumps(manifest, indent=2).encode()), path, deadline)
+        content = json.dumps(manifest, indent=2).encode()
+
+        def publish() -> None:
+            # Each attempt first checks that the run is still ours (LeaseLost is not retried: nothing published),
+            # so a manifest retried for minutes cannot land after another trainer took over.
+            if self.lease is not None:
+                self.lease.confirm()
+            self.store.write_bytes(path, content)
+
+        self._retried(publish, path, deadline)
         self._commits_seen.append(snapshot.name)
         log.info("checkpoint_committed", checkpoint=snapshot.name, url=redact(self.store.url(snapshot.name)))
         try:
+            if self.lease is not None:
+                self.lease.confirm()  # another trainer's checkpoints, half-written ones too, are not ours to delete
             self._prune(newest=snapshot.name)
         except Exception as err:  # a failed clean-up loses nothing; the next commit tries again
             log.warning("checkpoint_prune_failed", error=str(err)[:300])

@@ -41,45 +41,42 @@ class UploadTimeout(StorageError):
     pass
 
 
-_main_thread_storage_calls = 0  # how deep the main thread is in with_retries (a stop signal may abandon it)
+_main_thread_retrying = 0  # main-thread with_retries calls that have failed at least once and are retrying
 
 
 def waiting_on_storage() -> bool:
-    """Whether the main thread is in a storage call or its retries right now (the training loop's run control
-    abandons such a wait a few seconds after a stop signal)."""
-    return _main_thread_storage_calls > 0
+    """Whether the main thread is retrying a failed storage request right now (the training loop's run control
+    abandons such a wait a few seconds after a stop signal; a healthy save in progress is left to finish)."""
+    return _main_thread_retrying > 0
 
 
 def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadline: float,
                  on_failure: Callable[[], None] = lambda: None) -> T:  # fmt: skip
     """`action()`, tried again after transient errors until it succeeds or `deadline` (monotonic) passes."""
-    global _main_thread_storage_calls
-    if threading.current_thread() is not threading.main_thread():
-        return _with_retries(action, what, policy, deadline, on_failure)
-    _main_thread_storage_calls += 1
-    try:
-        return _with_retries(action, what, policy, deadline, on_failure)
-    finally:
-        _main_thread_storage_calls -= 1
-
-
-def _with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadline: float,
-                  on_failure: Callable[[], None]) -> T:  # fmt: skip
+    global _main_thread_retrying
+    marks = threading.current_thread() is threading.main_thread()
+    retrying = False
     attempt = 0
-    while True:
-        try:
-            return action()
-        except FileNotFoundError:
-            raise
-        except TRANSIENT as err:
-            on_failure()
-            wait = policy.delay(attempt)
-            if time.monotonic() + wait > deadline:
-                raise UploadTimeout(f"{what}: still failing after {attempt + 1} attempts: {err}") from err
-            log.warning("storage_retry", what=what, attempt=attempt + 1, retry_in_seconds=round(wait, 2),
-                        error=str(err)[:300])  # fmt: skip
-            time.sleep(wait)
-            attempt += 1
+    try:
+        while True:
+            try:
+                return action()
+            except FileNotFoundError:
+                raise
+            except TRANSIENT as err:
+                on_failure()
+                if marks and not retrying:
+                    retrying, _main_thread_retrying = True, _main_thread_retrying + 1
+                wait = policy.delay(attempt)
+                if time.monotonic() + wait > deadline:
+                    raise UploadTimeout(f"{what}: still failing after {attempt + 1} attempts: {err}") from err
+                log.warning("storage_retry", what=what, attempt=attempt + 1, retry_in_seconds=round(wait, 2),
+                            error=str(err)[:300])  # fmt: skip
+                time.sleep(wait)
+                attempt += 1
+    finally:
+        if retrying:
+            _main_thread_retrying -= 1
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ class RunControl:
         self.wait_grace_seconds = wait_grace_seconds
         self._watching = False  # our SIGALRM timer is armed: a stop is pending and not yet acted on
         self._signalled = False  # this process got a SIGTERM/SIGINT: the next one stops at once
+        self._stopping_now = False
         self.notices: NoticeWatcher | None = None  # rank 0's poller of the cloud's preemption notices
         self.lease: RunLease | None = None  # rank 0's lease on the run's checkpoints
         self._notice_acted = False
@@ -98,8 +99,11 @@ class RunControl:
         self._previous_handlers.clear()
 
     def _on_signal(self, signum: int, _frame) -> None:
+        if self._stopping_now:
+            return  # a third one: the stop at once is already under way, let its clean-up finish
         if self._signalled:  # asked twice (a peer's stop or the launcher's going do not count)
             self.stop_watching()
+            self._stopping_now = True
             raise StopNow(signal.Signals(signum).name)  # the last commit stays the resume point
         self._signalled = True
         if self.stop_signal is None:

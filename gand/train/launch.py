@@ -129,23 +129,27 @@ def launch_ranks(module: str, args: Sequence[str], nproc_per_node: int, nnodes: 
                           rdzv_backend="static", rdzv_endpoint=f"{main_address}:{main_port}",
                           rdzv_configs={"rank": node_rank}, max_restarts=0, monitor_interval=0.5)  # fmt: skip
     outcome: dict[str, object] = {}
-    # In a thread, torch's agent leaves the signal handlers alone (it installs its own only in the main thread).
-    agent = threading.Thread(target=_run_agent, args=(config, module, args, outcome), name="gand-rank-agent")
-    forwarder = _SignalForwarder()
-    forwarder.install()
-    try:
-        agent.start()
-        while agent.is_alive():
-            agent.join(0.5)  # short waits: signal handlers run in this thread between them
-            forwarder.forward_to_new_ranks()
-    finally:
-        forwarder.restore()
+    if not Path("/proc").is_dir():  # ranks cannot be found to forward signals to: torch's agent handles them
+        _run_agent(config, module, args, outcome)
+    else:
+        # In a thread, torch's agent leaves the signal handlers alone (it installs its own only in the main thread).
+        agent = threading.Thread(target=_run_agent, args=(config, module, args, outcome), name="gand-rank-agent")
+        forwarder = _SignalForwarder()
+        forwarder.install()
+        try:
+            agent.start()
+            while agent.is_alive():
+                agent.join(0.5)  # short waits: signal handlers run in this thread between them
+                forwarder.forward_to_new_ranks()
+        finally:
+            forwarder.restore()
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return int(outcome["code"])  # type: ignore[arg-type]
 
 
 def _run_agent(config, module: str, args: Sequence[str], outcome: dict[str, object]) -> None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
@@ -157,6 +161,10 @@ def _run_agent(config, module: str, args: Sequence[str], outcome: dict[str, obje
         code = failure.exitcode if failure.exitcode > 0 else 1  # negative: killed by a signal
         log.error("rank_failed", rank=first_rank, exit_code=failure.exitcode, exiting_with=code)
         outcome["code"] = code
+    except SignalException as stopped:  # only without /proc: torch's agent took the signal and stopped the ranks
+        log.warning("ranks_stopped_by_signal", signal=str(stopped.sigval), exit_code=1,
+                    reason="whether their checkpoint committed is unknown here")  # fmt: skip
+        outcome["code"] = 1
     except BaseException as error:  # handed to the main thread, which raises it
         outcome["error"] = error
 

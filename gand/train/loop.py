@@ -59,13 +59,17 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
     control = RunControl(engine, cfg.checkpoint, cfg.train.max_steps)
     control.install_signal_handlers()  # from here on a SIGTERM means "save at the next step boundary"
     checkpoints = _checkpoint_manager(cfg, engine)
+    at_once = False
     try:
         return _train(cfg, fresh, engine, control, checkpoints, log)
     except StopNow as second:
+        at_once = True  # no storage calls from here: the lease expires by itself (or frees with this process)
         known = checkpoints.known_commit
         log.warning("stopped_at_once", signal=str(second), last_commit=known, exit_code=StoppedAtOnce.exit_code)
         raise StoppedAtOnce(f"stopped at once by a second {second} without waiting for the save; the same command "
                             f"resumes from {known or 'the newest committed checkpoint, if any'}") from None  # fmt: skip
+    except LeaseLost as lost:  # found by a save, or agreed at a step boundary
+        _exit_without_the_lease(checkpoints, str(lost), log)
     except RuntimeError as error:
         # Another node vanished (a spot preemption past its grace, a crash). Its checkpoint cannot commit without
         # the lost ranks' parts, so there is nothing to wait for: exit 75 (Kubernetes restarts the Job without
@@ -73,17 +77,41 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
         if not lost_a_peer(error):
             raise
         first_line = str(error).splitlines()[0][:300]
-        known = checkpoints.known_commit
+        known = _commit_to_resume_from(checkpoints)
         exit_code = PeerLost.exit_code if known else StorageError.exit_code
         log.warning("peer_lost", error=first_line, last_commit=known, exit_code=exit_code)
         message = f"another rank stopped in the middle of a collective ({first_line}); "
         if known is None:
-            raise StorageError(message + "no checkpoint of this run is known to be committed") from None
+            raise StorageError(message + "no committed checkpoint of this run was found") from None
         raise PeerLost(message + f"run the same command to resume from {known}") from None
     finally:
-        if checkpoints.lease is not None:
-            checkpoints.lease.release()  # the next trainer may start at once
         control.restore_signal_handlers()
+        if control.notices is not None:
+            control.notices.close()
+        if checkpoints.lease is not None and not at_once:
+            checkpoints.lease.release()  # the next trainer may start at once
+
+
+def _commit_to_resume_from(checkpoints: CheckpointManager) -> str | None:
+    """The newest commit of the run this process knows of, else the newest one the store lists (one request)."""
+    known = checkpoints.known_commit
+    if known is None:
+        listed = _listed_commits(checkpoints)
+        known = listed[-1] if listed else None
+    return known
+
+
+def _exit_without_the_lease(checkpoints: CheckpointManager, why: str, log) -> NoReturn:
+    """Another trainer took over this run's lease: nothing more is published. Exit 75 when a commit of the run
+    exists to resume from (the new holder's or ours), else 1."""
+    known = _commit_to_resume_from(checkpoints)
+    exit_code = LeaseLost.exit_code if known else StorageError.exit_code
+    holder = checkpoints.lease.describe_holder() if checkpoints.lease is not None else "unknown"
+    log.error("stopped_lease_lost", holder=holder, last_commit=known, exit_code=exit_code)
+    message = f"another trainer took over the checkpoints at {redact(checkpoints.url)} ({holder}): {why}; this one "
+    if known is None:
+        raise StorageError(message + "stops, and no commit of the run was found")
+    raise LeaseLost(message + f"stops without publishing anything more (the run resumes from {known} or newer)")
 
 
 def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, checkpoints: CheckpointManager,
@@ -102,7 +130,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     # Nothing trains yet: a stop ends any start-up wait (another trainer's lease, storage that is down) at once.
     control.interrupt_waits(lambda: True)
     try:
-        control.lease = _take_lease(cfg, engine, checkpoints)  # before anything lists or deletes checkpoints
+        _take_lease(cfg, engine, checkpoints, control)  # before anything lists or deletes checkpoints
         if fresh:
             if engine.is_main:
                 checkpoints.discard_all()
@@ -229,7 +257,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             # flag is read on logging steps and before every save, the evaluation's too.
             decision = control.decide(state.step, images_before, state.images_seen, finite, check=log_step or evaluate)
             if decision.lease_lost:
-                _stop_after_losing_the_lease(checkpoints, metrics, state, log)
+                metrics.record_lease(held=False, lost=True)
+                metrics.close()
+                raise LeaseLost(f"found at step {state.step}")
             saving = decision.save or (evaluate and not decision.roll_back)
             if decision.notice:
                 notice = control.notices.notice if control.notices is not None else None
@@ -239,7 +269,10 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                 metrics.record_preemption_notice(section.preemption_notice)
             if decision.roll_back or (saving and not _weights_finite(engine, g, d)):
                 rollbacks += 1
-                state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks)
+                # With a stop pending, the wait for an upload under way is bounded by what is left of the grace.
+                grace = control.grace_left_seconds() if control.stop_signal is not None else None
+                state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks,
+                                   grace)  # fmt: skip
                 history.truncate(state.images_seen)
                 metrics.record_rollback()
                 continue
@@ -288,7 +321,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     log.info("train_done", step=state.step, images_seen=state.images_seen, run_dir=redact(cfg.run_dir))
     metrics.close()
     if not uploaded or any(not result.committed for result in final):
-        problem = final[-1].error if final else f"not finished after {cfg.checkpoint.upload_timeout_seconds} s"
+        waited = cfg.checkpoint.upload_timeout_seconds if control.stop_signal is None else cfg.checkpoint.grace_seconds
+        problem = final[-1].error if final else f"not finished after {waited:g} s"
         raise StorageError(
             f"training reached step {state.step}, but its checkpoint could not be uploaded to "
             f"{redact(cfg.checkpoint_url)} ({problem}); the same command resumes from the last commit"
@@ -416,7 +450,7 @@ def _weights_finite(engine: Engine, g: Trained, d: Trained) -> bool:
 
 
 def _roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Trained, ema, state: TrainState,
-               rollbacks: int, max_rollbacks: int) -> TrainState:  # fmt: skip
+               rollbacks: int, max_rollbacks: int, grace_seconds: float | None = None) -> TrainState:  # fmt: skip
     """Back to the newest commit after a NaN/Inf; the data stream goes on, so the offending batch is skipped."""
     log = structlog.get_logger("gand.train")
     log.warning("non_finite_loss", step=state.step, rollbacks=rollbacks, max_rollbacks=max_rollbacks)
@@ -425,7 +459,7 @@ def _roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Tr
             f"losses turned NaN/Inf at step {state.step} after {max_rollbacks} roll-backs (checkpoint.max_rollbacks); "
             "lower the learning rates, use fp32 or bf16, or add a gradient penalty / spectral norm"
         )
-    checkpoints.wait()  # the newest snapshot may still be uploading
+    checkpoints.wait(grace_seconds)  # the newest snapshot may still be uploading
     resumed = checkpoints.load_latest()
     if resumed is None:
         raise Diverged(f"losses turned NaN/Inf at step {state.step}, before any checkpoint to roll back to")
@@ -506,17 +540,18 @@ def _stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metr
                     "resume")  # fmt: skip
 
 
-def _take_lease(cfg: GandConfig, engine: Engine, checkpoints: CheckpointManager) -> RunLease | None:
+def _take_lease(cfg: GandConfig, engine: Engine, checkpoints: CheckpointManager, control: RunControl) -> None:
     """Collective. Rank 0 takes the run's lease (waiting for another trainer's, if live); every rank learns the
     outcome, so that all of them stop when it fails (exit 2 when held, 1 when storage failed)."""
     section = cfg.checkpoint
     if section.lease_seconds is None:
-        return None
+        return
     lease, failure = None, None
     if engine.is_main:
-        lease = RunLease(checkpoints.store, cfg.run.name, section.lease_seconds)
+        lease = control.lease = RunLease(checkpoints.store, cfg.run.name, section.lease_seconds)
         try:
-            lease.acquire(section.lease_wait_seconds)
+            lease.acquire(section.lease_wait_seconds, checkpoints.retry, section.startup_timeout_seconds)
+            checkpoints.lease = lease  # released in train()'s clean-up whatever happens next
         except GandError as err:
             failure = err
     outcome = engine.from_rank_zero(failure.exit_code if failure is not None else 0)
@@ -528,20 +563,6 @@ def _take_lease(cfg: GandConfig, engine: Engine, checkpoints: CheckpointManager)
         raise StorageError("rank 0 could not take the run's lease (its log says why)")
     if lease is not None:
         lease.start_renewing()
-        checkpoints.lease = lease
-    return lease
-
-
-def _stop_after_losing_the_lease(checkpoints: CheckpointManager, metrics: TrainingMetrics, state: TrainState,
-                                 log) -> NoReturn:  # fmt: skip
-    """Another trainer took this run's lease over (this one was frozen or cut off past the expiry): its
-    checkpoints are the run's now. Nothing more is published from here; exit 75."""
-    metrics.record_lease(held=False, lost=True)
-    metrics.close()
-    holder = checkpoints.lease.describe_holder() if checkpoints.lease is not None else "unknown"
-    log.error("stopped_lease_lost", step=state.step, holder=holder, exit_code=LeaseLost.exit_code)
-    raise LeaseLost(f"another trainer took over the checkpoints at {redact(checkpoints.url)} ({holder}); this one "
-                    f"stops at step {state.step} without publishing anything more")  # fmt: skip
 
 
 def _listed_commits(checkpoints: CheckpointManager) -> list[str]:
@@ -559,7 +580,9 @@ def _stop_before_training(checkpoints: CheckpointManager, control: RunControl, l
     exit_code = Preempted.exit_code if known else StorageError.exit_code
     log.warning("stopped_by_signal", signal=control.stop_signal, step=None, waiting_for="storage at start-up",
                 last_commit=known, exit_code=exit_code)  # fmt: skip
-    message = f"stopped by {control.stop_signal} while waiting for {redact(checkpoints.url)} at start-up"
+    on_lease = control.lease is not None and control.lease.waiting_for_holder
+    waiting_for = "another trainer's lease on" if on_lease else "storage at"
+    message = f"stopped by {control.stop_signal} while waiting for {waiting_for} {redact(checkpoints.url)} at start-up"
     if known is None:
         raise StorageError(message + "; no checkpoint of this run is known to be committed")
     raise Preempted(message + f"; the same command resumes from {known}")

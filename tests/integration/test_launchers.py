@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import s3fs
 
 from gand.checkpoint.manager import MANIFEST
 from tests.conftest import bin_path, free_port, make_bucket, tiny_config
@@ -115,7 +116,7 @@ def test_a_stop_ends_the_start_up_wait_for_storage_within_seconds(tmp_path, pack
     assert time.monotonic() - signalled < 15
     stopped = next(e for e in live.events() if e.get("event") == "stopped_by_signal")
     assert stopped["last_commit"] is None and stopped["exit_code"] == 1
-    assert "while waiting for s3://nowhere/run at start-up" in live.output
+    assert "while waiting for storage at s3://nowhere/run at start-up" in live.output
 
 
 def test_start_up_listing_gives_up_after_its_own_deadline(tmp_path, packed, s3_down):
@@ -125,10 +126,10 @@ def test_start_up_listing_gives_up_after_its_own_deadline(tmp_path, packed, s3_d
     live = Live(train_command(config))
     assert live.finish(timeout=120) == 1, live.output[-3000:]
     assert time.monotonic() - started < 60  # the upload timeout (900 s) would be far longer
-    assert "listing checkpoints: still failing after" in live.output
+    assert "still failing after" in live.output and "lease" in live.output  # the first start-up request: the lease
 
 
-def test_a_second_sigterm_stops_at_once_and_the_last_commit_stays(tmp_path, packed):
+def test_a_second_sigterm_stops_at_once_and_the_last_commit_stays(tmp_path, packed, monkeypatch):
     """The first SIGTERM saves, but storage has gone down: the upload retries for up to the grace period. A second
     SIGTERM ends it at once, exit 1 (this step's save did not commit), and the last commit stays loadable."""
     from moto.server import ThreadedMotoServer
@@ -136,7 +137,9 @@ def test_a_second_sigterm_stops_at_once_and_the_last_commit_stays(tmp_path, pack
     port = free_port()
     environment = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-    os.environ.update(environment)  # for make_bucket and newest_valid in this process
+    for name, value in environment.items():  # for make_bucket and newest_valid in this process
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance made for another endpoint must not answer
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -160,8 +163,7 @@ def test_a_second_sigterm_stops_at_once_and_the_last_commit_stays(tmp_path, pack
         assert newest_valid(url) == at_once["last_commit"]
     finally:
         server.stop()
-        for name in environment:
-            os.environ.pop(name, None)
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 # -- one writer per run ----------------------------------------------------------------------------------------------

@@ -135,6 +135,21 @@ def test_a_stop_abandons_a_main_thread_storage_retry_loop():
         control.restore_signal_handlers()
 
 
+def test_a_healthy_storage_call_in_progress_is_left_to_finish():
+    """A synchronous save that is merely slow is not a stuck wait: only failing requests in back-off are abandoned."""
+    control = watching([False])
+
+    def slow_but_fine() -> str:
+        time.sleep(1.0)  # longer than the 0.3 s grace
+        return "saved"
+
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert with_retries(slow_but_fine, "a save", RetryPolicy(), deadline=time.monotonic() + 60) == "saved"
+    finally:
+        control.restore_signal_handlers()
+
+
 @pytest.mark.parametrize(
     ("parent", "environ", "tied"),
     [
