@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import posixpath
+import re
 import signal
 import threading
 import time
@@ -39,9 +40,7 @@ from gand.data.images import (
     resize_all,
 )
 from gand.data.manifest import (
-    GENERATIONS_DIR,
     MANIFEST_NAME,
-    PARTS_DIR,
     PackedManifest,
     PartRecord,
     PartSample,
@@ -156,6 +155,7 @@ def pack(
     """Pack what `src` has that `dest` does not; publish a new generation if anything changed."""
     started = time.perf_counter()
     store = Store(dest)
+    check_destination(src, dest, store)  # before anything is written or deleted there
     if options.overwrite:
         _wipe(store)
     state = DatasetState.load(store, src, options)
@@ -289,10 +289,55 @@ def _remove_stale_temporaries(store: Store) -> None:
             store.delete_tree(relpath)
 
 
+# Everything gand writes under a dataset's root. Nothing else there is gand's, and gand never deletes anything else.
+GAND_FILES = re.compile(
+    r"(\d+/shard-\d{6}\.tar|parts/part-\d{6}\.json|manifests/generation-\d{6}\.json|manifest\.json"
+    r"|eval/inception-\d+px-\d+\.npz)"
+)
+
+
+def gands_own(relpath: str) -> bool:
+    """Whether a file under a dataset's root is one gand writes (or a temporary of one of its atomic writes)."""
+    return GAND_FILES.fullmatch(relpath.split(".tmp-")[0]) is not None
+
+
+def check_destination(src: str, dest: str, store: Store) -> None:
+    """Refuse (ConfigError, exit 2) a DEST that is SRC or inside it or around it, and a DEST that holds files gand
+    did not write: packing there would mix gand's files with the user's, and `--overwrite` could not tell them
+    apart. Hidden files (`.DS_Store`, `.git`) are left alone and do not count."""
+    source, target = _location(src), _location(dest)
+    if source == target or target.startswith(source + "/") or source.startswith(target + "/"):
+        relation = "the same place as" if source == target else "inside" if target.startswith(source) else "around"
+        raise ConfigError(f"DEST {redact(dest)} is {relation} SRC {redact(src)}: gand would pack its own output, and "
+                          "--overwrite would delete the source. Pack into a folder or prefix of its own")  # fmt: skip
+    foreign = [path for path in store.walk_files() if not gands_own(path) and not _hidden(path)]
+    if foreign:
+        examples = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"DEST {redact(dest)} holds files gand did not write ({examples}); pack into an empty folder "
+                          "or prefix, or into an existing gand dataset. Nothing was changed")  # fmt: skip
+
+
+def _location(url: str) -> str:
+    """A comparable form of a path or URL: absolute and resolved locally, protocol + path otherwise."""
+    if "://" in url and not url.startswith("file://"):
+        return url.rstrip("/")
+    return os.path.realpath(url.removeprefix("file://")).rstrip("/")
+
+
+def _hidden(relpath: str) -> bool:
+    return any(part.startswith(".") for part in relpath.split("/"))
+
+
 def _wipe(store: Store) -> None:
-    for name in store.list_dir():
-        if name.isdigit() or name in (PARTS_DIR, GENERATIONS_DIR, MANIFEST_NAME):
-            store.delete_tree(name)
+    """`--overwrite`: delete gand's files only (check_destination has made sure there is nothing else)."""
+    for relpath in store.walk_files():
+        if gands_own(relpath):
+            store.delete(relpath)
+    if store.is_local:  # folders gand made, now empty (object stores have no folders)
+        for folder in sorted({path.split("/")[0] for path in ("parts/", "manifests/", "eval/")} | {
+                name for name in store.list_dir() if name.isdigit()}):  # fmt: skip
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(store.root, folder))
 
 
 class GenerationPublisher:

@@ -16,7 +16,7 @@ from gand.data.pack import PackOptions, pack
 from gand.data.sources import sample_key
 from gand.errors import ConfigError, DataError
 from gand.storage import Store
-from tests.conftest import DEMO_IMAGES
+from tests.conftest import DEMO_IMAGES, gand
 from tests.corpus import SIXTEEN_BIT_VALUE, build_bad_corpus, pattern, save
 
 
@@ -381,3 +381,57 @@ def test_missing_source_and_empty_source(tmp_path):
 def test_bad_options_name_the_flag(kw, flag):
     with pytest.raises(ConfigError, match=flag):
         options(**kw)
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_destination_with_files_gand_did_not_write_is_refused_and_left_as_it_was(tmp_path):
+    """`gand pack SRC ~/Pictures --overwrite` on a folder of the user's: refused (exit 2), nothing deleted, even
+    where the user's folders look like gand's (numbered, `parts/`)."""
+    src, dest = tmp_path / "src", tmp_path / "pictures"
+    save(pattern("blobs", seed=1), src / "a.png")
+    save(pattern("blobs", seed=2), dest / "2019" / "beach.png")
+    save(pattern("blobs", seed=3), dest / "2020" / "snow.png")
+    (dest / "parts").mkdir()
+    (dest / "parts" / "shopping.txt").write_text("milk")
+    (dest / "cv.pdf").write_bytes(b"%PDF-1.4")
+    before = _tree(dest)
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match=r"holds files gand did not write \(.*cv\.pdf.*\); .*Nothing was changed"):
+            pack(str(src), str(dest), options(overwrite=overwrite))
+        assert _tree(dest) == before
+    result = gand("pack", str(src), str(dest), "--resolutions", "32", "--overwrite")
+    assert result.returncode == 2 and "files gand did not write" in result.stderr
+    assert _tree(dest) == before
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_a_destination_that_is_or_nests_the_source_is_refused_before_anything_happens(tmp_path, where):
+    src = tmp_path / "photos"
+    save(pattern("blobs", seed=1), src / "a.png")
+    save(pattern("blobs", seed=2), src / "b.png")
+    dest = {"same": src, "inside": src / "packed", "around": tmp_path}[where]
+    before = _tree(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="SRC"):
+            pack(str(src), str(dest), options(overwrite=overwrite))
+    assert _tree(tmp_path) == before  # every source image still there
+
+
+def test_overwrite_deletes_only_gands_files_and_keeps_hidden_ones(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    for index in range(3):
+        save(pattern("blobs", seed=index), src / f"{index}.png")
+    pack(str(src), str(dest), options())
+    (dest / ".DS_Store").write_bytes(b"finder")  # hidden files neither block nor get deleted
+    (dest / "eval").mkdir()
+    (dest / "eval" / "inception-32px-10.npz").write_bytes(b"stats")  # gand's reference statistics
+    pack(str(src), str(dest), options(overwrite=True, resolutions=(64,)))
+    files = _tree(dest)
+    assert ".DS_Store" in files and "eval/inception-32px-10.npz" not in files
+    assert not any(path.startswith("32/") for path in files) and any(path.startswith("64/") for path in files)
+    (dest / "notes.txt").write_text("mine")  # a file of the user's dropped into a gand dataset later
+    with pytest.raises(ConfigError, match=r"notes\.txt"):
+        pack(str(src), str(dest), options(resolutions=(64,)))
