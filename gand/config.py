@@ -50,6 +50,13 @@ class DataConfig(StrictModel):
         "this rank can spare (the cores over the local ranks, less one for the trainer), 1 to 8",
     )
     epoch_images: int | None = Field(None, gt=0, description="images per epoch; default the dataset size")
+    min_usable_share: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="stop with a data error when damaged shards (size or SHA-256 not as in the "
+        "manifest, left out) leave less than this share of the dataset's images",
+    )
 
 
 def default_loader_workers() -> int:

@@ -39,7 +39,7 @@ from torch.utils.data import _utils as data_utils
 
 from gand.data.images import IMAGE_EXTENSIONS, decode_member
 from gand.data.manifest import PackedManifest, dataset_root, read_manifest
-from gand.data.tarindex import SampleReader, ShardIndex, index_shard, local_shard
+from gand.data.tarindex import SampleReader, ShardIndex, index_shard, local_shard, verify_shard
 from gand.errors import DataError
 from gand.storage import Store, redact
 
@@ -295,6 +295,7 @@ class ImageLoader:
         num_classes: int = 0,
         agree: Callable[[int], int] = _same_everywhere,
         pin_memory: bool = False,
+        min_usable_share: float = 0.9,
     ):
         self.data_path = data_path
         self.resolution = resolution
@@ -309,7 +310,9 @@ class ImageLoader:
         self.agree = agree  # rank 0's value for every rank (a collective: all ranks call it together)
         self.pin_memory = pin_memory
         self.store = Store(dataset_root(data_path))
-        self._indexes: dict[tuple[str, str], ShardIndex] = {}  # by shard path and SHA-256 (--overwrite reuses paths)
+        self._indexes: dict[tuple[str, str], ShardIndex | None] = {}  # by shard path and SHA-256 (None: damaged)
+        self.min_usable_share = min_usable_share  # below it (share of the manifest's images readable): DataError
+        self.damaged_shards: dict[str, str] = {}  # shard path -> why it was left out
 
     def batches_per_epoch(self, manifest: PackedManifest) -> int:
         images = self.epoch_images or manifest.num_samples
@@ -365,17 +368,41 @@ class ImageLoader:
         return _stopping_workers(loader)
 
     def _shard_indexes(self, manifest: PackedManifest) -> list[ShardIndex]:
+        """The index of every shard at this resolution that is what the manifest promises (size and SHA-256);
+        damaged ones are left out, named and counted. DataError when what is left is below min_usable_share."""
         indexes = []
+        promised = 0
         for shard in manifest.shards_at(self.resolution):
-            index = self._indexes.get((shard.path, shard.sha256))
-            if index is None:
-                index = index_shard(local_shard(self.store.url(shard.path), shard.sha256))
-                self._indexes[(shard.path, shard.sha256)] = index
-                if len(index) != shard.samples or not index.complete:
-                    log.warning("shard_incomplete", shard=redact(self.store.url(shard.path)), expected=shard.samples,
-                                readable=len(index), effect="only its readable samples are drawn")  # fmt: skip
-            indexes.append(index)
+            promised += shard.samples
+            key = (shard.path, shard.sha256)
+            if key not in self._indexes:
+                self._indexes[key] = self._index(shard)
+            if self._indexes[key] is not None:
+                indexes.append(self._indexes[key])
+        usable = sum(len(index) for index in indexes)
+        if promised and usable < self.min_usable_share * promised:
+            damaged = "; ".join(f"{path}: {why}" for path, why in list(self.damaged_shards.items())[:3])
+            raise DataError(
+                f"only {usable} of the {promised} images of {redact(self.data_path)} at {self.resolution} px can be "
+                f"read (data.min_usable_share is {self.min_usable_share:g}): {damaged or 'shards incomplete'}. "
+                "Pack the dataset again into a new folder (or `gand pack --overwrite`), or lower data.min_usable_share"
+            )
         return indexes
+
+    def _index(self, shard) -> ShardIndex | None:
+        url = self.store.url(shard.path)
+        path = local_shard(url, shard.sha256)
+        problem = verify_shard(path, shard.bytes, shard.sha256)
+        if problem is not None:
+            self.damaged_shards[shard.path] = problem
+            log.error("shard_damaged", shard=redact(url), reason=problem, images=shard.samples,
+                      effect="left out of training")  # fmt: skip
+            return None
+        index = index_shard(path)
+        if len(index) != shard.samples or not index.complete:
+            log.warning("shard_incomplete", shard=redact(url), expected=shard.samples, readable=len(index),
+                        effect="only its readable samples are drawn")  # fmt: skip
+        return index
 
     def _manifest(self, generation: int) -> PackedManifest:
         if not generation:  # a new epoch: the newest generation rank 0 can see

@@ -218,6 +218,34 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GAND_CACHE", Path.home() / ".cache" / "gand")) / "shards"
 
 
+def verify_shard(path: str, size: int, sha256: str) -> str | None:
+    """Why the local shard at `path` is not what the manifest promises (size, then SHA-256), or None when it is.
+
+    Hashing reads the whole file; a match is remembered in $GAND_CACHE/verified by path, size and modification
+    time, so a shard is hashed once per machine until it changes."""
+    try:
+        stat = os.stat(path)
+    except OSError as err:
+        return f"cannot read it: {err.strerror or err}"
+    if stat.st_size != size:
+        return f"{stat.st_size} bytes where the manifest says {size} (truncated or replaced)"
+    marker = cache_dir().parent / "verified" / sha256
+    stamp = f"{os.path.abspath(path)}\n{stat.st_size}\n{stat.st_mtime_ns}\n"
+    with contextlib.suppress(OSError):
+        if marker.read_text() == stamp:
+            return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        return f"SHA-256 {digest.hexdigest()[:16]}... where the manifest says {sha256[:16]}... (damaged)"
+    with contextlib.suppress(OSError):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(stamp)
+    return None
+
+
 def local_shard(url: str, sha256: str) -> str:
     """A local path holding the shard at `url`: the path itself, or a cached copy named by its SHA-256 (copied
     and checked on first use; the copy is published atomically, so concurrent ranks never see half a file)."""

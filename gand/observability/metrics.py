@@ -90,6 +90,8 @@ class TrainingMetrics:
         self.shards_opened = counter("gand_data_shards_opened", "Shards opened by the loader workers, all ranks")
         self.samples_skipped = counter("gand_data_samples_skipped", "Samples the loader left out, all ranks, by "
                                        "reason: unknown_class, undecodable", ("reason",))  # fmt: skip
+        self.shards_damaged = gauge("gand_data_shards_damaged", "Shards left out of training because their size or "
+                                    "SHA-256 is not what the manifest says (main rank)")  # fmt: skip
         self.gpu_memory = gauge("gand_gpu_memory_bytes", "GPU memory of the main rank", ("kind",))
         # checkpoints
         self.checkpoint_time = gauge("gand_checkpoint_last_commit_timestamp_seconds", "Unix time of the last commit")
@@ -196,6 +198,10 @@ class TrainingMetrics:
     def record_rollback(self) -> None:
         if self.enabled:
             self.rollbacks.inc()
+
+    def record_damaged_shards(self, count: int) -> None:
+        if self.enabled:
+            self.shards_damaged.set(count)
 
     def record_lease(self, held: bool, lost: bool = False) -> None:
         if not self.enabled:

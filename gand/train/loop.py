@@ -181,6 +181,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         num_classes=num_classes,
         agree=engine.from_rank_zero,
         pin_memory=engine.device.type == "cuda",
+        min_usable_share=cfg.data.min_usable_share,
     )
     if cfg.data.shuffle_buffer is not None:  # snapshots of configs list it as null
         log.warning("config_field_unused", field="data.shuffle_buffer",
@@ -283,6 +284,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                 log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
                          **logged.log_fields())  # fmt: skip
                 metrics.record_step(logged)
+                metrics.record_damaged_shards(len(loader.damaged_shards))
                 history.record_step(logged)
                 if engine.device.type == "cuda":
                     metrics.record_gpu_memory(torch.cuda.memory_allocated(), torch.cuda.memory_reserved(),

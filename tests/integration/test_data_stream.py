@@ -1,8 +1,11 @@
 """The loader as one long-lived stream, tried with real packs, real worker processes and real signals:
 every image equally likely over uneven shards, unusable samples that neither spin nor hide a stop, raw shards."""
 
+import hashlib
 import io
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,10 +19,11 @@ import pytest
 import torch
 
 from gand.data.loader import ImageLoader
-from gand.data.manifest import read_manifest
+from gand.data.manifest import read_manifest, read_parts
 from gand.data.pack import PackOptions, pack
 from gand.data.sources import sample_key
 from gand.errors import DataError
+from gand.storage import Store
 from tests.conftest import REPO, tiny_config
 from tests.corpus import pattern, save
 
@@ -86,6 +90,18 @@ def damage_every_image(shard: Path) -> None:
             tar.addfile(member, io.BytesIO(data))
 
 
+def vouch_for(dest: Path, shard_path: str) -> None:
+    """Make the manifest promise the shard as it now is (a packer that wrote undecodable images, not damage)."""
+    data = (dest / shard_path).read_bytes()
+    for manifest_file in [dest / "manifest.json", *sorted((dest / "manifests").glob("*.json"))]:
+        manifest = json.loads(manifest_file.read_text())
+        for shards in manifest["shards"].values():
+            for shard in shards:
+                if shard["path"] == shard_path:
+                    shard.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        manifest_file.write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_dataset_without_a_usable_sample_is_a_data_error_not_an_endless_loop(tmp_path, workers):
     src, dest = tmp_path / "src", tmp_path / "packed"
@@ -93,10 +109,49 @@ def test_a_dataset_without_a_usable_sample_is_a_data_error_not_an_endless_loop(t
     pack(str(src), str(dest), PackOptions(resolutions=(32,), workers=1))
     manifest, _ = read_manifest(str(dest))
     damage_every_image(dest / manifest.shards_at(32)[0].path)
+    vouch_for(dest, manifest.shards_at(32)[0].path)
     started = time.monotonic()
     with pytest.raises(DataError, match="no usable sample"):
         next(ImageLoader(str(dest), 32, 4, seed=0, workers=workers).batches())
     assert time.monotonic() - started < 120  # a hang guard, not a timing claim
+
+
+def flip_bytes(path: Path, count: int, seed: int) -> None:
+    data = bytearray(path.read_bytes())
+    for offset in random.Random(seed).sample(range(len(data)), count):
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_and_truncated_shards_are_left_out_named_counted_and_stop_below_the_share(tmp_path):
+    """About 100 flipped bytes in one shard and another cut short: neither is drawn from (each is named with its
+    reason), training goes on while enough is left (data.min_usable_share), and stops with a data error below it."""
+    src, dest = tmp_path / "src", tmp_path / "packed"
+    write_images(src, [f"{i:02d}.png" for i in range(48)], first_seed=0)
+    pack(str(src), str(dest), PackOptions(resolutions=(32,), workers=1, shard_size=12))
+    manifest, _ = read_manifest(str(dest))
+    shards = manifest.shards_at(32)
+    assert len(shards) == 4
+    flip_bytes(dest / shards[1].path, 100, seed=1)
+    truncated = dest / shards[2].path
+    truncated.write_bytes(truncated.read_bytes()[: shards[2].bytes // 2])
+    parts = read_parts(Store(str(dest)))
+    intact = {sample.key for part in (parts[0], parts[3]) for sample in part.samples}
+
+    loader = ImageLoader(str(dest), 32, 4, seed=0, workers=2, min_usable_share=0.5)
+    drawn = {key for batch in islice(loader.batches(), 12) for key in batch.keys}  # two epochs of 24 images
+    assert drawn == intact
+    assert set(loader.damaged_shards) == {shards[1].path, shards[2].path}
+    assert "SHA-256" in loader.damaged_shards[shards[1].path]
+    assert "bytes where the manifest says" in loader.damaged_shards[shards[2].path]
+    with pytest.raises(DataError, match=r"only 24 of the 48 images .* 32/shard-000001\.tar: SHA-256"):
+        next(ImageLoader(str(dest), 32, 4, seed=0, workers=0, min_usable_share=0.9).batches())
+
+    config = tiny_config(tmp_path / "run", dest, train={"max_steps": 2})  # the default share, 0.9: stop
+    result = subprocess.run([sys.executable, "-m", "gand.cli", "train", str(config)], capture_output=True,
+                            text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert result.returncode == 1 and "only 24 of the 48 images" in result.stderr, result.stderr[-2000:]
+    assert '"shard_damaged"' in result.stdout
 
 
 def test_raw_shards_give_the_same_batches_as_png_shards(tmp_path):
