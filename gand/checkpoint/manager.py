@@ -129,6 +129,7 @@ class CheckpointManager:
         self._last_snapshot: str | None = None
         self._results: list[UploadResult] = []  # synchronous mode's results, handed out by poll()
         self._commits_seen: list[str] = []  # committed checkpoints this process listed, wrote or saw appear
+        self.unusable: dict[str, list[str]] = {}  # committed checkpoints discovery could not use, and why
         self.lease: RunLease | None = None  # rank 0's lease on the run: checked before every manifest
 
     @property
@@ -328,6 +329,10 @@ class CheckpointManager:
         """Names with a manifest, oldest first (unverified)."""
         return [name for name in self._all_dirs() if self.store.exists(f"{name}/{MANIFEST}")]
 
+    def all_dirs(self) -> list[str]:
+        """Every checkpoint folder, committed or not."""
+        return self._all_dirs()
+
     def _all_dirs(self) -> list[str]:
         return [name for name in self.store.list_dir() if name.startswith(PREFIX)]
 
@@ -352,6 +357,7 @@ class CheckpointManager:
                 self._last_snapshot = name
                 return loaded
             log.warning("checkpoint_unusable", checkpoint=name, reasons=problems)
+            self.unusable[name] = problems
         return None
 
     def _listing(self, timeout_seconds: float | None = None) -> list[str]:

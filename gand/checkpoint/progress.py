@@ -43,15 +43,17 @@ class ProgressMarker:
             return None
         return max(0, note["step"] - resumed_step)
 
-    def update(self, step: int, images_seen: int) -> None:
-        """Called every step on rank 0; writes in the background when the interval is up and no write is running."""
+    def update(self, step: int, images_seen: int, last_commit: str | None = None) -> None:
+        """Called every step on rank 0; writes in the background when the interval is up and no write is running.
+        `last_commit` (the newest checkpoint known committed) tells a later start that there was one to resume."""
         now = time.monotonic()
         if not self.every_seconds or now - self._last_write < self.every_seconds:
             return
         if self._writer is not None and self._writer.is_alive():
             return  # a slow store: skip this note rather than queue them up
         self._last_write = now
-        note = json.dumps({"step": step, "images_seen": images_seen, "time": time.time()}).encode()
+        note = json.dumps({"step": step, "images_seen": images_seen, "time": time.time(),
+                           "last_commit": last_commit}).encode()  # fmt: skip
         self._writer = threading.Thread(target=self._write, args=(note,), name="gand-progress", daemon=True)
         self._writer.start()
 

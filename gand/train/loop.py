@@ -138,6 +138,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             engine.barrier()
         previous_progress = progress.read() if engine.is_main else None  # before this process writes its own
         resumed = checkpoints.load_latest(cfg.checkpoint.startup_timeout_seconds)
+        if resumed is None and not fresh:
+            _refuse_to_start_over(checkpoints, previous_progress, engine)
     except StopWhileWaiting:
         _stop_before_training(checkpoints, control, log)
     control.interrupt_waits(lambda: False)
@@ -250,7 +252,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
 
             images_before = state.images_seen
             state.advance(images=images_per_batch * schedule.d_steps)
-            progress.update(state.step, state.images_seen)
+            progress.update(state.step, state.images_seen, checkpoints.known_commit)
             # Evaluations land on a checkpoint, so its manifest carries the scores and retention can keep the best.
             evaluate = bool(eval_every_images) and count_due(state.step, images_before, state.images_seen, None,
                                                               eval_every_images, cfg.train.max_steps)  # fmt: skip
@@ -565,6 +567,45 @@ def _take_lease(cfg: GandConfig, engine: Engine, checkpoints: CheckpointManager,
         raise StorageError("rank 0 could not take the run's lease (its log says why)")
     if lease is not None:
         lease.start_renewing()
+
+
+def _refuse_to_start_over(checkpoints: CheckpointManager, progress_note: dict | None, engine: Engine) -> None:
+    """Collective. No checkpoint can be resumed: start from step 0 only when nothing says this run ever committed
+    one. Otherwise (committed checkpoints that failed verification, or a progress note naming a commit) exit 2 and
+    say what was found: starting over would write new checkpoints over them and let retention delete the rest."""
+    evidence = _evidence_of_training(checkpoints, progress_note) if engine.is_main else ""
+    if engine.from_rank_zero(1 if evidence else 0):
+        raise ConfigError(evidence or "rank 0 found an earlier run's checkpoints but none it can resume (its log "
+                          "says which)")  # fmt: skip
+    if engine.is_main and progress_note and progress_note.get("step"):
+        structlog.get_logger("gand.train").warning(
+            "starting_over",
+            previous_step=progress_note["step"],
+            reason="the previous process never committed a checkpoint",
+            effect="training starts from step 0",
+        )
+
+
+def _evidence_of_training(checkpoints: CheckpointManager, progress_note: dict | None) -> str:
+    found = []
+    if checkpoints.unusable:
+        name, reasons = next(reversed(checkpoints.unusable.items()))
+        found.append(f"{len(checkpoints.unusable)} committed checkpoint(s) that fail verification (newest: {name}: "
+                     f"{reasons[0][:200]})")  # fmt: skip
+    if progress_note:
+        last = progress_note.get("last_commit")
+        old_note = "last_commit" not in progress_note  # written before notes named commits: trust the folders
+        if last or (old_note and checkpoints.all_dirs()):
+            found.append(f"PROGRESS.json says the run reached step {progress_note.get('step')}"
+                         + (f" and committed {last}" if last else f" and {len(checkpoints.all_dirs())} checkpoint "
+                            "folder(s) are there"))  # fmt: skip
+    if not found:
+        return ""
+    return (
+        f"{redact(checkpoints.url)} shows earlier training ({'; '.join(found)}), but no checkpoint can be resumed. "
+        "Nothing was changed. Restore the checkpoints or fix the storage, or run the same command with --fresh to "
+        "delete them and start from step 0"
+    )
 
 
 def _listed_commits(checkpoints: CheckpointManager) -> list[str]:

@@ -1,0 +1,72 @@
+"""State that means what it says (issue 19): a run with evidence of earlier training never starts over silently,
+and storage errors are reported as what they are. Real runs through the command line, on CPU."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from gand.checkpoint.manager import MANIFEST
+from tests.conftest import gand, tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def trained(tmp_path, packed) -> Path:
+    """A run trained to step 6 with a checkpoint every 2 steps (two kept) and a progress note every step."""
+    config = tiny_config(tmp_path, packed, train={"max_steps": 6},
+                         checkpoint={"every_steps": 2, "progress_every_seconds": 0.001})  # fmt: skip
+    assert gand("train", str(config)).returncode == 0
+    return config
+
+
+@pytest.mark.parametrize("damage", ["truncate every generator", "delete every manifest"])
+def test_a_run_whose_checkpoints_cannot_be_used_refuses_to_start_over_and_changes_nothing(trained, damage):
+    checkpoints = trained.parent / "run" / "checkpoints"
+    folders = sorted(checkpoints.glob("ckpt-*"))
+    assert len(folders) == 2
+    for folder in folders:
+        if damage == "truncate every generator":
+            weights = folder / "generator.safetensors"
+            weights.write_bytes(weights.read_bytes()[:100])
+        else:
+            (folder / MANIFEST).unlink()
+    before = tree(checkpoints)
+    result = gand("train", str(trained), "train.max_steps=8")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "no checkpoint can be resumed. Nothing was changed" in result.stderr and "--fresh" in result.stderr
+    expected = "fail verification" if damage == "truncate every generator" else "PROGRESS.json says the run reached"
+    assert expected in result.stderr
+    assert not any(e.get("event") == "train_step" for e in events(result.stdout))
+    after = {path: data for path, data in tree(checkpoints).items() if path != "LEASE.json"}
+    assert after == before  # nothing overwritten, nothing deleted
+
+    fresh = gand("train", str(trained), "train.max_steps=2", "--fresh")  # told to: it starts over
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+
+
+def test_a_run_that_never_committed_starts_from_step_0_and_says_so(tmp_path, packed):
+    """A process preempted before its first checkpoint left a progress note (no commit named) and a half-uploaded
+    folder: nothing was ever committed, so starting over loses nothing; a warning says so."""
+    config = tiny_config(tmp_path, packed, train={"max_steps": 2})
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "ckpt-000000000016").mkdir(parents=True)
+    (checkpoints / "ckpt-000000000016" / "generator.safetensors").write_bytes(b"half")
+    (checkpoints / "PROGRESS.json").write_text(json.dumps({"step": 5, "images_seen": 40, "time": time.time(),
+                                                           "last_commit": None}))  # fmt: skip
+    result = gand("train", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    warning = next(e for e in events(result.stdout) if e.get("event") == "starting_over")
+    assert warning["previous_step"] == 5
