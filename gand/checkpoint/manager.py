@@ -209,6 +209,24 @@ class CheckpointManager:
         return self.uploader.failed_attempts if self.uploader is not None else 0
 
     def _upload(self, snapshot: Snapshot) -> bool:
+        """Upload one snapshot; on failure rank 0 removes what was written of it (never a committed checkpoint), so
+        that nothing half-written is left for a later run to trip on."""
+        try:
+            return self._upload_files(snapshot)
+        except Exception:
+            if self.collective.rank == 0:
+                self._remove_uncommitted(snapshot.name)
+            raise
+
+    def _remove_uncommitted(self, name: str) -> None:
+        try:
+            if not self.store.exists(f"{name}/{MANIFEST}"):
+                self.store.delete_tree(name)
+                log.info("checkpoint_removed_after_failure", checkpoint=name)
+        except (OSError, StorageError) as err:
+            log.warning("checkpoint_cleanup_failed", checkpoint=name, error=str(err)[:300])
+
+    def _upload_files(self, snapshot: Snapshot) -> bool:
         """Write and verify this rank's files, then the marker (ranks > 0) or the manifest (rank 0).
 
         Checksums are computed here, off the training thread; ranks > 0 hand theirs to rank 0 in the marker."""

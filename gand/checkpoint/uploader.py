@@ -7,6 +7,7 @@ happened comes back to the training loop through `poll()`, so it can log it and 
 
 from __future__ import annotations
 
+import errno
 import random
 import threading
 import time
@@ -21,8 +22,32 @@ from gand.errors import StorageError
 log = structlog.get_logger("gand.checkpoint")
 T = TypeVar("T")
 
-# What a retry can cure: network and service errors. FileNotFoundError is an answer, not a failure.
+# What a retry can cure: network and service errors. FileNotFoundError is an answer, not a failure; the errors in
+# PERMANENT are not cured by waiting either, and stop at once.
 TRANSIENT = (OSError, StorageError)
+PERMANENT = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+class PermanentStorageError(StorageError):
+    """A storage failure that retrying cannot cure: no space, no permission, a read-only store."""
+
+
+def permanent_cause(err: BaseException) -> str | None:
+    """What makes `err` (or an error it was raised from) permanent, or None for a transient one."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in PERMANENT:
+            return PERMANENT[seen.errno]
+        if isinstance(seen, PermissionError):  # object stores' 403 (AccessDenied) carries no errno
+            return "permission denied"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +90,9 @@ def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadli
                 raise
             except TRANSIENT as err:
                 on_failure()
+                cause = permanent_cause(err)
+                if cause is not None:
+                    raise PermanentStorageError(f"{what}: {cause} ({err}); retrying cannot help") from err
                 if marks and not retrying:
                     retrying, _main_thread_retrying = True, _main_thread_retrying + 1
                 wait = policy.delay(attempt)
@@ -85,6 +113,7 @@ class UploadResult:
     committed: bool
     seconds: float
     error: str | None = None
+    permanent: bool = False  # the error was one retrying cannot cure (no space, no permission)
 
 
 class Uploader:
@@ -148,7 +177,8 @@ class Uploader:
             try:
                 result = UploadResult(name, job(), time.monotonic() - started)
             except Exception as err:  # surfaced to the training loop, which decides what to do
-                result = UploadResult(name, False, time.monotonic() - started, f"{type(err).__name__}: {err}")
+                result = UploadResult(name, False, time.monotonic() - started, f"{type(err).__name__}: {err}",
+                                      permanent=isinstance(err, PermanentStorageError))  # fmt: skip
             with self._lock:
                 self._results.append(result)
                 self._running = None

@@ -480,6 +480,12 @@ def _report_uploads(checkpoints: CheckpointManager, metrics: TrainingMetrics, lo
     """Finished uploads into the log and the metrics; training goes on either way."""
     results = checkpoints.poll()
     for result in results:
+        if result.permanent:  # no space, no permission: waiting cannot help, and every later save would fail too
+            log.error("checkpoint_upload_failed", checkpoint=result.name, error=result.error, permanent=True)
+            metrics.close()
+            raise StorageError(f"checkpoint {result.name} cannot be written to {redact(checkpoints.url)}: "
+                               f"{result.error}. Fix that, then run the same command: it resumes from the last "
+                               "commit")  # fmt: skip
         if result.committed:
             metrics.record_commit(result)
         else:

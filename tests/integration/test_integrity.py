@@ -4,6 +4,7 @@ and storage errors are reported as what they are. Real runs through the command 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -70,3 +71,38 @@ def test_a_run_that_never_committed_starts_from_step_0_and_says_so(tmp_path, pac
     assert result.returncode == 0, result.stderr[-2000:]
     warning = next(e for e in events(result.stdout) if e.get("event") == "starting_over")
     assert warning["previous_step"] == 5
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 KiB file system (tmpfs): room for one tiny checkpoint (about 410 KiB), not two."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_run_at_once_says_so_and_leaves_nothing_half_written(tmp_path, packed, small_disk):
+    checkpoints = small_disk / "checkpoints"
+    config = tiny_config(tmp_path, packed, train={"max_steps": 6},
+                         checkpoint={"url": str(checkpoints), "every_steps": 2, "retry_first_seconds": 0.2,
+                                     "retry_max_seconds": 1.0, "upload_timeout_seconds": 120})  # fmt: skip
+    started = time.monotonic()
+    result = gand("train", str(config))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert time.monotonic() - started < 60  # stopped at once, not after the upload timeout
+    assert "no space left on the device" in result.stderr and "retrying cannot help" in result.stderr
+    assert not any(e.get("event") == "storage_retry" for e in events(result.stdout))
+    folders = sorted(p.name for p in checkpoints.glob("ckpt-*"))
+    assert folders == ["ckpt-000000000016"] and (checkpoints / folders[0] / MANIFEST).exists()  # no half-written one
+
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)  # space freed
+    resumed = gand("train", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert next(e for e in events(resumed.stdout) if e.get("event") == "resumed")["step"] == 2
