@@ -145,6 +145,17 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     control.interrupt_waits(lambda: False)
     steps_lost = None
     if resumed is not None:
+        saved_classes = resumed.state.get("num_classes") or 0
+        if 0 < saved_classes < num_classes:  # class names only grow: the saved ones keep their indices
+            # What the running process already did (leave the new classes out) is what a resume does too; refusing
+            # (exit 2) would end a Kubernetes Job for good over one new folder.
+            log.warning("dataset_classes_grew", model_classes=saved_classes, dataset_classes=num_classes,
+                        effect="images of the new classes are left out (gand_data_samples_skipped_total"
+                               "{reason=unknown_class})",
+                        to_use_them="start a new run: another run.name or checkpoint.url, or --fresh")  # fmt: skip
+            num_classes = saved_classes
+            generator, discriminator, opt_g, opt_d = build_networks(cfg, engine, num_classes)
+            recipe = Recipe.from_config(cfg, num_classes)
         _check_resumable(resumed, engine, cfg, num_classes)
         generator.load_state_dict(resumed.weights["generator"])
         discriminator.load_state_dict(resumed.weights["discriminator"])

@@ -106,3 +106,28 @@ def test_a_full_disk_stops_the_run_at_once_says_so_and_leaves_nothing_half_writt
     resumed = gand("train", str(config))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert next(e for e in events(resumed.stdout) if e.get("event") == "resumed")["step"] == 2
+
+
+def test_a_class_added_to_the_dataset_after_the_run_began_does_not_stop_the_resume(tmp_path):
+    """AC-GAN on 2 classes to a checkpoint; the daemon (here `gand pack`) then adds a third class. The same command
+    resumes with the model's 2 classes, leaves the new class's images out (counted), and says how to use them."""
+    from gand.data.pack import PackOptions, pack
+    from tests.corpus import pattern, save
+
+    src, dest = tmp_path / "src", tmp_path / "packed"
+    for index, label in enumerate(("cats", "cats", "cats", "cats", "dogs", "dogs", "dogs", "dogs") * 2):
+        save(pattern("blobs", seed=index), src / label / f"{index}.png")
+    pack(str(src), str(dest), PackOptions(resolutions=(32,), workers=1))
+    config = tiny_config(tmp_path, dest, model={"arch": "acgan", "width": 0.125, "latent_dim": 16},
+                         loss={"class_mode": "auxiliary"}, train={"max_steps": 2, "log_every_steps": 1})  # fmt: skip
+    first = gand("train", str(config))
+    assert first.returncode == 0, first.stderr[-2000:]
+    for index in range(8):
+        save(pattern("rings", seed=100 + index), src / "zebras" / f"{index}.png")
+    pack(str(src), str(dest), PackOptions(resolutions=(32,), workers=1))
+
+    resumed = gand("train", str(config), "train.max_steps=6")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    grew = next(e for e in events(resumed.stdout) if e.get("event") == "dataset_classes_grew")
+    assert grew["model_classes"] == 2 and grew["dataset_classes"] == 3 and "--fresh" in grew["to_use_them"]
+    assert [e["step"] for e in events(resumed.stdout) if e.get("event") == "train_step"] == [3, 4, 5, 6]
