@@ -140,7 +140,9 @@ def _add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     filters.add_argument("--min-side", type=int, default=0, help="skip images whose shortest side is smaller")
     filters.add_argument("--max-aspect", type=float, default=None, help="skip images longer than this x wide")
     filters.add_argument("--max-pixels", type=int, default=178_956_970, help="skip larger headers (bomb guard)")
-    filters.add_argument("--formats", type=_names, default=None, help="allowed source formats, e.g. jpeg,png")
+    filters.add_argument("--formats", type=_names, default=None,
+                         help="allowed source format families: jpeg (incl. MPO), png (incl. APNG), webp, gif, tiff, "
+                              "bmp, ...")  # fmt: skip
     filters.add_argument(
         "--near-duplicates",
         type=int,
@@ -176,7 +178,7 @@ def _names(text: str) -> tuple[str, ...]:
 def _pack_options(args: argparse.Namespace):
     from gand.data.pack import PackOptions
 
-    formats = tuple("JPEG" if name in ("JPG", "JPEG") else name for name in args.formats) if args.formats else None
+    formats = tuple(name.lower() for name in args.formats) if args.formats else None
     return PackOptions(
         resolutions=args.resolutions,
         shard_size=args.shard_size,

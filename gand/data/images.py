@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,32 @@ class ImageRejected(Exception):
         self.detail = detail
 
 
+# Source formats by family: what `--formats` names and what decides the decode path. Pillow names some members
+# apart: MPO is a JPEG with a second picture (cameras, phones), APNG is read as PNG.
+FORMAT_FAMILIES = {
+    "JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "TIFF": "tiff", "BMP": "bmp",
+    "PPM": "ppm", "TGA": "tga", "ICO": "ico",
+}  # fmt: skip
+FAMILY_ALIASES = {"jpg": "jpeg", "tif": "tiff", "apng": "png", "mpo": "jpeg", "pgm": "ppm", "pbm": "ppm"}
+
+
+def format_family(pil_format: str) -> str:
+    """The family of a Pillow format name ("MPO" -> "jpeg"); unknown formats are their own family."""
+    return FORMAT_FAMILIES.get(pil_format.upper(), pil_format.lower())
+
+
+def family_names(names: Iterable[str]) -> frozenset[str]:
+    """`--formats` names (any case, aliases like jpg/tif) as family names; ValueError naming an unknown one."""
+    known = set(FORMAT_FAMILIES.values())
+    families = set()
+    for name in names:
+        family = FAMILY_ALIASES.get(name.lower(), name.lower())
+        if family not in known:
+            raise ValueError(f"{name!r} is not a format family; use any of {', '.join(sorted(known))}")
+        families.add(family)
+    return frozenset(families)
+
+
 @dataclass(frozen=True)
 class ImageChecks:
     """Limits applied from the header, before decoding."""
@@ -55,7 +82,7 @@ class ImageChecks:
     max_pixels: int = 178_956_970  # PIL's own decompression-bomb error threshold
     min_side: int = 0
     max_aspect: float | None = None  # long side / short side
-    formats: frozenset[str] | None = None  # PIL format names, e.g. {"JPEG", "PNG"}; None = any PIL can read
+    formats: frozenset[str] | None = None  # format families, e.g. {"jpeg", "png"}; None = any PIL can read
     needed_side: int = 0  # smallest side (center_crop) or longest side (keep_ratio) that avoids upscaling
     side_rule: str = "short"  # which side `needed_side` applies to: "short" or "long"
 
@@ -66,6 +93,7 @@ class DecodedImage:
     original_width: int
     original_height: int
     source_format: str
+    frames: int = 1  # frames in the file (GIF, APNG, MPO, multi-page TIFF): only the first is used
 
 
 def decode_rgb(data: bytes, checks: ImageChecks = ImageChecks(), draft_side: int = 0) -> DecodedImage:
@@ -83,18 +111,19 @@ def decode_rgb(data: bytes, checks: ImageChecks = ImageChecks(), draft_side: int
         source_format = opened.format or "unknown"
         width, height = opened.size
         _check_header(source_format, width, height, checks)
-        if draft_side and source_format == "JPEG":
+        frames = getattr(opened, "n_frames", 1)  # the first frame is what is decoded (the file opens on it)
+        if draft_side and format_family(source_format) == "jpeg":
             _draft(opened, width, height, draft_side, checks.side_rule)
         try:
             opened.load()
             image = ImageOps.exif_transpose(opened)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise ImageRejected("decode_error", str(err) or type(err).__name__) from None
-        return DecodedImage(to_rgb(image), width, height, source_format)
+        return DecodedImage(to_rgb(image), width, height, source_format, frames)
 
 
 def _check_header(source_format: str, width: int, height: int, checks: ImageChecks) -> None:
-    if checks.formats is not None and source_format not in checks.formats:
+    if checks.formats is not None and format_family(source_format) not in checks.formats:
         raise ImageRejected("format_not_allowed", f"{source_format} (allowed: {', '.join(sorted(checks.formats))})")
     if width * height > checks.max_pixels:
         raise ImageRejected("too_many_pixels", f"{width}x{height} is over {checks.max_pixels} pixels")
@@ -119,7 +148,7 @@ def _draft(image: Image.Image, width: int, height: int, draft_side: int, side_ru
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         return _sixteen_bit_to_rgb(image)
@@ -128,7 +157,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         low, high = float(pixels.min()), float(pixels.max())
         scaled = (pixels - low) / (high - low) * 255 if high > low else np.zeros_like(pixels)
         return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+    # Every way of carrying transparency composites the same: an alpha channel (RGBA, LA, PA), a palette index, or a
+    # tRNS key colour on an RGB or greyscale image (Pillow's convert applies `info["transparency"]` in each case).
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*BACKGROUND_RGB, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

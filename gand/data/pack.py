@@ -11,6 +11,7 @@ command again after a crash, or with new images in the source, packs exactly wha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -36,6 +37,7 @@ from gand.data.images import (
     ImageRejected,
     decode_rgb,
     encode,
+    family_names,
     perceptual_hash,
     resize_all,
 )
@@ -69,7 +71,7 @@ class PackOptions:
     min_side: int = 0  # drop images whose shortest side is below this (the 100x100 scrape outliers)
     max_aspect: float | None = None  # drop images whose long side exceeds this many times the short side
     max_pixels: int = 178_956_970  # decompression-bomb guard, checked from the header
-    formats: tuple[str, ...] | None = None  # allowed source formats (PIL names: JPEG, PNG, WEBP, ...)
+    formats: tuple[str, ...] | None = None  # allowed source format families (jpeg, png, webp, gif, tiff, ...)
     exact_duplicates: bool = True
     near_duplicates: int | None = None  # perceptual-hash Hamming distance that counts as a duplicate; None = off
     exclude: tuple[str, ...] = ()  # file-name patterns to leave out (e.g. the Rice report's scroll paintings)
@@ -106,6 +108,11 @@ class PackOptions:
             raise ConfigError(f"--near-duplicates: a Hamming distance of 0 to 16 bits (got {self.near_duplicates})")
         if self.max_aspect is not None and self.max_aspect < 1:
             raise ConfigError(f"--max-aspect must be at least 1 (got {self.max_aspect})")
+        if self.formats:
+            try:
+                family_names(self.formats)
+            except ValueError as err:
+                raise ConfigError(f"--formats: {err}") from None
         if self.labels not in LABEL_MODES:
             raise ConfigError(f"--labels: {self.labels!r} is not one of {', '.join(LABEL_MODES)}")
 
@@ -120,7 +127,7 @@ class PackOptions:
             max_pixels=self.max_pixels,
             min_side=self.min_side,
             max_aspect=self.max_aspect,
-            formats=frozenset(f.upper() for f in self.formats) if self.formats else None,
+            formats=family_names(self.formats) if self.formats else None,
             needed_side=0 if self.upscale or self.resize == "none" else largest,
             side_rule="long" if self.resize == "keep_ratio" else "short",
         )
@@ -136,6 +143,7 @@ class PackReport:
     parts: int = 0
     seconds: float = 0.0
     stopped: bool = False
+    first_frame_only: int = 0  # packed files with several frames (GIF, APNG, MPO, TIFF pages): the first was used
     manifest: PackedManifest | None = None
 
     @property
@@ -185,6 +193,7 @@ def pack(
             label_index = class_names.index(item.label) if class_names and item.label is not None else None
             writer.add_sample(_with_label(result, label_index))
             report.packed += 1
+            report.first_frame_only += result.frames > 1
         done += 1
         if on_progress is not None:
             on_progress(done, report.files, report)
@@ -198,6 +207,7 @@ def pack(
     report.seconds = time.perf_counter() - started
     if report.files:
         log.info("pack_done", packed=report.packed, skipped=dict(report.skipped), parts=report.parts,
+                 first_frame_only=report.first_frame_only,
                  generation=report.manifest.generation if report.manifest else None,
                  seconds=round(report.seconds, 2), stopped=report.stopped)  # fmt: skip
     return report
@@ -211,7 +221,7 @@ def _record_skip(writer: PartWriter, report: PackReport, source: str, reason: st
 
 
 def _with_label(sample: EncodedSample, label_index: int | None) -> EncodedSample:
-    return EncodedSample(sample.key, sample.images, sample.extension, label_index, sample.meta, sample.record)
+    return dataclasses.replace(sample, label_index=label_index)
 
 
 # -- what the destination already holds --------------------------------------------------------------------------
@@ -462,6 +472,8 @@ def transform_item(item: SourceItem) -> EncodedSample | ImageRejected:
         "height": decoded.original_height,
         "format": decoded.source_format,
     }
+    if decoded.frames > 1:
+        meta["frames"] = decoded.frames  # only the first was packed
     if item.label is not None:
         meta["class_name"] = item.label
     if item.columns:
@@ -469,4 +481,5 @@ def transform_item(item: SourceItem) -> EncodedSample | ImageRejected:
     record = PartSample(key=item.key, source=item.source_id, sha256=hashlib.sha256(data).hexdigest(),
                         phash=f"{phash:016x}", label=item.label)  # fmt: skip
     extension = OUTPUT_EXTENSIONS[options.output]  # raw -> npy
-    return EncodedSample(item.key, images, extension, None, json.dumps(meta, sort_keys=True).encode(), record)
+    return EncodedSample(item.key, images, extension, None, json.dumps(meta, sort_keys=True).encode(), record,
+                         decoded.frames)  # fmt: skip

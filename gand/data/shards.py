@@ -27,6 +27,7 @@ class EncodedSample:
     label_index: int | None
     meta: bytes  # the <key>.json member
     record: PartSample
+    frames: int = 1  # frames in the source file; only the first was packed
 
 
 class _HashingWriter:

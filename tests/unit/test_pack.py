@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -435,3 +436,13 @@ def test_overwrite_deletes_only_gands_files_and_keeps_hidden_ones(tmp_path):
     (dest / "notes.txt").write_text("mine")  # a file of the user's dropped into a gand dataset later
     with pytest.raises(ConfigError, match=r"notes\.txt"):
         pack(str(src), str(dest), options(resolutions=(64,)))
+
+
+def test_format_families_decide_what_is_packed_and_multi_frame_files_are_counted(tmp_path):
+    cases = Path(__file__).resolve().parents[1] / "data" / "cases"
+    report = pack(str(cases), str(tmp_path / "out"), options(formats=("jpeg",), workers=1))
+    assert report.packed == 2  # plain.jpg and the camera's MPO: both JPEGs
+    assert report.first_frame_only == 1  # the MPO's second picture is not packed
+    assert report.skipped == {"format_not_allowed": 4}  # the four PNGs
+    with pytest.raises(ConfigError, match="--formats: 'jpeg2000x' is not a format family"):
+        options(formats=("jpeg2000x",))
