@@ -55,14 +55,15 @@ def generated_batches(generator: nn.Module, recipe, batch_size: int, device: tor
                       seed: int = 0) -> Iterator[torch.Tensor]:  # fmt: skip
     """Endless batches of G's samples in [-1, 1], drawn as in training (a conditional G gets uniform classes),
     from a seeded stream."""
-    from gand.eval.samples import generate
+    from gand.eval.samples import generate, sampling_mode
 
     torch.manual_seed(seed)
     low, high = recipe.value_range
-    while True:
-        z, classes = recipe.latent(batch_size, device)
-        images = generate(generator, z, classes if recipe.sample_classes else None)
-        yield (images - low) / (high - low) * 2 - 1
+    with sampling_mode(generator, recipe):  # calibrated once for the whole stream
+        while True:
+            z, classes = recipe.latent(batch_size, device)
+            images = generate(generator, z, classes if recipe.sample_classes else None)
+            yield (images - low) / (high - low) * 2 - 1
 
 
 def scores(real: Reference, fake_features: np.ndarray, fake_logits: np.ndarray,

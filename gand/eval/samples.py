@@ -2,25 +2,80 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+CALIBRATION_LATENTS = 512  # seeded latents whose BatchNorm statistics sampling uses
+CALIBRATION_CHUNK = 64
+CALIBRATION_SEED = 20261130
+
+
+@contextlib.contextmanager
+def sampling_mode(generator: nn.Module, recipe) -> Iterator[nn.Module]:
+    """G ready to sample: eval mode, with BatchNorm's statistics recalibrated on a fixed, seeded set of latents
+    ("standing statistics", as BigGAN samples). Each image is then a function of its latent (and class) and the
+    weights alone, whatever the batch around it: `gand sample --seed 3 --n 1` and `--n 16` start with the same
+    picture, and the fixed-noise grids written during training are comparable across steps (issue 19).
+
+    Why recalibrate rather than use the running statistics training keeps: those trail G's weights (momentum 0.1),
+    are far off early in training (samples come out grey), and belong to G, not to the EMA generator whose weights
+    differ. The calibration is one forward pass over CALIBRATION_LATENTS latents (classes uniform for a conditional
+    G). G's buffers and mode are restored afterwards, so training is not disturbed. `recipe` supplies latent_dim,
+    num_classes and sample_classes."""
+    norms = [module for module in generator.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    buffers = {name: tensor.clone() for name, tensor in generator.named_buffers()}
+    momenta = [norm.momentum for norm in norms]
+    was_training = generator.training
+    try:
+        if norms:
+            _recalibrate(generator, norms, recipe)
+        generator.eval()
+        yield generator
+    finally:
+        for name, tensor in generator.named_buffers():
+            tensor.copy_(buffers[name])
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        generator.train(was_training)
+
+
+@torch.no_grad()
+def _recalibrate(generator: nn.Module, norms: list[nn.Module], recipe) -> None:
+    device = next(generator.parameters()).device
+    seeded = torch.Generator().manual_seed(CALIBRATION_SEED)
+    latents = torch.randn(CALIBRATION_LATENTS, recipe.latent_dim, generator=seeded).to(device)
+    classes = None
+    if recipe.sample_classes and recipe.num_classes:
+        classes = (torch.arange(CALIBRATION_LATENTS) % recipe.num_classes).to(device)
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the calibration chunks
+    generator.train()
+    for start in range(0, CALIBRATION_LATENTS, CALIBRATION_CHUNK):
+        chunk = slice(start, start + CALIBRATION_CHUNK)
+        generator(latents[chunk], None if classes is None else classes[chunk])
+
 
 @torch.no_grad()
 def generate(generator: nn.Module, noise: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-    """G(noise, classes) with training-mode BatchNorm (as DCGAN samples are shown), leaving G's buffers untouched."""
-    buffers = {name: tensor.clone() for name, tensor in generator.named_buffers()}
-    images = generator(noise, classes).float().cpu()
-    for name, tensor in generator.named_buffers():
-        tensor.copy_(buffers[name])
-    return images
+    """G(noise, classes) -> float32 N x C x H x W on the CPU, in eval mode (G's buffers untouched, its mode
+    restored): no image depends on the batch around it. Inside `sampling_mode(generator, recipe)` BatchNorm uses
+    the recalibrated statistics; elsewhere the running statistics training kept."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        return generator(noise, classes).float().cpu()
+    finally:
+        generator.train(was_training)
 
 
 def grid_png(
@@ -128,7 +183,8 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
     def render(name: str, z: torch.Tensor, columns: int | None = None, classes: torch.Tensor | None = None) -> None:
         if recipe.sample_classes and classes is None:
             classes = torch.full((len(z),), class_index or 0, dtype=torch.long)
-        images = generate(generator, z, classes)
+        with sampling_mode(generator, recipe):
+            images = generate(generator, z, classes)
         store.write_bytes(name, grid_png(images, columns=columns, value_range=recipe.value_range))
         written.append(name)
 

@@ -28,7 +28,7 @@ from gand.errors import (
     StorageError,
 )
 from gand.eval.fid import Evaluator
-from gand.eval.samples import generate, grid_png
+from gand.eval.samples import generate, grid_png, sampling_mode
 from gand.notices import NoticeWatcher
 from gand.observability.curves import LossHistory, loss_curve_png
 from gand.observability.health import DominanceWindow, sample_diversity
@@ -512,8 +512,9 @@ def _write_samples(engine: Engine, g: Trained, ema, fixed_noise: torch.Tensor, f
                    metrics: TrainingMetrics, cfg: GandConfig, state: TrainState) -> None:  # fmt: skip
     """The fixed-noise grid and the loss curve that led to it, side by side in the samples folder."""
     # Every rank runs G on the same fixed noise: under ZeRO-3 its forward gathers weights collectively.
-    with engine.full_weights(g) as g_module:
-        images = generate(ema.model if ema is not None else g_module, fixed_noise.to(engine.device),
+    with engine.full_weights(g) as g_module, sampling_mode(ema.model if ema is not None else g_module,
+                                                           recipe) as sampler:  # fmt: skip
+        images = generate(sampler, fixed_noise.to(engine.device),
                           None if fixed_classes is None else fixed_classes.to(engine.device))  # fmt: skip
     if engine.is_main:
         grid = grid_png(images, value_range=recipe.value_range)

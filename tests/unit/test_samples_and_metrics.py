@@ -1,10 +1,11 @@
 import io
 import urllib.request
+from types import SimpleNamespace
 
 import torch
 from PIL import Image
 
-from gand.eval.samples import generate, grid_png
+from gand.eval.samples import generate, grid_png, sampling_mode
 from gand.models import ModelSpec, build_models
 from gand.observability.metrics import TrainingMetrics
 from gand.observability.report import DataCounts, DiscriminatorOutputs, LoggedStep, NetworkNumbers
@@ -19,11 +20,19 @@ def test_grid_layout_and_value_mapping():
     assert grid.getpixel((12, 2)) == (0, 0, 0)
 
 
-def test_sampling_leaves_batchnorm_buffers_untouched():
+def test_sampling_leaves_batchnorm_buffers_untouched_and_does_not_depend_on_the_batch():
     generator, _ = build_models("dcgan", ModelSpec(32, latent_dim=8, width=0.125))
     before = {k: v.clone() for k, v in generator.state_dict().items()}
-    images = generate(generator, torch.randn(4, 8))
-    assert images.shape == (4, 3, 32, 32)
+    recipe = SimpleNamespace(latent_dim=8, num_classes=0, sample_classes=False)
+    noise = torch.randn(16, 8)
+    with sampling_mode(generator, recipe):
+        many = generate(generator, noise)
+    with sampling_mode(generator, recipe):
+        one = generate(generator, noise[:1])
+    assert many.shape == (16, 3, 32, 32) and torch.allclose(one[0], many[0], atol=1e-6)
+    plain = generate(generator, noise[:1])  # outside sampling_mode: the running statistics, still batch-free
+    assert torch.allclose(plain[0], generate(generator, noise)[0], atol=1e-6)
+    assert generator.training  # its mode restored
     for key, value in generator.state_dict().items():
         assert torch.equal(value, before[key]), key
 
