@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -111,3 +113,15 @@ def build_bad_corpus(root: Path) -> dict:
             "not_an_image": 1,
         },
     }
+
+
+def vouch_for(dest: Path, shard_path: str) -> None:
+    """Make the manifest promise the shard as it now is (a packer that wrote undecodable images, not damage)."""
+    data = (dest / shard_path).read_bytes()
+    for manifest_file in [dest / "manifest.json", *sorted((dest / "manifests").glob("*.json"))]:
+        manifest = json.loads(manifest_file.read_text())
+        for shards in manifest["shards"].values():
+            for shard in shards:
+                if shard["path"] == shard_path:
+                    shard.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        manifest_file.write_text(json.dumps(manifest))

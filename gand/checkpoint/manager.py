@@ -39,7 +39,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from gand import __version__
-from gand.checkpoint.lease import RunLease
+from gand.checkpoint.lease import LeaseLost, RunLease
 from gand.checkpoint.uploader import RetryPolicy, Uploader, UploadResult, with_retries
 from gand.errors import StorageError
 from gand.storage import Store, redact
@@ -213,6 +213,8 @@ class CheckpointManager:
         that nothing half-written is left for a later run to trip on."""
         try:
             return self._upload_files(snapshot)
+        except LeaseLost:
+            raise  # the run is another trainer's now: a folder of this name may be its upload, not ours
         except Exception:
             if self.collective.rank == 0:
                 self._remove_uncommitted(snapshot.name)

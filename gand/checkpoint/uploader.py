@@ -34,6 +34,12 @@ PERMANENT = {
 }
 
 
+# Refused access is usually for good (a wrong bucket policy), but expired or skewed credentials look the same for a
+# moment while they are refreshed: such refusals are retried this long before they count as permanent.
+DENIED_RETRY_SECONDS = 60.0
+DENIALS = ("permission denied", "operation not permitted")
+
+
 class PermanentStorageError(StorageError):
     """A storage failure that retrying cannot cure: no space, no permission, a read-only store."""
 
@@ -82,6 +88,7 @@ def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadli
     marks = threading.current_thread() is threading.main_thread()
     retrying = False
     attempt = 0
+    first_denied: float | None = None
     try:
         while True:
             try:
@@ -91,6 +98,10 @@ def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadli
             except TRANSIENT as err:
                 on_failure()
                 cause = permanent_cause(err)
+                if cause in DENIALS:
+                    first_denied = first_denied or time.monotonic()
+                    if time.monotonic() - first_denied < DENIED_RETRY_SECONDS:
+                        cause = None  # perhaps credentials being refreshed: retried for a while
                 if cause is not None:
                     raise PermanentStorageError(f"{what}: {cause} ({err}); retrying cannot help") from err
                 if marks and not retrying:

@@ -111,13 +111,16 @@ def decode_rgb(data: bytes, checks: ImageChecks = ImageChecks(), draft_side: int
         source_format = opened.format or "unknown"
         width, height = opened.size
         _check_header(source_format, width, height, checks)
-        frames = getattr(opened, "n_frames", 1)  # the first frame is what is decoded (the file opens on it)
         if draft_side and format_family(source_format) == "jpeg":
             _draft(opened, width, height, draft_side, checks.side_rule)
         try:
+            # Counting frames reads the file through: a truncated GIF or TIFF fails here, as a decode error.
+            frames = getattr(opened, "n_frames", 1)  # the first frame is what is decoded (the file opens on it)
+            opened.seek(0)
             opened.load()
             image = ImageOps.exif_transpose(opened)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except (OSError, SyntaxError, ValueError, TypeError, IndexError, struct.error,
+                Image.DecompressionBombError) as err:  # fmt: skip
             raise ImageRejected("decode_error", str(err) or type(err).__name__) from None
         return DecodedImage(to_rgb(image), width, height, source_format, frames)
 

@@ -312,7 +312,8 @@ class ImageLoader:
         self.store = Store(dataset_root(data_path))
         self._indexes: dict[tuple[str, str], ShardIndex | None] = {}  # by shard path and SHA-256 (None: damaged)
         self.min_usable_share = min_usable_share  # below it (share of the manifest's images readable): DataError
-        self.damaged_shards: dict[str, str] = {}  # shard path -> why it was left out
+        self.damaged_shards: dict[str, str] = {}  # the current generation's shards left out: path -> why
+        self._damage: dict[tuple[str, str], str] = {}  # by shard path and SHA-256 -> why
 
     def batches_per_epoch(self, manifest: PackedManifest) -> int:
         images = self.epoch_images or manifest.num_samples
@@ -372,6 +373,7 @@ class ImageLoader:
         damaged ones are left out, named and counted. DataError when what is left is below min_usable_share."""
         indexes = []
         promised = 0
+        self.damaged_shards = {}  # this generation's: a shard packed again under the same path is judged anew
         for shard in manifest.shards_at(self.resolution):
             promised += shard.samples
             key = (shard.path, shard.sha256)
@@ -379,6 +381,8 @@ class ImageLoader:
                 self._indexes[key] = self._index(shard)
             if self._indexes[key] is not None:
                 indexes.append(self._indexes[key])
+            else:
+                self.damaged_shards[shard.path] = self._damage[key]
         usable = sum(len(index) for index in indexes)
         if promised and usable < self.min_usable_share * promised:
             damaged = "; ".join(f"{path}: {why}" for path, why in list(self.damaged_shards.items())[:3])
@@ -392,9 +396,12 @@ class ImageLoader:
     def _index(self, shard) -> ShardIndex | None:
         url = self.store.url(shard.path)
         path = local_shard(url, shard.sha256)
-        problem = verify_shard(path, shard.bytes, shard.sha256)
+        try:
+            problem = verify_shard(path, shard.bytes, shard.sha256)
+        except OSError as err:  # unreadable is not damaged: say so and stop, rather than train on less
+            raise DataError(f"cannot read shard {redact(url)}: {err}") from err
         if problem is not None:
-            self.damaged_shards[shard.path] = problem
+            self._damage[(shard.path, shard.sha256)] = problem
             log.error("shard_damaged", shard=redact(url), reason=problem, images=shard.samples,
                       effect="left out of training")  # fmt: skip
             return None

@@ -48,6 +48,7 @@ from gand.data.manifest import (
     PartSample,
     build_manifest,
     latest_generation,
+    part_path,
     publish_generation,
     read_parts,
 )
@@ -163,7 +164,7 @@ def pack(
     """Pack what `src` has that `dest` does not; publish a new generation if anything changed."""
     started = time.perf_counter()
     store = Store(dest)
-    check_destination(src, dest, store)  # before anything is written or deleted there
+    check_destination(src, dest, store, options.overwrite)  # before anything is written or deleted there
     if options.overwrite:
         _wipe(store)
     state = DatasetState.load(store, src, options)
@@ -301,7 +302,7 @@ def _remove_stale_temporaries(store: Store) -> None:
 
 # Everything gand writes under a dataset's root. Nothing else there is gand's, and gand never deletes anything else.
 GAND_FILES = re.compile(
-    r"(\d+/shard-\d{6}\.tar|parts/part-\d{6}\.json|manifests/generation-\d{6}\.json|manifest\.json"
+    r"(\d+/shard-\d{6,}\.tar|parts/part-\d{6,}\.json|manifests/generation-\d{6,}\.json|manifest\.json"
     r"|eval/inception-\d+px-\d+\.npz)"
 )
 
@@ -311,16 +312,21 @@ def gands_own(relpath: str) -> bool:
     return GAND_FILES.fullmatch(relpath.split(".tmp-")[0]) is not None
 
 
-def check_destination(src: str, dest: str, store: Store) -> None:
-    """Refuse (ConfigError, exit 2) a DEST that is SRC or inside it or around it, and a DEST that holds files gand
-    did not write: packing there would mix gand's files with the user's, and `--overwrite` could not tell them
-    apart. Hidden files (`.DS_Store`, `.git`) are left alone and do not count."""
+def check_destination(src: str, dest: str, store: Store, overwrite: bool = False) -> None:
+    """Refuse (ConfigError, exit 2) a DEST that is SRC or inside it or around it, and a new DEST (no dataset there
+    yet), or one about to be overwritten, that holds files gand did not write: packing there would mix gand's files
+    with the user's, and `--overwrite` could not tell them apart. An existing dataset with a README added later is
+    packed into as before (its extra files are never touched). Hidden files (`.DS_Store`, `.git`) and the empty
+    "folder" objects of bucket consoles do not count."""
     source, target = _location(src), _location(dest)
     if source == target or target.startswith(source + "/") or source.startswith(target + "/"):
         relation = "the same place as" if source == target else "inside" if target.startswith(source) else "around"
         raise ConfigError(f"DEST {redact(dest)} is {relation} SRC {redact(src)}: gand would pack its own output, and "
                           "--overwrite would delete the source. Pack into a folder or prefix of its own")  # fmt: skip
-    foreign = [path for path in store.walk_files() if not gands_own(path) and not _hidden(path)]
+    if not overwrite and (store.exists(MANIFEST_NAME) or store.exists(part_path(0))):
+        return  # an existing dataset: incremental packs and daemon polls add to it
+    foreign = [path for path in store.walk_files()
+               if path and not path.endswith("/") and not gands_own(path) and not _hidden(path)]  # fmt: skip
     if foreign:
         examples = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise ConfigError(f"DEST {redact(dest)} holds files gand did not write ({examples}); pack into an empty folder "
@@ -339,7 +345,9 @@ def _hidden(relpath: str) -> bool:
 
 
 def _wipe(store: Store) -> None:
-    """`--overwrite`: delete gand's files only (check_destination has made sure there is nothing else)."""
+    """`--overwrite`: delete gand's files only (check_destination has made sure there is nothing else). The
+    manifest goes first, so an interrupted wipe never leaves a manifest that lists deleted shards."""
+    store.delete(MANIFEST_NAME)
     for relpath in store.walk_files():
         if gands_own(relpath):
             store.delete(relpath)

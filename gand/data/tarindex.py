@@ -16,12 +16,14 @@ damage stay usable, and `complete` is False.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import posixpath
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 import structlog
@@ -220,56 +222,84 @@ def cache_dir() -> Path:
 
 def verify_shard(path: str, size: int, sha256: str) -> str | None:
     """Why the local shard at `path` is not what the manifest promises (size, then SHA-256), or None when it is.
+    Raises OSError when it cannot be read at all (that is not damage).
 
     Hashing reads the whole file; a match is remembered in $GAND_CACHE/verified by path, size and modification
-    time, so a shard is hashed once per machine until it changes."""
-    try:
-        stat = os.stat(path)
-    except OSError as err:
-        return f"cannot read it: {err.strerror or err}"
+    time, so a shard is hashed once per machine until it changes (the ranks of one machine take turns through a
+    lock file: one hashes, the others find its note)."""
+    stat = os.stat(path)
+    if not S_ISREG(stat.st_mode):
+        return None  # a pipe or a device: nothing to size or hash up front; it is read as it comes
     if stat.st_size != size:
         return f"{stat.st_size} bytes where the manifest says {size} (truncated or replaced)"
     marker = cache_dir().parent / "verified" / sha256
     stamp = f"{os.path.abspath(path)}\n{stat.st_size}\n{stat.st_mtime_ns}\n"
-    with contextlib.suppress(OSError):
-        if marker.read_text() == stamp:
-            return None
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{marker}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            if marker.read_text() == stamp:
+                return None
+        digest = _file_sha256(path)
+        if digest != sha256:
+            return f"SHA-256 {digest[:16]}... where the manifest says {sha256[:16]}... (damaged)"
+        _remember_verified(marker, stamp)
+    return None
+
+
+def _file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
-    if digest.hexdigest() != sha256:
-        return f"SHA-256 {digest.hexdigest()[:16]}... where the manifest says {sha256[:16]}... (damaged)"
+    return digest.hexdigest()
+
+
+def _remember_verified(marker: Path, stamp: str) -> None:
     with contextlib.suppress(OSError):
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(stamp)
-    return None
+        staging = marker.with_suffix(f".tmp-{os.getpid()}")
+        staging.write_text(stamp)
+        os.replace(staging, marker)
 
 
 def local_shard(url: str, sha256: str) -> str:
     """A local path holding the shard at `url`: the path itself, or a cached copy named by its SHA-256 (copied
-    and checked on first use; the copy is published atomically, so concurrent ranks never see half a file)."""
+    and checked on first use; the copy is published atomically, so concurrent ranks never see half a file). A
+    copy whose SHA-256 differs is fetched once more (a bad transfer); if it still differs, the source itself is
+    damaged and the copy is kept under its own digest, for verify_shard to report."""
     if is_local(url):
         return url.removeprefix("file://")
     target = cache_dir() / f"{sha256}.tar"
     if target.exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in (1, 2):
+        digest = _download(url, target.with_suffix(f".tmp-{os.getpid()}"))
+        if digest == sha256:
+            break
+        log.warning("shard_checksum_mismatch", shard=redact(url), expected=sha256, got=digest, attempt=attempt)
     staging = target.with_suffix(f".tmp-{os.getpid()}")
+    final = target if digest == sha256 else target.with_name(f"{digest}.tar")
+    os.replace(staging, final)
+    if final == target:  # checked while copying: no need to hash it again
+        stat = final.stat()
+        (cache_dir().parent / "verified").mkdir(parents=True, exist_ok=True)
+        _remember_verified(cache_dir().parent / "verified" / sha256,
+                           f"{os.path.abspath(final)}\n{stat.st_size}\n{stat.st_mtime_ns}\n")  # fmt: skip
+    log.info("shard_cached", shard=redact(url), path=str(final))
+    return str(final)
+
+
+def _download(url: str, staging: Path) -> str:
+    """Copy `url` to `staging`; its SHA-256."""
     digest = hashlib.sha256()
     try:
         with open_url(url) as source, open(staging, "wb") as copy:
             while chunk := source.read(1 << 22):
                 digest.update(chunk)
                 copy.write(chunk)
-        if digest.hexdigest() != sha256:
-            # Keep going with what is there (the index skips what it cannot read), but say so.
-            log.warning("shard_checksum_mismatch", shard=redact(url), expected=sha256, got=digest.hexdigest())
-            os.replace(staging, target.with_name(f"{digest.hexdigest()}.tar"))
-            return str(target.with_name(f"{digest.hexdigest()}.tar"))
-        os.replace(staging, target)
-    finally:
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
-    log.info("shard_cached", shard=redact(url), path=str(target))
-    return str(target)
+        raise
+    return digest.hexdigest()

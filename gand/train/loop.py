@@ -145,6 +145,14 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     control.interrupt_waits(lambda: False)
     steps_lost = None
     if resumed is not None:
+        saved_names = resumed.state.get("class_names")
+        if saved_names and list(manifest.class_names or [])[: len(saved_names)] != saved_names:
+            raise ConfigError(
+                f"the dataset's classes are not the ones {resumed.name} was trained on: {saved_names} then, "
+                f"{manifest.class_names} now (a dataset packed again sorts its classes afresh); their label indices "
+                "would mean other classes. Train on the original dataset, or start a new run (--fresh or another "
+                "run.name)"
+            )
         saved_classes = resumed.state.get("num_classes") or 0
         if 0 < saved_classes < num_classes:  # class names only grow: the saved ones keep their indices
             # What the running process already did (leave the new classes out) is what a resume does too; refusing
@@ -309,7 +317,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
             if saving:
                 snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                                 history, scores)  # fmt: skip
+                                 history, scores, manifest.class_names)  # fmt: skip
                 control.saved()
                 saved_step = state.step
                 if snapshot is not None:
@@ -326,7 +334,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         safe = at_boundary and finite.read() and _weights_finite(engine, g, d)
         if engine.world_size == 1 and state.step > saved_step and safe:
             _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                             history)  # fmt: skip
+                  history, class_names=manifest.class_names)  # fmt: skip
             _stop_after_signal(checkpoints, control, metrics, state, log)
         _stop_without_saving(checkpoints, control, metrics, state, log)
 
@@ -613,10 +621,14 @@ def _evidence_of_training(checkpoints: CheckpointManager, progress_note: dict | 
     if progress_note:
         last = progress_note.get("last_commit")
         old_note = "last_commit" not in progress_note  # written before notes named commits: trust the folders
-        if last or (old_note and checkpoints.all_dirs()):
+        try:
+            folders = checkpoints.all_dirs() if old_note else []
+        except (OSError, StorageError):
+            folders = []  # listing worked moments ago (discovery); a failure now is no evidence either way
+        if last or folders:
             found.append(f"PROGRESS.json says the run reached step {progress_note.get('step')}"
-                         + (f" and committed {last}" if last else f" and {len(checkpoints.all_dirs())} checkpoint "
-                            "folder(s) are there"))  # fmt: skip
+                         + (f" and committed {last}" if last else f" and {len(folders)} checkpoint folder(s) are "
+                            "there"))  # fmt: skip
     if not found:
         return ""
     return (
@@ -678,7 +690,8 @@ def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, his
 
 
 def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
-          num_classes, history: LossHistory, scores: dict[str, float] | None = None) -> Snapshot | None:  # fmt: skip
+          num_classes, history: LossHistory, scores: dict[str, float] | None = None,
+          class_names: list[str] | None = None) -> Snapshot | None:  # fmt: skip
     weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
@@ -696,6 +709,7 @@ def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise,
             "train": state.to_dict(),
             "config": cfg.snapshot(),
             "num_classes": num_classes,
+            "class_names": class_names[:num_classes] if class_names else None,  # a resume checks their order
             "gand_version": __version__,
         },
         rank_state=rank_state,

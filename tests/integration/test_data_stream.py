@@ -1,9 +1,7 @@
 """The loader as one long-lived stream, tried with real packs, real worker processes and real signals:
 every image equally likely over uneven shards, unusable samples that neither spin nor hide a stop, raw shards."""
 
-import hashlib
 import io
-import json
 import os
 import random
 import signal
@@ -25,7 +23,7 @@ from gand.data.sources import sample_key
 from gand.errors import DataError
 from gand.storage import Store
 from tests.conftest import REPO, tiny_config
-from tests.corpus import pattern, save
+from tests.corpus import pattern, save, vouch_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,18 +86,6 @@ def damage_every_image(shard: Path) -> None:
             data = b"\x89PNG garbage" if member.name.endswith(".png") else data
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
-
-
-def vouch_for(dest: Path, shard_path: str) -> None:
-    """Make the manifest promise the shard as it now is (a packer that wrote undecodable images, not damage)."""
-    data = (dest / shard_path).read_bytes()
-    for manifest_file in [dest / "manifest.json", *sorted((dest / "manifests").glob("*.json"))]:
-        manifest = json.loads(manifest_file.read_text())
-        for shards in manifest["shards"].values():
-            for shard in shards:
-                if shard["path"] == shard_path:
-                    shard.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-        manifest_file.write_text(json.dumps(manifest))
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -123,14 +123,19 @@ def test_a_class_added_to_the_dataset_after_the_run_began_does_not_stop_the_resu
     first = gand("train", str(config))
     assert first.returncode == 0, first.stderr[-2000:]
     for index in range(8):
-        save(pattern("rings", seed=100 + index), src / "zebras" / f"{index}.png")
-    pack(str(src), str(dest), PackOptions(resolutions=(32,), workers=1))
+        save(pattern("rings", seed=100 + index), src / "ants" / f"{index}.png")
+    pack(str(src), str(dest), PackOptions(resolutions=(32,), workers=1))  # classes: cats, dogs, ants
 
     resumed = gand("train", str(config), "train.max_steps=6")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     grew = next(e for e in events(resumed.stdout) if e.get("event") == "dataset_classes_grew")
     assert grew["model_classes"] == 2 and grew["dataset_classes"] == 3 and "--fresh" in grew["to_use_them"]
     assert [e["step"] for e in events(resumed.stdout) if e.get("event") == "train_step"] == [3, 4, 5, 6]
+
+    # Packed again from scratch, the classes sort afresh (ants, cats, dogs): index 0 would now mean ants. Refused.
+    pack(str(src), str(dest), PackOptions(resolutions=(32,), workers=1, overwrite=True))
+    reordered = gand("train", str(config), "train.max_steps=8")
+    assert reordered.returncode == 2 and "are not the ones" in reordered.stderr, reordered.stderr[-2000:]
 
 
 def test_a_seed_draws_the_same_picture_whatever_the_batch_around_it(trained, tmp_path):

@@ -9,7 +9,7 @@ from gand.data.loader import DataPosition, ImageLoader, SampleOrder
 from gand.data.manifest import read_manifest
 from gand.data.pack import PackOptions, pack
 from gand.data.sources import sample_key
-from tests.corpus import pattern, save
+from tests.corpus import pattern, save, vouch_for
 
 
 def make_loader(path, resolution=32, batch_size=8, workers=0, **kw) -> ImageLoader:
@@ -126,7 +126,8 @@ def test_resume_uses_the_generation_its_epoch_started_with(tmp_path):
 
 
 def test_a_damaged_sample_is_skipped_and_counted_and_batches_stay_full(tmp_path):
-    """Storage damage after packing (a flipped member) costs one sample, not the run."""
+    """An undecodable image in a shard the manifest vouches for (a bad encoder, not storage damage, which leaves the
+    whole shard out) costs one sample, not the run."""
     import io
     import tarfile
 
@@ -144,6 +145,7 @@ def test_a_damaged_sample_is_skipped_and_counted_and_batches_stay_full(tmp_path)
             data = b"\x89PNG garbage" if member.name == damaged else data
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
+    vouch_for(dest, manifest.shards_at(32)[0].path)
 
     batches = list(islice(make_loader(dest, batch_size=3, epoch_images=24, workers=1).batches(), 8))
     assert all(len(batch.keys) == 3 for batch in batches)

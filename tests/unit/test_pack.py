@@ -433,9 +433,12 @@ def test_overwrite_deletes_only_gands_files_and_keeps_hidden_ones(tmp_path):
     files = _tree(dest)
     assert ".DS_Store" in files and "eval/inception-32px-10.npz" not in files
     assert not any(path.startswith("32/") for path in files) and any(path.startswith("64/") for path in files)
-    (dest / "notes.txt").write_text("mine")  # a file of the user's dropped into a gand dataset later
-    with pytest.raises(ConfigError, match=r"notes\.txt"):
-        pack(str(src), str(dest), options(resolutions=(64,)))
+    (dest / "notes.txt").write_text("mine")  # a dataset card dropped into a gand dataset later
+    save(pattern("blobs", seed=9), src / "9.png")
+    assert pack(str(src), str(dest), options(resolutions=(64,))).packed == 1  # incremental packs go on
+    with pytest.raises(ConfigError, match=r"notes\.txt"):  # but --overwrite cannot tell it from gand's files
+        pack(str(src), str(dest), options(resolutions=(64,), overwrite=True))
+    assert (dest / "notes.txt").read_text() == "mine"
 
 
 def test_format_families_decide_what_is_packed_and_multi_frame_files_are_counted(tmp_path):
