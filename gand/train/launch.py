@@ -157,9 +157,9 @@ def _run_agent(config, module: str, args: Sequence[str], outcome: dict[str, obje
         elastic_launch(config, sys.executable)("-u", "-m", module, *args)
         outcome["code"] = 0
     except ChildFailedError as failed:
-        first_rank, failure = failed.get_first_failure()
-        code = failure.exitcode if failure.exitcode > 0 else 1  # negative: killed by a signal
-        log.error("rank_failed", rank=first_rank, exit_code=failure.exitcode, exiting_with=code)
+        rank, code = ranks_exit_code(failed.failures)
+        log.error("rank_failed", rank=rank, exit_codes={r: f.exitcode for r, f in failed.failures.items()},
+                  exiting_with=code)  # fmt: skip
         outcome["code"] = code
     except SignalException as stopped:  # only without /proc: torch's agent took the signal and stopped the ranks
         log.warning("ranks_stopped_by_signal", signal=str(stopped.sigval), exit_code=1,
@@ -167,6 +167,18 @@ def _run_agent(config, module: str, args: Sequence[str], outcome: dict[str, obje
         outcome["code"] = 1
     except BaseException as error:  # handed to the main thread, which raises it
         outcome["error"] = error
+
+
+def ranks_exit_code(failures: dict) -> tuple[int, int]:
+    """(rank, exit code) for the launcher: the earliest code a rank chose itself (75, 2, 3, 1), which says what
+    happened; a rank killed by a signal (negative: e.g. an abort while a library tears down after the rank had
+    decided) says less, and counts as 1 only when no rank chose a code."""
+    chosen = sorted((failure.timestamp, rank, failure.exitcode) for rank, failure in failures.items()
+                    if failure.exitcode > 0)  # fmt: skip
+    if chosen:
+        return chosen[0][1], chosen[0][2]
+    first = min(failures, key=lambda rank: failures[rank].timestamp)
+    return first, 1
 
 
 class _SignalForwarder:

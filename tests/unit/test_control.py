@@ -8,7 +8,7 @@ import torch
 from gand.checkpoint.uploader import RetryPolicy, with_retries
 from gand.config import CheckpointConfig
 from gand.train.control import FiniteWatch, RunControl, StopNow, StopWhileWaiting
-from gand.train.launch import started_by_launcher
+from gand.train.launch import ranks_exit_code, started_by_launcher
 
 
 def watch(*values: float) -> FiniteWatch:
@@ -165,3 +165,15 @@ def test_a_healthy_storage_call_in_progress_is_left_to_finish():
 )
 def test_what_counts_as_a_launcher_to_follow(parent, environ, tied):
     assert started_by_launcher(parent, environ) is tied
+
+
+def test_the_launcher_reports_the_code_a_rank_chose_over_a_death_by_signal():
+    from types import SimpleNamespace
+
+    def failure(code: int, at: float):
+        return SimpleNamespace(exitcode=code, timestamp=at)
+
+    # rank 1 aborted (SIGABRT while tearing down) just before rank 0 exited 3 (diverged): 3 says what happened
+    assert ranks_exit_code({0: failure(3, 2.0), 1: failure(-6, 1.0)}) == (0, 3)
+    assert ranks_exit_code({0: failure(75, 2.0), 1: failure(1, 1.0)}) == (1, 1)  # the earliest chosen code
+    assert ranks_exit_code({0: failure(-9, 2.0), 1: failure(-6, 1.0)}) == (1, 1)  # only signals: a failure
