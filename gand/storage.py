@@ -142,7 +142,11 @@ class Store:
     def conditional_writes(self) -> bool:
         """Whether write_if is atomic here: local files (a lock file, one machine) and S3 (If-None-Match / If-Match
         on PUT). Elsewhere it is a read-compare-write with a small race window."""
-        return self.is_local or _protocol(self.fs) in ("s3", "s3a")
+        return self.is_local or self._is_s3
+
+    @property
+    def _is_s3(self) -> bool:
+        return not self.is_local and _protocol(self.fs) in ("s3", "s3a")
 
     def read_tagged(self, relpath: str) -> tuple[bytes, str] | None:
         """The object's bytes and a version tag for write_if (S3: its ETag; elsewhere a SHA-256 of the bytes), or
@@ -151,7 +155,7 @@ class Store:
         path = self._fresh(self._path(relpath))
         try:
             with self._errors("read", relpath):
-                if self.is_local or _protocol(self.fs) not in ("s3", "s3a"):
+                if not self._is_s3:
                     data = self.fs.cat_file(path)
                     return data, hashlib.sha256(data).hexdigest()
                 tag = self.fs.info(path)["ETag"]
@@ -165,7 +169,7 @@ class Store:
         if self.is_local:
             return self._write_if_local(relpath, data, tag)
         path = self._path(relpath)
-        if _protocol(self.fs) not in ("s3", "s3a"):
+        if not self._is_s3:
             current = self.read_tagged(relpath)
             if (current[1] if current else None) != tag:
                 return False

@@ -232,8 +232,7 @@ def verify_shard(path: str, size: int, sha256: str) -> str | None:
         return None  # a pipe or a device: nothing to size or hash up front; it is read as it comes
     if stat.st_size != size:
         return f"{stat.st_size} bytes where the manifest says {size} (truncated or replaced)"
-    marker = cache_dir().parent / "verified" / sha256
-    stamp = f"{os.path.abspath(path)}\n{stat.st_size}\n{stat.st_mtime_ns}\n"
+    marker, stamp = _verified_marker(sha256), _stamp(path, stat)
     marker.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{marker}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -253,6 +252,16 @@ def _file_sha256(path: str) -> str:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _verified_marker(sha256: str) -> Path:
+    """Where a machine notes that the shard with this SHA-256 was hashed and matched."""
+    return cache_dir().parent / "verified" / sha256
+
+
+def _stamp(path: str, stat: os.stat_result) -> str:
+    """What the note says: the file, its size and modification time (a changed file is hashed again)."""
+    return f"{os.path.abspath(path)}\n{stat.st_size}\n{stat.st_mtime_ns}\n"
 
 
 def _remember_verified(marker: Path, stamp: str) -> None:
@@ -282,10 +291,8 @@ def local_shard(url: str, sha256: str) -> str:
     final = target if digest == sha256 else target.with_name(f"{digest}.tar")
     os.replace(staging, final)
     if final == target:  # checked while copying: no need to hash it again
-        stat = final.stat()
-        (cache_dir().parent / "verified").mkdir(parents=True, exist_ok=True)
-        _remember_verified(cache_dir().parent / "verified" / sha256,
-                           f"{os.path.abspath(final)}\n{stat.st_size}\n{stat.st_mtime_ns}\n")  # fmt: skip
+        _verified_marker(sha256).parent.mkdir(parents=True, exist_ok=True)
+        _remember_verified(_verified_marker(sha256), _stamp(str(final), final.stat()))
     log.info("shard_cached", shard=redact(url), path=str(final))
     return str(final)
 

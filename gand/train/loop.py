@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import structlog
 import torch
 
 from gand import __version__
-from gand.checkpoint.lease import LeaseHeld, LeaseLost, RunLease
+from gand.checkpoint.lease import LeaseLost
 from gand.checkpoint.manager import Checkpoint, CheckpointManager, Snapshot, checkpoint_name
 from gand.checkpoint.progress import ProgressMarker
-from gand.checkpoint.uploader import RetryPolicy, UploadResult
+from gand.checkpoint.uploader import RetryPolicy
 from gand.config import GandConfig, default_loader_workers
 from gand.data.loader import ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
 from gand.errors import (
     ConfigError,
-    DataError,
     Diverged,
-    GandError,
     PeerLost,
-    Preempted,
     StoppedAtOnce,
     StorageError,
 )
@@ -42,6 +38,17 @@ from gand.train.feed import DeviceBatch, DeviceFeed
 from gand.train.optim import GeneratorEMA
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
 from gand.train.steps import Recipe, build_networks, discriminator_update, generator_update
+from gand.train.stops import (
+    commit_to_resume_from,
+    exit_without_the_lease,
+    refuse_to_start_over,
+    report_uploads,
+    stop_after_signal,
+    stop_before_training,
+    stop_without_saving,
+    take_lease,
+    wait_for_uploads,
+)
 
 
 def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
@@ -69,7 +76,7 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
         raise StoppedAtOnce(f"stopped at once by a second {second} without waiting for the save; the same command "
                             f"resumes from {known or 'the newest committed checkpoint, if any'}") from None  # fmt: skip
     except LeaseLost as lost:  # found by a save, or agreed at a step boundary
-        _exit_without_the_lease(checkpoints, str(lost), log)
+        exit_without_the_lease(checkpoints, str(lost), log)
     except RuntimeError as error:
         # Another node vanished (a spot preemption past its grace, a crash). Its checkpoint cannot commit without
         # the lost ranks' parts, so there is nothing to wait for: exit 75 (Kubernetes restarts the Job without
@@ -77,7 +84,7 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
         if not lost_a_peer(error):
             raise
         first_line = str(error).splitlines()[0][:300]
-        known = _commit_to_resume_from(checkpoints)
+        known = commit_to_resume_from(checkpoints)
         exit_code = PeerLost.exit_code if known else StorageError.exit_code
         log.warning("peer_lost", error=first_line, last_commit=known, exit_code=exit_code)
         message = f"another rank stopped in the middle of a collective ({first_line}); "
@@ -90,28 +97,6 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
             control.notices.close()
         if checkpoints.lease is not None and not at_once:
             checkpoints.lease.release()  # the next trainer may start at once
-
-
-def _commit_to_resume_from(checkpoints: CheckpointManager) -> str | None:
-    """The newest commit of the run this process knows of, else the newest one the store lists (one request)."""
-    known = checkpoints.known_commit
-    if known is None:
-        listed = _listed_commits(checkpoints)
-        known = listed[-1] if listed else None
-    return known
-
-
-def _exit_without_the_lease(checkpoints: CheckpointManager, why: str, log) -> NoReturn:
-    """Another trainer took over this run's lease: nothing more is published. Exit 75 when a commit of the run
-    exists to resume from (the new holder's or ours), else 1."""
-    known = _commit_to_resume_from(checkpoints)
-    exit_code = LeaseLost.exit_code if known else StorageError.exit_code
-    holder = checkpoints.lease.describe_holder() if checkpoints.lease is not None else "unknown"
-    log.error("stopped_lease_lost", holder=holder, last_commit=known, exit_code=exit_code)
-    message = f"another trainer took over the checkpoints at {redact(checkpoints.url)} ({holder}): {why}; this one "
-    if known is None:
-        raise StorageError(message + "stops, and no commit of the run was found")
-    raise LeaseLost(message + f"stops without publishing anything more (the run resumes from {known} or newer)")
 
 
 def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, checkpoints: CheckpointManager,
@@ -130,7 +115,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     # Nothing trains yet: a stop ends any start-up wait (another trainer's lease, storage that is down) at once.
     control.interrupt_waits(lambda: True)
     try:
-        _take_lease(cfg, engine, checkpoints, control)  # before anything lists or deletes checkpoints
+        take_lease(cfg, engine, checkpoints, control)  # before anything lists or deletes checkpoints
         if fresh:
             if engine.is_main:
                 checkpoints.discard_all()
@@ -139,9 +124,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         previous_progress = progress.read() if engine.is_main else None  # before this process writes its own
         resumed = checkpoints.load_latest(cfg.checkpoint.startup_timeout_seconds)
         if resumed is None and not fresh:
-            _refuse_to_start_over(checkpoints, previous_progress, engine)
+            refuse_to_start_over(checkpoints, previous_progress, engine)
     except StopWhileWaiting:
-        _stop_before_training(checkpoints, control, log)
+        stop_before_training(checkpoints, control, log)
     control.interrupt_waits(lambda: False)
     steps_lost = None
     if resumed is not None:
@@ -324,9 +309,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                     log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
                              stall_seconds=round(snapshot.stall_seconds, 4))  # fmt: skip
                     metrics.record_snapshot(snapshot.stall_seconds, sum(map(len, snapshot.files.values())))
-            _report_uploads(checkpoints, metrics, log)
+            report_uploads(checkpoints, metrics, log)
             if decision.stop:
-                _stop_after_signal(checkpoints, control, metrics, state, log)
+                stop_after_signal(checkpoints, control, metrics, state, log)
     except StopWhileWaiting:
         # The loop was blocked on data when the signal came. One rank alone at a step boundary saves as usual; with
         # more ranks the others may be inside a collective, so nothing that needs them is attempted.
@@ -335,12 +320,12 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         if engine.world_size == 1 and state.step > saved_step and safe:
             _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
                   history, class_names=manifest.class_names)  # fmt: skip
-            _stop_after_signal(checkpoints, control, metrics, state, log)
-        _stop_without_saving(checkpoints, control, metrics, state, log)
+            stop_after_signal(checkpoints, control, metrics, state, log)
+        stop_without_saving(checkpoints, control, metrics, state, log)
 
     engine.close()  # the last collective; from here each rank only waits for its own uploads
-    uploaded = _wait_for_uploads(checkpoints, control, cfg.checkpoint.upload_timeout_seconds)
-    final = [r for r in _report_uploads(checkpoints, metrics, log) if r.name == checkpoint_name(state.images_seen)]
+    uploaded = wait_for_uploads(checkpoints, control, cfg.checkpoint.upload_timeout_seconds)
+    final = [r for r in report_uploads(checkpoints, metrics, log) if r.name == checkpoint_name(state.images_seen)]
     log.info("train_done", step=state.step, images_seen=state.images_seen, run_dir=redact(cfg.run_dir))
     metrics.close()
     if not uploaded or any(not result.committed for result in final):
@@ -495,26 +480,6 @@ def _roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Tr
     return rolled
 
 
-def _report_uploads(checkpoints: CheckpointManager, metrics: TrainingMetrics, log) -> list[UploadResult]:
-    """Finished uploads into the log and the metrics; training goes on either way."""
-    results = checkpoints.poll()
-    for result in results:
-        if result.permanent:  # no space, no permission: waiting cannot help, and every later save would fail too
-            log.error("checkpoint_upload_failed", checkpoint=result.name, error=result.error, permanent=True)
-            metrics.close()
-            raise StorageError(f"checkpoint {result.name} cannot be written to {redact(checkpoints.url)}: "
-                               f"{result.error}. Fix that, then run the same command: it resumes from the last "
-                               "commit")  # fmt: skip
-        if result.committed:
-            metrics.record_commit(result)
-        else:
-            log.error("checkpoint_upload_failed", checkpoint=result.name, error=result.error,
-                      effect="training goes on; the next checkpoint tries again")  # fmt: skip
-    abandoned = sum(not result.committed for result in results)
-    metrics.record_uploads(checkpoints.uploads_pending, checkpoints.failed_attempts, abandoned)
-    return results
-
-
 def _write_samples(engine: Engine, g: Trained, ema, fixed_noise: torch.Tensor, fixed_classes: torch.Tensor | None,
                    recipe: Recipe, batch: DeviceBatch, history: LossHistory, run_store: Store,
                    metrics: TrainingMetrics, cfg: GandConfig, state: TrainState) -> None:  # fmt: skip
@@ -530,148 +495,6 @@ def _write_samples(engine: Engine, g: Trained, ema, fixed_noise: torch.Tensor, f
         curve = loss_curve_png(history, title=f"{cfg.run.name}: losses up to step {state.step}")
         run_store.write_bytes(f"samples/step-{state.step:06d}-losses.png", curve)
         metrics.record_diversity(sample_diversity(images, recipe.model_input(batch.images)))
-
-
-def _stop_without_saving(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics,
-                         state: TrainState, log) -> NoReturn:  # fmt: skip
-    """A stop that cannot save (blocked mid-step, or ranks that may be inside a collective): wait for uploads
-    already under way within the grace period, then exit 75 when the run has a commit to resume from, else 1."""
-    checkpoints.wait(control.grace_left_seconds())
-    _report_uploads(checkpoints, metrics, log)
-    metrics.close()
-    committed = [checkpoints.known_commit] if checkpoints.known_commit else _listed_commits(checkpoints)
-    if committed:
-        log.warning("stopped_by_signal", signal=control.stop_signal, step=state.step, checkpoint=committed[-1],
-                    saved=False, exit_code=Preempted.exit_code)  # fmt: skip
-        raise Preempted(f"stopped by {control.stop_signal} while waiting for data at step {state.step}; the same "
-                        f"command resumes from {committed[-1]}")  # fmt: skip
-    raise DataError(f"stopped by {control.stop_signal} while waiting for data at step {state.step}, before any "
-                    "checkpoint was committed: nothing to resume from")  # fmt: skip
-
-
-def _stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics,
-                       state: TrainState, log) -> NoReturn:  # fmt: skip
-    """The save of this step is handed over: wait for its commit within the grace period, then exit 75; 1 when it
-    did not commit in time (exit 75 promises a committed checkpoint of this step)."""
-    uploaded = checkpoints.wait(control.grace_left_seconds())
-    results = _report_uploads(checkpoints, metrics, log)
-    name = checkpoint_name(state.images_seen)
-    committed = uploaded and all(r.committed for r in results if r.name == name)
-    # Ranks > 0 upload their part; the checkpoint is committed when rank 0's manifest is there.
-    committed = committed and checkpoints.wait_for_commit(name, control.grace_left_seconds())
-    exit_code = Preempted.exit_code if committed else StorageError.exit_code
-    log.warning("stopped_by_signal", signal=control.stop_signal, step=state.step, checkpoint=name,
-                uploaded=committed, exit_code=exit_code)  # fmt: skip
-    metrics.close()
-    if not committed:
-        raise StorageError(f"stopped by {control.stop_signal} at step {state.step}, but {name} did not commit within "
-                           f"checkpoint.grace_seconds; the same command resumes from the last commit")  # fmt: skip
-    raise Preempted(f"stopped by {control.stop_signal} at step {state.step}: saved {name}; run the same command to "
-                    "resume")  # fmt: skip
-
-
-def _take_lease(cfg: GandConfig, engine: Engine, checkpoints: CheckpointManager, control: RunControl) -> None:
-    """Collective. Rank 0 takes the run's lease (waiting for another trainer's, if live); every rank learns the
-    outcome, so that all of them stop when it fails (exit 2 when held, 1 when storage failed)."""
-    section = cfg.checkpoint
-    if section.lease_seconds is None:
-        return
-    lease, failure = None, None
-    if engine.is_main:
-        lease = control.lease = RunLease(checkpoints.store, cfg.run.name, section.lease_seconds)
-        try:
-            lease.acquire(section.lease_wait_seconds, checkpoints.retry, section.startup_timeout_seconds)
-            checkpoints.lease = lease  # released in train()'s clean-up whatever happens next
-        except GandError as err:
-            failure = err
-    outcome = engine.from_rank_zero(failure.exit_code if failure is not None else 0)
-    if outcome != 0:
-        if failure is not None:
-            raise failure
-        if outcome == LeaseHeld.exit_code:
-            raise LeaseHeld("rank 0 found the run's lease held by another trainer (its log says which)")
-        raise StorageError("rank 0 could not take the run's lease (its log says why)")
-    if lease is not None:
-        lease.start_renewing()
-
-
-def _refuse_to_start_over(checkpoints: CheckpointManager, progress_note: dict | None, engine: Engine) -> None:
-    """Collective. No checkpoint can be resumed: start from step 0 only when nothing says this run ever committed
-    one. Otherwise (committed checkpoints that failed verification, or a progress note naming a commit) exit 2 and
-    say what was found: starting over would write new checkpoints over them and let retention delete the rest."""
-    evidence = _evidence_of_training(checkpoints, progress_note) if engine.is_main else ""
-    if engine.from_rank_zero(1 if evidence else 0):
-        raise ConfigError(evidence or "rank 0 found an earlier run's checkpoints but none it can resume (its log "
-                          "says which)")  # fmt: skip
-    if engine.is_main and progress_note and progress_note.get("step"):
-        structlog.get_logger("gand.train").warning(
-            "starting_over",
-            previous_step=progress_note["step"],
-            reason="the previous process never committed a checkpoint",
-            effect="training starts from step 0",
-        )
-
-
-def _evidence_of_training(checkpoints: CheckpointManager, progress_note: dict | None) -> str:
-    found = []
-    if checkpoints.unusable:
-        name, reasons = next(reversed(checkpoints.unusable.items()))
-        found.append(f"{len(checkpoints.unusable)} committed checkpoint(s) that fail verification (newest: {name}: "
-                     f"{reasons[0][:200]})")  # fmt: skip
-    if progress_note:
-        last = progress_note.get("last_commit")
-        old_note = "last_commit" not in progress_note  # written before notes named commits: trust the folders
-        try:
-            folders = checkpoints.all_dirs() if old_note else []
-        except (OSError, StorageError):
-            folders = []  # listing worked moments ago (discovery); a failure now is no evidence either way
-        if last or folders:
-            found.append(f"PROGRESS.json says the run reached step {progress_note.get('step')}"
-                         + (f" and committed {last}" if last else f" and {len(folders)} checkpoint folder(s) are "
-                            "there"))  # fmt: skip
-    if not found:
-        return ""
-    return (
-        f"{redact(checkpoints.url)} shows earlier training ({'; '.join(found)}), but no checkpoint can be resumed. "
-        "Nothing was changed. Restore the checkpoints or fix the storage, or run the same command with --fresh to "
-        "delete them and start from step 0"
-    )
-
-
-def _listed_commits(checkpoints: CheckpointManager) -> list[str]:
-    """The store's committed checkpoints, asked once (no retries: a stop is under way); [] when storage fails."""
-    try:
-        return checkpoints.committed()
-    except (OSError, StorageError):
-        return []
-
-
-def _stop_before_training(checkpoints: CheckpointManager, control: RunControl, log) -> NoReturn:
-    """A stop while start-up waited on storage (listing or reading checkpoints): nothing trained, nothing to save;
-    exit 75 only when a commit is known to exist for this run."""
-    known = checkpoints.known_commit
-    exit_code = Preempted.exit_code if known else StorageError.exit_code
-    log.warning("stopped_by_signal", signal=control.stop_signal, step=None, waiting_for="storage at start-up",
-                last_commit=known, exit_code=exit_code)  # fmt: skip
-    on_lease = control.lease is not None and control.lease.waiting_for_holder
-    waiting_for = "another trainer's lease on" if on_lease else "storage at"
-    message = f"stopped by {control.stop_signal} while waiting for {waiting_for} {redact(checkpoints.url)} at start-up"
-    if known is None:
-        raise StorageError(message + "; no checkpoint of this run is known to be committed")
-    raise Preempted(message + f"; the same command resumes from {known}")
-
-
-def _wait_for_uploads(checkpoints: CheckpointManager, control: RunControl, timeout_seconds: float) -> bool:
-    """The final uploads, up to timeout_seconds; after a stop signal only what is left of the grace period."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        if control.stop_signal is not None:
-            return checkpoints.wait(control.grace_left_seconds())
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        if checkpoints.wait(min(0.5, left)):
-            return True
 
 
 def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, history: LossHistory,

@@ -137,3 +137,12 @@ def rank_pids(marker: str) -> dict[int, int]:
         if "RANK" in variables and "TORCHELASTIC_RUN_ID" in variables:
             found[int(variables["RANK"])] = int(entry.name)
     return found
+
+
+def running(pid: int, group: bool = False) -> bool:
+    """Whether the process (or, with group, any process of the group led by pid) still exists."""
+    try:
+        (os.killpg if group else os.kill)(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -16,7 +16,7 @@ import s3fs
 
 from gand.checkpoint.manager import MANIFEST
 from tests.conftest import bin_path, free_port, make_bucket, tiny_config
-from tests.integration.preempt import Live, newest_valid, rank_pids, train_command
+from tests.integration.preempt import Live, newest_valid, rank_pids, running, train_command
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +33,8 @@ def all_gone(group: int, config, timeout: float) -> bool:
     this config, has ended within timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            if not rank_pids(str(config)):
-                return True
+        if not running(group, group=True) and not rank_pids(str(config)):
+            return True
         time.sleep(0.2)
     return False
 

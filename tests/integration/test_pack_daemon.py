@@ -21,6 +21,7 @@ from gand.processes import children
 from gand.storage import Store
 from tests.conftest import REPO, free_port, make_bucket
 from tests.corpus import build_bad_corpus, pattern, save
+from tests.integration.preempt import running
 
 pytestmark = pytest.mark.integration
 PACK_ARGS = ["--resolutions", "32,64,128,256", "--shard-size", "7", "--near-duplicates", "4", "--max-aspect", "10"]
@@ -89,22 +90,6 @@ def test_sigkill_at_random_moments_then_restart_packs_every_image_exactly_once(t
     manifest = PackedManifest.model_validate_json((dest / "manifest.json").read_bytes())
     assert manifest.skipped == reference.skipped  # and every skip counted once
     assert not list(dest.rglob("*.tmp-*"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _group_gone(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def wait_for(condition, timeout: float = 90.0, what: str = "condition"):
@@ -216,7 +201,7 @@ def test_a_signal_to_the_daemons_whole_group_mid_pack_stops_it_cleanly(tmp_path,
     assert daemon.returncode == 0, output[-3000:]
     assert time.monotonic() - signalled < 30
     assert "Traceback" not in output and '"daemon_stopped"' in output
-    wait_for(lambda: _group_gone(daemon.pid) and not [pid for pid in workers if _alive(pid)], timeout=10,
+    wait_for(lambda: not running(daemon.pid, group=True) and not any(map(running, workers)), timeout=10,
              what="the pack workers to end")  # fmt: skip
     partial = listed_keys_and_check_published(dest)
     assert 0 < len(partial) < 140 and len(partial) == len(set(partial))
