@@ -1,48 +1,67 @@
 #!/usr/bin/env bash
-# The data path and loop on a GPU, in one device call (issue 16). Prepare here, after `make test` made .venv:
+# gand on a GPU in one device call (issues 16 and 17). Prepare here, after `make test` made .venv:
 #   bash ../shared/gpu/prepare.sh          (the wheels the GPU machine lacks, in .gpu/whl)
 #   DRY=1 bash bench/gpu_check.sh          (rehearsal on this CPU, tiny sizes, a few minutes)
-# then one device call: command `bash bench/gpu_check.sh`, carry [".gpu"], timeout_s 540.
-# Prints, and leaves in $OUT: the sync count of ordinary steps (tests/gpu), bench/trainstep.py's four numbers for
-# CAN-256 and dcgan32 at batch 64 (its bf16 rows too), CAN-256's step functions with torch.compile (issue 17), and the full `accelerate launch -m gand.train configs/can256.yaml` on PNG shards
-# with its ms/step, then the resume.
+# then one device call: command `bash bench/gpu_check.sh`, carry [".gpu"], timeout_s 600.
+# Parts run in order of what they decide, each with its own limit and within BUDGET_S seconds in all (a part that
+# no longer fits is skipped and says so); everything printed is also in $OUT/check.txt, with each bench's JSON:
+#   1 memory and speed per setting at batch 64, with gand plan's predictions (bench/memory.py)  -> issue 17
+#   2 the GPU tests: the planner within 15%, no host-device sync per step (tests/gpu)            -> issues 16, 17
+#   3 the kernels of one fp32 and one bf16 step: layout transposes, BatchNorm's path (bench/kernels.py)
+#   4 CAN-256 step functions fp32 / bf16 / bf16 + torch.compile, and a bare PyTorch loop (bench/trainstep.py)
+#   5 the memory table at batch 128 (the config's own)
+#   6 the full command on PNG shards, `accelerate launch -m gand.train configs/can256.yaml`, and its resume
 set -u
 root=$(pwd)
+started=$(date +%s)
 if [ "${DRY:-0}" = 1 ]; then
   export PATH="$root/.venv/bin:$PATH"; OUT=${OUT:-/tmp/gpu-dry}; N=64; BS=4; STEPS=24; TINY="model.width=0.125"
-  TRAINSTEP="--configs dcgan32 --repeats 1 --images 64"; PRECISION="--configs dcgan32 --repeats 1 --images 64"
+  MEM64="--smoke"; MEM128="--smoke"; KERNELS="--smoke"; PRECISION="--configs dcgan32 --repeats 1 --images 64"
+  ROWS="bare,steps"
 else
   [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$root; N=640; BS=64; STEPS=200; TINY=""
-  TRAINSTEP="--configs can256,dcgan32 --repeats 1 --full --images $N --rows bare,steps,memory,loader,steps_bf16"
-  PRECISION="--configs can256 --repeats 1 --full --images 64"
+  MEM64="--batches 64 --steps 5"; MEM128="--batches 128 --steps 5"; KERNELS=""
+  PRECISION="--configs can256 --repeats 1 --full --images 64"; ROWS="bare,steps,steps_bf16,steps_bf16_compile"
 fi
+BUDGET_S=${BUDGET_S:-540}
 export PYTHONUNBUFFERED=1 GAND_LOG_FORMAT=json
 mkdir -p "$OUT"; W=/tmp/gpu-work; rm -rf "$W"; mkdir -p "$W"
-say() { echo "== $(date +%T) $*"; }
+exec > >(tee -a "$OUT/check.txt") 2>&1
+say() { echo "== $(date +%T) (+$(( $(date +%s) - started )) s) $*"; }
 gand() { python3 -m gand.cli "$@"; }
-say machine; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; nproc
-python3 -c "import torch, accelerate; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+# limit PART_SECONDS: the part's own limit, cut to what is left of the budget; 0 when too little is left.
+limit() { local left=$(( BUDGET_S - ($(date +%s) - started) )); (( left < $1 )) && echo $(( left > 20 ? left : 0 )) || echo "$1"; }
+part() {  # part SECONDS TITLE -- COMMAND...
+  local seconds; seconds=$(limit "$1"); local title=$2; shift 3
+  if [ "$seconds" = 0 ]; then say "SKIPPED (budget spent): $title"; return; fi
+  say "$title (limit ${seconds} s)"; timeout "$seconds" "$@"; local rc=$?
+  [ $rc = 124 ] && say "TIMED OUT: $title"; return 0
+}
+say machine; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; nproc
+python3 -c "import torch, accelerate; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'accelerate', accelerate.__version__)"
+which ninja nvcc g++ 2>&1 | head -3
 
-say "1/3 host-device syncs per ordinary step (tests/gpu/test_syncs_on_gpu.py)"
-timeout 150 python3 -m pytest tests/gpu/test_syncs_on_gpu.py -q -p no:cacheprovider 2>&1 | tail -4
+part 200 "1/6 memory and speed per setting, CAN-256 batch 64 (bench/memory.py $MEM64)" -- \
+  python3 bench/memory.py $MEM64 --row-timeout 110 --out "$OUT/memory64.json"
+part 110 "2/6 GPU tests (tests/gpu)" -- python3 -m pytest tests/gpu -q -p no:cacheprovider --no-header -rfE
+part 60 "3/6 kernels of one step, fp32 and bf16 (bench/kernels.py)" -- \
+  python3 bench/kernels.py $KERNELS --out "$OUT/kernels.json"
+part 170 "4/6 CAN-256 step functions: fp32, bf16, bf16 + compile, bare loop (bench/trainstep.py)" -- \
+  python3 bench/trainstep.py $PRECISION --rows $ROWS --work "$W/precision" --out "$OUT/precision.json"
+part 150 "5/6 memory and speed per setting, CAN-256 batch 128 (bench/memory.py $MEM128)" -- \
+  python3 bench/memory.py $MEM128 --row-timeout 90 --out "$OUT/memory128.json"
 
-say "2/3 bare loop, step functions, loop from memory, loop with loader (bench/trainstep.py $TRAINSTEP)"
-timeout 260 python3 bench/trainstep.py $TRAINSTEP --work "$W/trainstep" --out "$OUT/trainstep.json" 2>&1 | tail -12
-say "2b/3 issue 17: can256 step functions in fp32, bf16 and bf16 + torch.compile"
-timeout 150 python3 bench/trainstep.py $PRECISION --rows steps,steps_bf16,steps_bf16_compile \
-  --work "$W/precision" --out "$OUT/precision.json" 2>&1 | tail -6
-
-say "3/3 the full command on PNG shards: accelerate launch -m gand.train configs/can256.yaml, batch $BS, $STEPS steps"
-gand demo-data "$W/raw" --n $N >/dev/null 2>&1
-gand pack "$W/raw" "$W/packed" --resolutions 256 --min-side 256 2>&1 | tail -1
-C="configs/can256.yaml data.path=$W/packed train.batch_size=$BS train.log_every_steps=25 samples.every_steps=100
-   checkpoint.every_steps=100 run.dir=$W/run $TINY"
-timeout 120 accelerate launch -m gand.train $C train.max_steps=$STEPS > "$OUT/can256.log" 2>&1; echo "exit $?"
-timeout 60 accelerate launch -m gand.train $C train.max_steps=$((STEPS + 25)) > "$OUT/can256-resume.log" 2>&1
-echo "resume exit $?"
-python3 - "$OUT/can256.log" "$OUT/can256-resume.log" <<'PY'
+full() {
+  gand demo-data "$W/raw" --n $N >/dev/null 2>&1
+  gand pack "$W/raw" "$W/packed" --resolutions 256 --min-side 256 2>&1 | tail -1
+  local C="configs/can256.yaml data.path=$W/packed train.batch_size=$BS train.log_every_steps=25
+     samples.every_steps=100 checkpoint.every_steps=100 run.dir=$W/run $TINY"
+  accelerate launch -m gand.train $C train.max_steps=$STEPS > "$OUT/can256.log" 2>&1; echo "exit $?"
+  accelerate launch -m gand.train $C train.max_steps=$((STEPS + 25)) > "$OUT/can256-resume.log" 2>&1
+  echo "resume exit $?"
+  python3 - "$OUT/can256.log" "$OUT/can256-resume.log" <<'PY'
 import datetime, json, sys
 for path in sys.argv[1:]:
     events = [json.loads(line) for line in open(path) if line.startswith("{")]
@@ -58,4 +77,8 @@ for path in sys.argv[1:]:
     print("  resumed:", [e.get("step") for e in events if e.get("event") == "resumed"])
     print("  errors:", [e.get("event") for e in events if e.get("level") == "error"][:5])
 PY
+}
+export -f full gand; export W N BS STEPS TINY OUT
+part 130 "6/6 the full command on PNG shards: accelerate launch -m gand.train configs/can256.yaml, batch $BS" -- \
+  bash -c full
 say done

@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, 128 px, width 1/16, batch 4, 1 step: a check")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one setting
     parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--row-timeout", type=float, default=600, help="seconds one setting may take (a failed row)")
     parser.add_argument("--out", default="bench/results/memory.json")
     args = parser.parse_args()
     if args.one is not None:
@@ -62,7 +63,7 @@ def main() -> int:
     for batch in batches:
         baseline = None
         for name in [*SETTINGS, PLAN_CHOICE]:
-            row = measure_in_subprocess(name, batch, steps, args.smoke)
+            row = measure_in_subprocess(name, batch, steps, args.smoke, args.row_timeout)
             baseline = baseline or row.get("seconds_per_step")
             if "seconds_per_step" in row:
                 row["vs_fp32_step_time"] = round(row["seconds_per_step"] / baseline, 2)
@@ -136,10 +137,14 @@ def planner_setting(cfg):
                    cfg.memory.offload_optimizer, cfg.memory.offload_params)  # fmt: skip
 
 
-def measure_in_subprocess(name: str, batch: int, steps: int, smoke: bool) -> dict:
+def measure_in_subprocess(name: str, batch: int, steps: int, smoke: bool, row_timeout_seconds: float) -> dict:
     command = [sys.executable, str(Path(__file__)), "--one", name, "--batch", str(batch), "--steps", str(steps)]
     command += ["--smoke"] if smoke else []
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "WORLD_SIZE": ""})
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=row_timeout_seconds,
+                                env={**os.environ, "WORLD_SIZE": ""})  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"setting": name, "batch": batch, "error": f"did not finish in {row_timeout_seconds} s"}
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         return {"setting": name, "batch": batch, "error": (result.stderr or result.stdout)[-600:]}
@@ -162,8 +167,9 @@ def run_one(name: str, batch: int, steps: int, smoke: bool) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     overrides, predicted = chosen_overrides(name, batch, device, *smaller)
     cfg = setting_config(overrides, f"train.batch_size={batch}", *smaller)
-    if predicted is None:
-        predicted = predict(measure(cfg, classes, device), planner_setting(cfg), ranks=1)
+    if predicted is None:  # probing only this row's checkpointing option: each GPU probe trains the networks
+        option = cfg.memory.grad_checkpointing
+        predicted = predict(measure(cfg, classes, device, (option,)), planner_setting(cfg), ranks=1)
     engine = build_engine(cfg.precision, cfg.memory, batch)
     g, d = setup_networks(cfg, engine, classes)
     recipe = Recipe.from_config(cfg, classes)
@@ -185,13 +191,20 @@ def run_one(name: str, batch: int, steps: int, smoke: bool) -> dict:
     seconds = (time.perf_counter() - started) / steps
     row = {"setting": name, "batch": batch, "seconds_per_step": round(seconds, 4), "precision": engine.precision,
            "images_per_second": round(batch / seconds, 1), "predicted_peak_gib": round(predicted / GIB, 2),
-           "overrides": " ".join(overrides)}  # fmt: skip
+           "overrides": " ".join(overrides), "optimizer": optimizer_kind(d)}  # fmt: skip
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
         row["peak_gib"] = round(peak / GIB, 2)
         row["prediction_error"] = round(predicted / peak - 1, 3)
     row["fits_t4"] = fits_t4(row)
     return row
+
+
+def optimizer_kind(net) -> str:
+    """The class of the optimizer doing the update (under DeepSpeed, the one inside its ZeRO wrapper): shows whether
+    optimizer offload ran DeepSpeed's CPU Adam or fell back to torch's Adam."""
+    inner = getattr(net.optimizer, "optimizer", net.optimizer)
+    return type(inner).__name__
 
 
 def fits_t4(row: dict) -> str:
@@ -208,7 +221,7 @@ def format_row(row: dict) -> str:
     peak = f"{row['peak_gib']:.2f} GiB" if "peak_gib" in row else "-"
     predicted = f"{row['predicted_peak_gib']:.2f} GiB"
     speed = f"{row['images_per_second']:>7.1f} img/s  x{row.get('vs_fp32_step_time', 1.0):.2f} fp32 time"
-    t4 = f"  T4 ({T4_BUDGET_GIB:.0f} GiB): {row.get('fits_t4', '-')}"
+    t4 = f"  T4 ({T4_BUDGET_GIB:.0f} GiB): {row.get('fits_t4', '-')}  {row.get('optimizer', '')}"
     line = f"batch {row['batch']:>4}  {row['setting']:52} peak {peak:>10}  predicted {predicted}  {speed}{t4}"
     return line + (f"\n           ({row['overrides']})" if row["setting"] == PLAN_CHOICE else "")
 

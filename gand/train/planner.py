@@ -83,7 +83,10 @@ class Components:
     notes: list[str] = field(default_factory=list)
 
 
-def measure(cfg: GandConfig, num_classes: int, device: torch.device) -> Components:
+def measure(cfg: GandConfig, num_classes: int, device: torch.device,
+            options: tuple[str, ...] = CHECKPOINTING) -> Components:  # fmt: skip
+    """What one rank holds for `cfg` on `device`, probed for each checkpointing option in `options` (all of them
+    for a plan; one is enough to predict a single setting, and each GPU probe builds and trains the networks)."""
     from gand.train.engine import resolve_precision
 
     cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)[0]})
@@ -98,7 +101,7 @@ def measure(cfg: GandConfig, num_classes: int, device: torch.device) -> Componen
         components.method = "allocator"
         micro = cfg.memory.micro_batch or cfg.train.batch_size
         sizes = (max(1, micro // 2), micro)  # where the peak really is: extrapolating from 2 and 4 was far off
-        for option in CHECKPOINTING:
+        for option in options:
             peaks = [max(_gpu_peaks(cfg, num_classes, option, size).values()) for size in sizes]
             slope = (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]) if sizes[1] > sizes[0] else 0.0
             components.per_image[option] = round(slope)
@@ -108,7 +111,7 @@ def measure(cfg: GandConfig, num_classes: int, device: torch.device) -> Componen
         # Autocast keeps a 16-bit copy of every weight it casts for as long as the update runs (G's and D's in D's
         # update): 2 bytes per parameter that fp32 does not need.
         cast_cache = sum(params.values()) // 2 if cfg.precision in ("bf16", "fp16") else 0
-        for option in CHECKPOINTING:
+        for option in options:
             components.per_image[option] = _saved_per_image(cfg, num_classes, option)
             components.fixed[option] = static + cast_cache
         components.notes.append("a CPU estimate: activations counted from autograd's saved tensors, no allocator "

@@ -27,7 +27,7 @@ def test_plan_predicts_the_measured_peak_within_15_percent(batch, overrides):
     device = torch.device("cuda")
     micro = cfg.memory.micro_batch or batch
     setting = Setting(micro, batch // micro, cfg.memory.grad_checkpointing, 0)
-    predicted = predict(measure(cfg, CLASSES, device), setting, ranks=1)
+    predicted = predict(measure(cfg, CLASSES, device, (cfg.memory.grad_checkpointing,)), setting, ranks=1)
 
     engine = build_engine(cfg.precision, cfg.memory, batch)
     g, d = setup_networks(cfg, engine, CLASSES)
