@@ -4,10 +4,11 @@
 #   DRY=1 bash bench/gpu_check.sh          (rehearsal on this CPU, tiny sizes, a few minutes)
 # then one device call: command `bash bench/gpu_check.sh`, carry [".gpu"], timeout_s 600.
 # Parts run in order of what they decide, each with its own limit and within BUDGET_S seconds in all (a part that
-# no longer fits is skipped and says so); everything printed is also in $OUT/check.txt, with each bench's JSON:
+# no longer fits is skipped and says so; ONLY="1 3" runs just those, MEM_SETTINGS="fp32,bf16" just those rows of
+# the memory table); everything printed is also in $OUT/check.txt, with each bench's JSON:
 #   1 memory and speed per setting at batch 64, with gand plan's predictions (bench/memory.py)  -> issue 17
 #   2 the GPU tests: the planner within 15%, no host-device sync per step (tests/gpu)            -> issues 16, 17
-#   3 the kernels of one fp32 and one bf16 step: layout transposes, BatchNorm's path (bench/kernels.py)
+#   3 the kernels of fp32, bf16 and bf16 + checkpointing steps: wall vs kernel time, syncs, layouts, BatchNorm
 #   4 CAN-256 step functions fp32 / bf16 / bf16 + torch.compile, and a bare PyTorch loop (bench/trainstep.py)
 #   5 the memory table at batch 128 (the config's own)
 #   6 the full command on PNG shards, `accelerate launch -m gand.train configs/can256.yaml`, and its resume
@@ -22,7 +23,7 @@ else
   [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$root; N=640; BS=64; STEPS=200; TINY=""
-  MEM64="--batches 64 --steps 5"; MEM128="--batches 128 --steps 5"; KERNELS=""
+  MEM64="--batches 64 --steps 20"; MEM128="--batches 128 --steps 5"; KERNELS=""
   PRECISION="--configs can256 --repeats 1 --full --images 64"; ROWS="bare,steps,steps_bf16,steps_bf16_compile"
 fi
 BUDGET_S=${BUDGET_S:-540}
@@ -39,18 +40,19 @@ part() {  # part SECONDS TITLE -- COMMAND...
   say "$title (limit ${seconds} s)"; timeout "$seconds" "$@"; local rc=$?
   [ $rc = 124 ] && say "TIMED OUT: $title"; return 0
 }
+want() { [[ " ${ONLY:-1 2 3 4 5 6} " == *" $1 "* ]]; }  # ONLY="2 3": just those parts, in the order above
 say machine; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; nproc
 python3 -c "import torch, accelerate; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'accelerate', accelerate.__version__)"
 which ninja nvcc g++ 2>&1 | head -3
 
-part 200 "1/6 memory and speed per setting, CAN-256 batch 64 (bench/memory.py $MEM64)" -- \
-  python3 bench/memory.py $MEM64 --row-timeout 110 --out "$OUT/memory64.json"
-part 110 "2/6 GPU tests (tests/gpu)" -- python3 -m pytest tests/gpu -q -p no:cacheprovider --no-header -rfE
-part 60 "3/6 kernels of one step, fp32 and bf16 (bench/kernels.py)" -- \
+want 1 && part 200 "1/6 memory and speed per setting, CAN-256 batch 64 (bench/memory.py $MEM64)" -- \
+  python3 bench/memory.py $MEM64 --row-timeout 110 --out "$OUT/memory64.json" ${MEM_SETTINGS:+--settings "$MEM_SETTINGS"}
+want 2 && part 110 "2/6 GPU tests (tests/gpu)" -- python3 -m pytest tests/gpu -q -p no:cacheprovider --no-header -rfE
+want 3 && part 60 "3/6 kernels, wall time and syncs of fp32, bf16, bf16 + checkpointing steps (bench/kernels.py)" -- \
   python3 bench/kernels.py $KERNELS --out "$OUT/kernels.json"
-part 170 "4/6 CAN-256 step functions: fp32, bf16, bf16 + compile, bare loop (bench/trainstep.py)" -- \
+want 4 && part 170 "4/6 CAN-256 step functions: fp32, bf16, bf16 + compile, bare loop (bench/trainstep.py)" -- \
   python3 bench/trainstep.py $PRECISION --rows $ROWS --work "$W/precision" --out "$OUT/precision.json"
-part 150 "5/6 memory and speed per setting, CAN-256 batch 128 (bench/memory.py $MEM128)" -- \
+want 5 && part 150 "5/6 memory and speed per setting, CAN-256 batch 128 (bench/memory.py $MEM128)" -- \
   python3 bench/memory.py $MEM128 --row-timeout 90 --out "$OUT/memory128.json"
 
 full() {
@@ -79,6 +81,6 @@ for path in sys.argv[1:]:
 PY
 }
 export -f full gand; export W N BS STEPS TINY OUT
-part 130 "6/6 the full command on PNG shards: accelerate launch -m gand.train configs/can256.yaml, batch $BS" -- \
+want 6 && part 130 "6/6 the full command on PNG shards: accelerate launch -m gand.train configs/can256.yaml, batch $BS" -- \
   bash -c full
 say done

@@ -1,8 +1,10 @@
 """Which GPU kernels one CAN-256 training step runs, per precision: are the layouts and BatchNorm on their fast path?
 
 One D update and one G update (gand's step functions, batch 64 already on the GPU, after warm-up steps that let
-cudnn.benchmark choose its algorithms) under torch.profiler, for fp32 and bf16 as gand runs them (channels_last and
-cudnn.benchmark by default on CUDA). Prints the total kernel time, the time in layout transposes (NCHW <-> NHWC
+cudnn.benchmark choose its algorithms) under torch.profiler, for fp32, bf16 and bf16 with checkpointing as gand runs
+them (channels_last and cudnn.benchmark by default on CUDA). Prints the wall-clock step time (10 steps) beside the
+kernel time (a step far longer than its kernels is bound by the host), the host-device synchronisations in one step
+(CUDA's sync debug mode), the total kernel time, the time in layout transposes (NCHW <-> NHWC
 conversions: what bf16 paid on the H200 before channels_last, ../shared/measurements/h200-2026-11-30.md) and in
 BatchNorm kernels with their names (cuDNN's `bn_fw`/`bn_bw` family is the fast path; `batch_norm_collect_statistics`
 and friends are PyTorch's native fallback), and the ten costliest kernels.
@@ -23,9 +25,13 @@ from bench.common import REPO, write_record
 WIKIART_STYLES = 27
 TRANSPOSE_KEYS = ("nchwtonhwc", "nhwctonchw", "transpose", "convert_layout")
 BATCHNORM_KEYS = ("bn_", "batch_norm", "batchnorm", "welford")
+TIMED_STEPS = 10
 
 
-def profile_step(precision: str, batch: int, smoke: bool) -> dict:
+def profile_step(row: str, batch: int, smoke: bool) -> dict:
+    import time
+    import warnings
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -34,7 +40,10 @@ def profile_step(precision: str, batch: int, smoke: bool) -> dict:
     from gand.train.steps import Recipe, setup_networks, synthetic_batch, train_step
 
     smaller = ["model.width=0.0625", "data.resolution=128"] if smoke else []
-    overrides = [f"precision={precision}", f"train.batch_size={batch}", "ema.half_life_kimg=null", *smaller]
+    precision, _, saver = row.partition("+")
+    checkpointing = "both" if saver == "ckpt" else "none"
+    overrides = [f"precision={precision}", f"train.batch_size={batch}", "ema.half_life_kimg=null",
+                 f"memory.grad_checkpointing={checkpointing}", *smaller]  # fmt: skip
     cfg = load_config(REPO / "configs" / "can256.yaml", overrides)
     engine = build_engine(cfg.precision, cfg.memory, batch)
     g, d = setup_networks(cfg, engine, WIKIART_STYLES)
@@ -45,6 +54,20 @@ def profile_step(precision: str, batch: int, smoke: bool) -> dict:
     for _ in range(3):
         train_step(engine, g, d, recipe, data)
     sync()
+    started = time.perf_counter()
+    for _ in range(TIMED_STEPS):
+        train_step(engine, g, d, recipe, data)
+    sync()
+    wall_ms = (time.perf_counter() - started) / TIMED_STEPS * 1000
+    syncs = None
+    if gpu:  # host-device synchronisations inside one step (they stop the host from running ahead of the GPU)
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_step(engine, g, d, recipe, data)
+        torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
+        sync()
     activities = [ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
         train_step(engine, g, d, recipe, data)
@@ -65,7 +88,8 @@ def profile_step(precision: str, batch: int, smoke: bool) -> dict:
     transposes_ms, _ = share(TRANSPOSE_KEYS)
     batchnorm_ms, batchnorm = share(BATCHNORM_KEYS)
     top = sorted(kernels, key=lambda k: -k[1])[:10]
-    return {"precision": engine.precision, "channels_last": engine.channels_last, "batch": batch,
+    return {"row": row, "precision": engine.precision, "channels_last": engine.channels_last, "batch": batch,
+            "wall_ms": round(wall_ms, 2), "syncs": syncs,
             "kernel_ms": round(total, 2), "transpose_ms": round(transposes_ms, 2),
             "batchnorm_ms": round(batchnorm_ms, 2),
             "batchnorm_kernels": sorted({name[:90] for name, _, _ in batchnorm}),
@@ -74,18 +98,19 @@ def profile_step(precision: str, batch: int, smoke: bool) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--rows", default="fp32,bf16,bf16+ckpt", help="precision, +ckpt for checkpointing G and D")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default="bench/results/kernels.json")
     args = parser.parse_args()
     batch = 4 if args.smoke else args.batch
     rows = []
-    for precision in args.precisions.split(","):
-        row = profile_step(precision, batch, args.smoke)
+    for name in args.rows.split(","):
+        row = profile_step(name, batch, args.smoke)
         rows.append(row)
-        print(f"{row['precision']} (channels_last {row['channels_last']}): kernels {row['kernel_ms']} ms a step, "
-              f"transposes {row['transpose_ms']} ms, BatchNorm {row['batchnorm_ms']} ms", flush=True)  # fmt: skip
+        print(f"{name} (channels_last {row['channels_last']}): {row['wall_ms']} ms a step, kernels {row['kernel_ms']} "
+              f"ms (transposes {row['transpose_ms']}, BatchNorm {row['batchnorm_ms']}), {row['syncs']} syncs",
+              flush=True)  # fmt: skip
         print("  BatchNorm kernels: " + "; ".join(row["batchnorm_kernels"][:6]))
         for name, ms, count in row["top"]:
             print(f"  {ms:8.2f} ms x{count:<4} {name}")

@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, 128 px, width 1/16, batch 4, 1 step: a check")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one setting
     parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--settings", default=None, help="only these rows (comma-separated names, as in the table)")
     parser.add_argument("--row-timeout", type=float, default=600, help="seconds one setting may take (a failed row)")
     parser.add_argument("--out", default="bench/results/memory.json")
     args = parser.parse_args()
@@ -62,7 +63,7 @@ def main() -> int:
     rows = []
     for batch in batches:
         baseline = None
-        for name in [*SETTINGS, PLAN_CHOICE]:
+        for name in chosen_settings(args.settings):
             row = measure_in_subprocess(name, batch, steps, args.smoke, args.row_timeout)
             baseline = baseline or row.get("seconds_per_step")
             if "seconds_per_step" in row:
@@ -71,6 +72,17 @@ def main() -> int:
             print(format_row(row), flush=True)
     write_record("memory", args.out, {"batches": args.batches, "steps": args.steps, "smoke": args.smoke}, rows)
     return 0
+
+
+def chosen_settings(names: str | None) -> list[str]:
+    """The rows to run, in table order: all, or those named (fp32 first when named: it is the baseline)."""
+    every = [*SETTINGS, PLAN_CHOICE]
+    if names is None:
+        return every
+    unknown = set(names.split(",")) - set(every)
+    if unknown:
+        raise SystemExit(f"--settings: unknown {sorted(unknown)}; known: {every}")
+    return [name for name in every if name in names.split(",")]
 
 
 def predictions_only(batches: list[int], out: str) -> int:

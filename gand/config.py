@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from gand.errors import ConfigError
 
@@ -167,7 +167,8 @@ class MemoryConfig(StrictModel):
         None, ge=1, description="images per forward pass per rank; train.batch_size must be a multiple (accumulation)"
     )
     channels_last: bool | None = Field(
-        None, description="NHWC memory format for convolutions and images; unset: on for CUDA, off on the CPU"
+        None,
+        description="NHWC memory format for convolutions and images; unset: on for CUDA without ZeRO, else off",
     )
     compile: bool = Field(False, description="torch.compile both networks")
     deepspeed_config: str | None = Field(
@@ -177,6 +178,16 @@ class MemoryConfig(StrictModel):
     @property
     def uses_deepspeed(self) -> bool:
         return self.zero_stage > 0
+
+    @field_validator("channels_last")
+    @classmethod
+    def _contiguous_under_zero(cls, channels_last: bool | None, info: ValidationInfo) -> bool | None:
+        # DeepSpeed flattens each network's parameters into contiguous buffers (and views them as bytes to broadcast
+        # them): NHWC weights fail there ("self.stride(-1) must be 1"), seen on an H200 on 2026-11-30.
+        if channels_last and info.data.get("zero_stage"):
+            raise ValueError("true is not supported with memory.zero_stage > 0 (DeepSpeed keeps parameters in "
+                             "contiguous flat buffers); leave it unset or false")  # fmt: skip
+        return channels_last
 
 
 class TrainConfig(StrictModel):

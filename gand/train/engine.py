@@ -366,6 +366,7 @@ class DeepSpeedEngine(Engine):
     def __init__(self, precision: str, memory: MemoryConfig, batch_size: int):
         _ensure_process_group_variables()
         super().__init__(precision, memory, batch_size)
+        self.channels_last = False  # DeepSpeed's flat parameter buffers are contiguous (MemoryConfig refuses true)
         refuse_zero_without_ranks(memory, self.world_size)
         deepspeed = import_deepspeed()
         if deepspeed is None:

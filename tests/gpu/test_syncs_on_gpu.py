@@ -4,6 +4,7 @@ As in tests/integration/test_syncs.py, two runs that differ only in length: star
 final save are the same in both, so the difference is what the extra ordinary steps cost. Loader workers and
 pinned memory as users run them."""
 
+import logging
 import warnings
 
 import pytest
@@ -20,6 +21,9 @@ def synchronising_calls(tmp_path, packed, steps: int, precision: str) -> int:
     config = tiny_config(tmp_path / f"{precision}-{steps}", packed, data={"workers": 2}, precision=precision,
                          train={"max_steps": steps, "log_every_steps": 1000}, samples={"every_steps": 1000},
                          checkpoint={"every_steps": 1000}, ema={"half_life_kimg": 0.05})  # fmt: skip
+    # gand's logging routes warnings to log lines (logging.captureWarnings) the first time it is set up: done here
+    # first, so that the record below keeps them. Otherwise the first run in a process counts 0 (H200, 2026-11-30).
+    logging.captureWarnings(True)
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
