@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gand.errors import ConfigError
 
@@ -179,16 +179,6 @@ class MemoryConfig(StrictModel):
     def uses_deepspeed(self) -> bool:
         return self.zero_stage > 0
 
-    @field_validator("channels_last")
-    @classmethod
-    def _contiguous_under_zero(cls, channels_last: bool | None, info: ValidationInfo) -> bool | None:
-        # DeepSpeed flattens each network's parameters into contiguous buffers (and views them as bytes to broadcast
-        # them): NHWC weights fail there ("self.stride(-1) must be 1"), seen on an H200 on 2026-11-30.
-        if channels_last and info.data.get("zero_stage"):
-            raise ValueError("true is not supported with memory.zero_stage > 0 (DeepSpeed keeps parameters in "
-                             "contiguous flat buffers); leave it unset or false")  # fmt: skip
-        return channels_last
-
 
 class TrainConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="images per step, per rank")
@@ -333,6 +323,11 @@ def cross_check(cfg: GandConfig) -> list[str]:
                         "set ema.half_life_kimg (or evaluate afterwards with gand eval)")  # fmt: skip
     if memory.offload_params != "none" and memory.zero_stage != 3:
         problems.append("memory.offload_params: parameter offload needs memory.zero_stage: 3")
+    if memory.channels_last and memory.uses_deepspeed:
+        # DeepSpeed flattens each network's parameters into contiguous buffers and views them as bytes to broadcast
+        # them: NHWC weights failed there ("self.stride(-1) must be 1"), on an H200 on 2026-11-30.
+        problems.append("memory.channels_last: true is not supported with memory.zero_stage > 0 (DeepSpeed keeps "
+                        "parameters in contiguous flat buffers); leave it unset or false")  # fmt: skip
     if memory.offload_optimizer != "none" and memory.zero_stage == 0:
         problems.append("memory.offload_optimizer: optimizer offload needs memory.zero_stage 1, 2 or 3")
     if memory.micro_batch is not None and cfg.train.batch_size % memory.micro_batch:

@@ -33,16 +33,28 @@ from gand.train.memory import checkpoint_blocks
 GIB = 1024**3
 CHECKPOINTING = ("none", "g", "d", "both")
 PROBE_SIZES = (2, 4)  # the CPU probe's micro-batches (saved tensors grow exactly linearly)
-# The CPU estimate against one measured GPU table: CAN-256, batch 64, one H200, 2026-11-30
-# (../shared/measurements/h200-2026-11-30.md). tests/unit/test_planner.py holds the estimate to within 15% of it.
-H200_TABLE_GIB = {("fp32", "none"): 2.33, ("bf16", "none"): 1.85, ("bf16", "both"): 1.45}
-CPU_ESTIMATE_ERROR = "-6% (fp32), -13% (bf16), -9% (bf16 + checkpointing)"
+# The CPU estimate against the allocator's peaks on one H200: CAN-256, EMA off, measured with bench/memory.py on
+# 2026-11-30 (docs/benchmarks.md). Keys: (batch, precision, checkpointing, ZeRO stage, optimizer offload).
+# tests/unit/test_planner.py holds the estimate to within 15% of every row.
+H200_TABLE_GIB = {
+    (64, "fp32", "none", 0, "none"): 2.32,
+    (64, "bf16", "none", 0, "none"): 1.50,
+    (64, "bf16", "both", 0, "none"): 1.33,
+    (64, "bf16", "both", 2, "cpu"): 1.12,
+    (128, "fp32", "none", 0, "none"): 3.96,
+    (128, "bf16", "none", 0, "none"): 2.27,
+    (128, "bf16", "both", 0, "none"): 1.98,
+}
+CPU_ESTIMATE_ERROR = "-13% to +7% (CAN-256, batch 64 and 128, with and without checkpointing and ZeRO)"
 OPTIMIZER_STATE_TENSORS = {"adam": 2, "sgd": 0, "rmsprop": 1}
-# Relative throughput estimates (1.0 = plain DDP, no checkpointing, the whole batch in one pass).
+# Relative throughput estimates (1.0 = plain DDP, no checkpointing, the whole batch in one pass). Checkpointing
+# both networks measured 0.36 (batch 64) and 0.47 (batch 128) of bf16's speed on one H200 (CAN-256, 2026-11-30):
+# each checkpointed block costs host time, not only a third more forward work. G alone and D alone are estimates
+# from D's three forward passes per step against G's one. Offloading the optimizer measured 0.51 (DeepSpeed CPU Adam).
 SPEED = {
-    "checkpointing": {"none": 1.0, "g": 0.88, "d": 0.85, "both": 0.75},  # about a third more forward work
+    "checkpointing": {"none": 1.0, "g": 0.75, "d": 0.5, "both": 0.4},
     "zero_stage": {0: 1.0, 1: 0.98, 2: 0.96, 3: 0.85},
-    "offload_optimizer": {"none": 1.0, "cpu": 0.6},
+    "offload_optimizer": {"none": 1.0, "cpu": 0.5},
     "offload_params": {"none": 1.0, "cpu": 0.5},
 }
 MICRO_BATCH_HALF_EFFICIENCY = 4  # a pass of this many images runs at about half the per-image speed of a large one
@@ -116,7 +128,7 @@ def measure(cfg: GandConfig, num_classes: int, device: torch.device,
             components.fixed[option] = static + cast_cache
         components.notes.append("a CPU estimate: activations counted from autograd's saved tensors, no allocator "
                                 "overheads (cuDNN workspaces, fragmentation); against the allocator on one H200 "
-                                f"(CAN-256, batch 64) it was {CPU_ESTIMATE_ERROR}. Run gand plan on the GPU for "
+                                f"it was {CPU_ESTIMATE_ERROR}. Run gand plan on the GPU for "
                                 "measured numbers")  # fmt: skip
     return components
 
@@ -138,7 +150,17 @@ def predict(components: Components, setting: Setting, ranks: int) -> int:
         saved += optimizer / ranks if setting.zero_stage >= 1 else 0
     if setting.offload_params == "cpu":
         saved += params / ranks
-    return round(fixed - saved + components.per_image[setting.checkpointing] * setting.micro_batch)
+    added = zero_buckets(components) if setting.zero_stage >= 1 else 0
+    return round(fixed - saved + added + components.per_image[setting.checkpointing] * setting.micro_batch)
+
+
+def zero_buckets(components: Components) -> int:
+    """The gradient bucket ZeRO keeps on the GPU for each network (contiguous gradients): bucket_elements of it in
+    fp32. Measured on one H200 (CAN-256, bf16, checkpointing, ZeRO-2 with optimizer offload, batch 64): 1.12 GiB,
+    where the model without buckets said 0.92: the difference is CAN-256's 54.4 M parameters in fp32."""
+    from gand.train.engine import bucket_elements
+
+    return sum(4 * bucket_elements(size // 4) for size in components.params.values())
 
 
 def relative_speed(setting: Setting) -> float:

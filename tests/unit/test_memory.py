@@ -11,7 +11,7 @@ from gand.config import MemoryConfig, validate_config
 from gand.errors import ConfigError
 from gand.models import ModelSpec, build_models
 from gand.train.engine import Engine, deepspeed_config
-from gand.train.memory import checkpoint_blocks
+from gand.train.memory import checkpoint_blocks, draws_random_numbers, latent_projections, to_channels_last
 
 
 def gradients(network: nn.Module) -> dict[str, torch.Tensor]:
@@ -89,6 +89,25 @@ def test_channels_last_is_applied_to_conv_weights():
     assert engine.layout(torch.randn(2, 3, 32, 32)).is_contiguous(memory_format=torch.channels_last)
 
 
+def test_the_latent_projection_keeps_its_layout_under_channels_last():
+    """G's first layer sees the latent as a 1x1 image; NHWC there broke torch.compile's backward on an H200."""
+    for arch in ("dcgan", "can"):
+        g, _ = build_models(arch, ModelSpec(64, width=0.125, num_classes=4))
+        to_channels_last(g)
+        projections = latent_projections(g)
+        assert len(projections) == 1 and projections[0] is g.blocks[0][0]
+        assert projections[0].weight.is_contiguous()
+        assert not projections[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert g.blocks[1][0].weight.is_contiguous(memory_format=torch.channels_last)  # the rest is NHWC
+
+
+def test_checkpointing_replays_the_rng_only_where_a_block_draws_random_numbers():
+    _, d = build_models("dcgan", ModelSpec(32, width=0.125, d_dropout=0.3))
+    _, plain = build_models("dcgan", ModelSpec(32, width=0.125))
+    assert all(draws_random_numbers(block) for block in d.blocks[:-1])  # dropout in every down block
+    assert not any(draws_random_numbers(block) for block in plain.blocks)
+
+
 def test_deepspeed_config_from_memory_settings(tmp_path):
     memory = MemoryConfig(zero_stage=3, offload_optimizer="cpu", offload_params="cpu", micro_batch=16)
     config = deepspeed_config(memory, "bf16", micro_batch=16, accumulation=4, cuda=True)
@@ -131,6 +150,12 @@ def test_shipped_deepspeed_tuning_files_are_accepted(config_file):
         ({"zero_stage": 2}, {}, {"adversarial": "wasserstein", "gradient_penalty": 10}, "loss.gradient_penalty:"),
         ({"deepspeed_config": "x.json"}, {}, {}, "memory.deepspeed_config: only used with"),
         ({"zero_stage": 4}, {}, {}, "memory.zero_stage: Input should be less than or equal to 3"),
+        (
+            {"zero_stage": 2, "channels_last": True},
+            {},
+            {},
+            "memory.channels_last: true is not supported with memory.ze",
+        ),
     ],
 )
 def test_memory_settings_that_cannot_work_are_named(memory, train, loss, expected):
