@@ -7,7 +7,8 @@ kernel time (a step far longer than its kernels is bound by the host), the host-
 (CUDA's sync debug mode), the total kernel time, the time in layout transposes (NCHW <-> NHWC
 conversions: what bf16 paid on the H200 before channels_last, ../shared/measurements/h200-2026-11-30.md) and in
 BatchNorm kernels with their names (cuDNN's `bn_fw`/`bn_bw` family is the fast path; `batch_norm_collect_statistics`
-and friends are PyTorch's native fallback), and the ten costliest kernels.
+and friends are PyTorch's native fallback), the ten costliest kernels, and the operators with the most host time
+of their own.
 
     python3 bench/kernels.py                  # a GPU's job (bench/gpu_check.sh runs it)
     python3 bench/kernels.py --smoke          # CPU, tiny: checks the script itself (CPU kernels are listed)
@@ -68,7 +69,7 @@ def profile_step(row: str, batch: int, smoke: bool) -> dict:
         torch.cuda.set_sync_debug_mode("default")
         syncs = sum("synchroniz" in str(w.message) for w in caught)
         sync()
-    activities = [ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
+    activities = [ProfilerActivity.CUDA, ProfilerActivity.CPU] if gpu else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
         train_step(engine, g, d, recipe, data)
         sync()
@@ -93,7 +94,20 @@ def profile_step(row: str, batch: int, smoke: bool) -> dict:
             "kernel_ms": round(total, 2), "transpose_ms": round(transposes_ms, 2),
             "batchnorm_ms": round(batchnorm_ms, 2),
             "batchnorm_kernels": sorted({name[:90] for name, _, _ in batchnorm}),
-            "top": [(name[:100], round(ms, 2), count) for name, ms, count in top]}  # fmt: skip
+            "top": [(name[:100], round(ms, 2), count) for name, ms, count in top],
+            "host_top": host_operations(prof)}  # fmt: skip
+
+
+def host_operations(prof, shown: int = 12) -> list:
+    """The operators with the most host (CPU) time of their own in the profiled step: where a host-bound step's time
+    goes (a step whose wall-clock time is far above its kernel time)."""
+    rows = [(event.key, event.self_cpu_time_total / 1000, event.count) for event in prof.key_averages()
+            if event.self_cpu_time_total > 0]  # fmt: skip
+    total = sum(ms for _, ms, _ in rows)
+    top = sorted(rows, key=lambda row: -row[1])[:shown]
+    return [("host total", round(total, 2), sum(count for _, _, count in rows))] + [
+        (name[:100], round(ms, 2), count) for name, ms, count in top
+    ]
 
 
 def main() -> int:
@@ -114,6 +128,9 @@ def main() -> int:
         print("  BatchNorm kernels: " + "; ".join(row["batchnorm_kernels"][:6]))
         for name, ms, count in row["top"]:
             print(f"  {ms:8.2f} ms x{count:<4} {name}")
+        print("  host time by operator (its own time; the profiler's overhead included):")
+        for name, ms, count in row["host_top"]:
+            print(f"  {ms:8.2f} ms x{count:<5} {name}")
     write_record("kernels", args.out, {"batch": batch, "smoke": args.smoke}, rows)
     return 0
 
