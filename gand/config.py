@@ -100,6 +100,11 @@ class LossConfig(StrictModel):
     fake_labels: LabelRange = Field((0.0, 0.0), description="D's targets for generated images")
     label_flip: float = Field(0.0, ge=0, le=0.5, description="probability of swapping a target to the other side")
     gradient_penalty: float = Field(0.0, ge=0, description="WGAN-GP weight (10 in the paper); 0 = off")
+    r1_gamma: float = Field(0.0, ge=0, description="R1 weight gamma: gamma/2 E|grad D(real)|^2; 0 = off")
+    r2_gamma: float = Field(0.0, ge=0, description="R2 weight gamma: gamma/2 E|grad D(fake)|^2; 0 = off")
+    penalty_every: int = Field(
+        1, ge=1, description="R1/R2 every k-th step, weighted k times (lazy regularisation, StyleGAN2: 16)"
+    )
     weight_clip: float | None = Field(None, gt=0, description="WGAN weight clipping bound c (0.01); unset = off")
 
     @field_validator("adversarial")
@@ -335,12 +340,13 @@ def cross_check(cfg: GandConfig) -> list[str]:
             f"memory.micro_batch: {memory.micro_batch} must divide train.batch_size ({cfg.train.batch_size}) so "
             "that accumulation keeps the batch exact"
         )
-    if cfg.loss.gradient_penalty and memory.uses_deepspeed:
-        problems.append(
-            "loss.gradient_penalty: DeepSpeed's ZeRO optimizers cannot take the penalty's second derivative; use "
-            "memory.zero_stage: 0 (WGAN-GP networks are small: micro_batch, grad_checkpointing and bf16 still "
-            "apply) or loss.weight_clip"
-        )
+    for penalty in ("gradient_penalty", "r1_gamma", "r2_gamma"):
+        if getattr(cfg.loss, penalty) and memory.uses_deepspeed:
+            problems.append(
+                f"loss.{penalty}: DeepSpeed's ZeRO optimizers cannot take the penalty's second derivative; use "
+                "memory.zero_stage: 0 (GANs at these sizes are small: micro_batch, grad_checkpointing and bf16 "
+                "still apply)" + (" or loss.weight_clip" if penalty == "gradient_penalty" else "")
+            )
     if memory.deepspeed_config is not None and not memory.uses_deepspeed:
         problems.append("memory.deepspeed_config: only used with memory.zero_stage 1, 2 or 3")
     return problems

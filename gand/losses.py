@@ -28,29 +28,31 @@ def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
 
 class AdversarialLoss(Protocol):
     uses_targets: bool  # whether soft/noisy/flipped label targets apply
+    relativistic: bool  # whether G's loss also needs D's logits on real images (the G step runs D on them)
 
     def discriminator(self, real: torch.Tensor, fake: torch.Tensor, real_target: torch.Tensor,
                       fake_target: torch.Tensor) -> torch.Tensor: ...  # fmt: skip
 
-    def generator(self, fake: torch.Tensor) -> torch.Tensor: ...
+    def generator(self, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class NonSaturating:
     """Goodfellow et al. 2014 with G maximising log D(G(z)) (the DCGAN paper's choice)."""
 
     uses_targets = True
+    relativistic = False
 
     def discriminator(self, real, fake, real_target, fake_target):
         return binary_cross_entropy(real, real_target) + binary_cross_entropy(fake, fake_target)
 
-    def generator(self, fake):
+    def generator(self, fake, real=None):
         return F.softplus(-fake).mean()
 
 
 class Minimax(NonSaturating):
     """The original game: G minimises log(1 - D(G(z))), which saturates when D is sure (the VNU report's start)."""
 
-    def generator(self, fake):
+    def generator(self, fake, real=None):
         return -F.softplus(fake).mean()  # log(1 - sigmoid(x)) = -softplus(x)
 
 
@@ -58,11 +60,12 @@ class Wasserstein:
     """WGAN (Arjovsky et al. 2017): the critic widens E[D(real)] - E[D(fake)]; G raises E[D(G(z))]."""
 
     uses_targets = False
+    relativistic = False
 
     def discriminator(self, real, fake, real_target, fake_target):
         return fake.mean() - real.mean()
 
-    def generator(self, fake):
+    def generator(self, fake, real=None):
         return -fake.mean()
 
 
@@ -70,12 +73,32 @@ class Hinge:
     """Hinge loss (Lim & Ye 2017; Miyato et al. 2018's spectral-norm experiments)."""
 
     uses_targets = False
+    relativistic = False
 
     def discriminator(self, real, fake, real_target, fake_target):
         return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
 
-    def generator(self, fake):
+    def generator(self, fake, real=None):
         return -fake.mean()
+
+
+class RelativisticPairing:
+    """RpGAN (Jolicoeur-Martineau 2019; R3GAN, Huang et al. NeurIPS 2024, eq. 2): each real image is paired with a
+    generated one and D is asked which of the two is more real. D minimises softplus(D(fake) - D(real)), G minimises
+    softplus(D(real) - D(fake)), averaged over the pairs. `real` and `fake`: (N,) logits, paired by position.
+    Unlike the non-saturating loss, every pair keeps a gradient however far apart D puts the two sets, which is what
+    lets R3GAN cover all modes (with the R1 and R2 penalties; `zero_centred_penalty`)."""
+
+    uses_targets = False
+    relativistic = True
+
+    def discriminator(self, real, fake, real_target, fake_target):
+        return F.softplus(fake - real).mean()
+
+    def generator(self, fake, real=None):
+        if real is None:
+            raise ValueError("the relativistic pairing loss needs D's logits on real images in the generator step")
+        return F.softplus(real - fake).mean()
 
 
 ADVERSARIAL_LOSSES: dict[str, type] = {
@@ -83,6 +106,7 @@ ADVERSARIAL_LOSSES: dict[str, type] = {
     "minimax": Minimax,
     "wasserstein": Wasserstein,
     "hinge": Hinge,
+    "rpgan": RelativisticPairing,
 }
 
 
@@ -119,6 +143,21 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
     scores = critic(points)[:, 0].float()
     (gradients,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
     return ((gradients.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def zero_centred_penalty(critic: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """E[||grad_x D(x)||^2] of D's real/fake logit at `images`: R1 on real images (Mescheder et al. 2018), R2 on
+    generated ones (R3GAN, Huang et al. 2024, eq. 4); the caller scales it by gamma / 2.
+
+    `images`: (N, C, H, W), any float dtype, detached here. D runs with autocast off, in fp32: the penalty's double
+    backward then keeps fp32's range under bf16/fp16 training (per-pixel gradients of a logit are small). Returns a
+    float32 scalar. Needs a second derivative, which DeepSpeed's ZeRO optimizers cannot take (the config refuses it).
+    """
+    points = images.detach().float().requires_grad_(True)
+    with torch.autocast(device_type=points.device.type, enabled=False):
+        scores = critic(points)[:, 0].float()
+    (gradients,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
+    return gradients.square().flatten(1).sum(1).mean()
 
 
 @torch.no_grad()
@@ -163,9 +202,12 @@ class Objective:
             parts["style"] = self.class_weight * class_cross_entropy(real_out[:, 1:], real_classes)
         return parts
 
-    def generator(self, fake_out: torch.Tensor, fake_classes: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def generator(self, fake_out: torch.Tensor, fake_classes: torch.Tensor | None,
+                  real_out: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """G's terms; `real_out` (D's outputs on real images, paired with `fake_out`) for relativistic losses."""
         fake_out = fake_out.float()
-        parts = {"adv": self.adversarial.generator(fake_out[:, 0])}
+        real_logit = None if real_out is None else real_out.float()[:, 0].detach()  # G cannot move D(real)
+        parts = {"adv": self.adversarial.generator(fake_out[:, 0], real_logit)}
         if self.class_mode == "auxiliary":
             parts["class"] = self.class_weight * class_cross_entropy(fake_out[:, 1:], fake_classes)
         elif self.class_mode == "ambiguity":

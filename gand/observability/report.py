@@ -122,6 +122,7 @@ class StepReport:
     discriminator: NetworkReport | None = None
     d_outputs: DiscriminatorOutputs | None = None
     detailed: bool = False  # a logging step: gather D's outputs and gradient statistics too
+    penalties_due: bool = True  # a step on which lazy R1/R2 penalties run (loss.penalty_every)
 
     def _networks(self) -> dict[str, NetworkReport]:
         return _present(self.generator, self.discriminator)

@@ -240,7 +240,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         while state.step < cfg.train.max_steps:
             train_d = state.step % schedule.d_every == 0
             log_step = _due(state.step + 1, cfg.train.log_every_steps, cfg.train.max_steps)
-            report = StepReport(detailed=log_step)  # health statistics cost a little: logging steps only
+            report = StepReport(detailed=log_step,  # health statistics cost a little: logging steps only
+                                penalties_due=state.step % recipe.penalty_every == 0)  # fmt: skip
             at_boundary = True  # until the step's first batch arrives, the state is the last step's
             for _ in range(schedule.d_steps):
                 batch = feed.next()
@@ -249,7 +250,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                 if train_d:
                     finite.observe(discriminator_update(engine, d, g, recipe, batch, report).finite())
             for _ in range(schedule.g_steps):
-                finite.observe(generator_update(engine, g, d, recipe, cfg.train.batch_size, report).finite())
+                finite.observe(generator_update(engine, g, d, recipe, cfg.train.batch_size, report, batch).finite())
                 if ema is not None:
                     with engine.full_weights(g) as g_module:
                         ema.update(g_module, images_per_batch)

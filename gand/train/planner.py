@@ -275,7 +275,7 @@ def _gpu_peaks(cfg: GandConfig, num_classes: int, option: str, size: int) -> dic
             if phase == "d_update":
                 discriminator_update(engine, d, g, recipe, batch, StepReport())
             else:
-                generator_update(engine, g, d, recipe, size, StepReport())
+                generator_update(engine, g, d, recipe, size, StepReport(), batch)
             torch.cuda.synchronize()
             if measuring:
                 peaks[phase] = torch.cuda.max_memory_allocated()
@@ -311,6 +311,8 @@ def _saved_per_image(cfg: GandConfig, num_classes: int, option: str) -> int:
 
 
 def _phase_saved_bytes(phase: str, g: nn.Module, d: nn.Module, recipe, cfg: GandConfig, size: int, dtype) -> int:
+    from gand.losses import zero_centred_penalty
+
     real = torch.rand(size, cfg.data.channels, cfg.data.resolution, cfg.data.resolution) * 2 - 1
     z, classes = recipe.latent(size, torch.device("cpu"))
     kept = []  # outputs stay referenced while counting, so no storage is freed and its address reused
@@ -319,6 +321,9 @@ def _phase_saved_bytes(phase: str, g: nn.Module, d: nn.Module, recipe, cfg: Gand
             with torch.no_grad():
                 fake = g(z, classes)
             kept += [d(real), d(fake)]
+            for gamma, images in ((recipe.r1_gamma, real), (recipe.r2_gamma, fake)):
+                if gamma:  # R1/R2 keep a double-backward graph of D alive until D's backward
+                    kept.append(zero_centred_penalty(d, images))
         else:
             d.requires_grad_(False)
             try:

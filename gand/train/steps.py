@@ -14,7 +14,7 @@ from torch import nn
 from gand.augment import augment
 from gand.config import GandConfig
 from gand.data.loader import DataPosition
-from gand.losses import ADVERSARIAL_LOSSES, Objective, gradient_penalty
+from gand.losses import ADVERSARIAL_LOSSES, Objective, gradient_penalty, zero_centred_penalty
 from gand.models import MODELS, build_models, from_uint8, spec_from_config, value_range
 from gand.observability.health import discriminator_outputs
 from gand.observability.report import NetworkReport, StepReport
@@ -34,6 +34,9 @@ class Recipe:
     sample_classes: bool  # whether generated images get class labels (AC-GAN)
     value_range: tuple[float, float]
     critic: bool = False  # a Wasserstein critic: its outputs have no zero point (health statistics need to know)
+    r1_gamma: float = 0.0
+    r2_gamma: float = 0.0
+    penalty_every: int = 1
 
     @classmethod
     def from_config(cls, cfg: GandConfig, num_classes: int) -> Recipe:
@@ -57,6 +60,9 @@ class Recipe:
             sample_classes=sample_classes,
             value_range=value_range(cfg.model.g_output),
             critic=loss.adversarial == "wasserstein",
+            r1_gamma=loss.r1_gamma,
+            r2_gamma=loss.r2_gamma,
+            penalty_every=loss.penalty_every,
         )
 
     def latent(self, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -93,6 +99,12 @@ def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe,
                 parts = recipe.objective.discriminator(real_out, fake_out, labels, fake_classes)
                 if recipe.gradient_penalty:
                     parts["gp"] = recipe.gradient_penalty * gradient_penalty(d, real, fake)
+                if report.penalties_due:  # lazy regularisation: every penalty_every-th step, weighted as many times
+                    lazy = recipe.penalty_every / 2
+                    if recipe.r1_gamma:
+                        parts["r1"] = recipe.r1_gamma * lazy * zero_centred_penalty(d, real)
+                    if recipe.r2_gamma:
+                        parts["r2"] = recipe.r2_gamma * lazy * zero_centred_penalty(d, fake)
             engine.backward(d, sum(parts.values()))
             if report.detailed and index == 0:
                 report.d_outputs = discriminator_outputs(real_out, fake_out, recipe.critic)
@@ -106,18 +118,29 @@ def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe,
 
 
 def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, count: int,
-                     report: StepReport) -> NetworkReport:  # fmt: skip
-    """Make the frozen discriminator call fresh samples real (and, per the recipe, of their class / no style)."""
+                     report: StepReport, real: DeviceBatch | None = None) -> NetworkReport:  # fmt: skip
+    """Make the frozen discriminator call fresh samples real (and, per the recipe, of their class / no style).
+
+    A relativistic loss (RpGAN) compares each generated image with a real one: `real` (the step's real batch, uint8
+    on the device, `count` images) is then run through the frozen D as well, in the same micro-batches.
+    """
     net = report.generator = NetworkReport()
     pieces = engine.micro_batches
     sizes = [count // pieces + (index < count % pieces) for index in range(pieces)]
+    real_pieces: list[torch.Tensor | None] = [None] * pieces
+    if recipe.objective.adversarial.relativistic:
+        if real is None or real.images.shape[0] != count:
+            raise ValueError(f"{type(recipe.objective.adversarial).__name__} needs the step's {count} real images")
+        real_pieces = list(recipe.model_input(real.images).chunk(pieces))
     with engine.frozen(d) as judge:
         for index, size in enumerate(sizes):
             with engine.accumulate(g, last=index == len(sizes) - 1):
                 with engine.autocast():
                     z, fake_classes = recipe.latent(size, engine.device)
                     fake = augment(engine.layout(g(z, fake_classes)), recipe.augment_policy)
-                    parts = recipe.objective.generator(judge(fake), fake_classes)
+                    real_piece = real_pieces[index]
+                    real_out = None if real_piece is None else judge(augment(real_piece, recipe.augment_policy))
+                    parts = recipe.objective.generator(judge(fake), fake_classes, real_out)
                 engine.backward(g, sum(parts.values()))
             _add(net.losses, parts, len(sizes))
     if report.detailed:
@@ -161,5 +184,5 @@ def train_step(engine: Engine, g: Trained, d: Trained, recipe: Recipe, batch: De
     """One D update on `batch` and one G update of the same size (the default schedule), nothing read back."""
     report = StepReport(detailed=detailed)
     discriminator_update(engine, d, g, recipe, batch, report)
-    generator_update(engine, g, d, recipe, batch.images.shape[0], report)
+    generator_update(engine, g, d, recipe, batch.images.shape[0], report, batch)
     return report

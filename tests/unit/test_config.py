@@ -62,7 +62,7 @@ def test_bad_resolution_names_field_value_and_allowed(tmp_path):
         (["loss.real_labels=[1.0,0.9]"], "loss.real_labels: give [low, high] with low <= high"),
         (["augment.policy=[color,blur]"], "augment.policy: unknown augmentation; allowed: color, cutout, translation"),
         (["optim.d.name=lbfgs"], "optim.d.name: Input should be 'adam', 'rmsprop' or 'sgd'"),
-        (["loss.adversarial=wgan"], "unknown loss; allowed: hinge, minimax, nonsaturating, wasserstein"),
+        (["loss.adversarial=wgan"], "unknown loss; allowed: hinge, minimax, nonsaturating, rpgan, wasserstein"),
     ],
 )
 def test_fields_that_must_agree(tmp_path, overrides, expected):

@@ -12,12 +12,14 @@ from gand.losses import (
     Minimax,
     NonSaturating,
     Objective,
+    RelativisticPairing,
     Wasserstein,
     class_cross_entropy,
     clip_weights,
     gradient_penalty,
     label_targets,
     style_ambiguity,
+    zero_centred_penalty,
 )
 from gand.models import ModelSpec, build_models
 
@@ -140,3 +142,57 @@ def test_objective_auxiliary_and_ambiguity_parts():
     g_parts = ambiguity.generator(fake_out, None)
     torch.testing.assert_close(g_parts["ambiguity"], style_ambiguity(fake_out[:, 1:]))
     assert set(g_parts) == {"adv", "ambiguity"}
+
+
+def test_relativistic_pairing_by_hand():
+    """RpGAN: D minimises softplus(D(fake) - D(real)) over pairs, G softplus(D(real) - D(fake))."""
+    loss = RelativisticPairing()
+    softplus = lambda t: math.log1p(math.exp(t))  # noqa: E731
+    d_expected = sum(softplus(f - r) for r, f in zip(REAL.tolist(), FAKE.tolist(), strict=True)) / 3
+    g_expected = sum(softplus(r - f) for r, f in zip(REAL.tolist(), FAKE.tolist(), strict=True)) / 3
+    assert loss.discriminator(REAL, FAKE, ONES, ZEROS).item() == pytest.approx(d_expected)
+    assert loss.generator(FAKE, REAL).item() == pytest.approx(g_expected)
+    # only the gap inside each pair matters: shifting both sets by the same amount changes nothing
+    assert loss.discriminator(REAL + 5, FAKE + 5, ONES, ZEROS).item() == pytest.approx(d_expected)
+    with pytest.raises(ValueError, match="real images"):
+        loss.generator(FAKE)
+
+
+def test_objective_passes_real_logits_to_a_relativistic_generator_loss_detached():
+    objective = Objective(adversarial=RelativisticPairing())
+    real_out = torch.tensor([[2.0], [0.0]], requires_grad=True)
+    fake_out = torch.tensor([[1.0], [1.0]], requires_grad=True)
+    parts = objective.generator(fake_out, None, real_out)
+    parts["adv"].backward()
+    assert real_out.grad is None  # G cannot move D's judgement of real images
+    assert fake_out.grad is not None and fake_out.grad.abs().sum() > 0
+
+
+class QuadraticCritic(nn.Module):
+    """D(x) = sum(x^2) / 2 + w . x: gradient x + w, so E|grad|^2 is known in closed form."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        flat = images.flatten(1)
+        return (flat.square().sum(1) / 2 + flat @ self.weight)[:, None]
+
+
+def test_zero_centred_penalty_by_hand_and_in_fp32_under_autocast():
+    torch.manual_seed(0)
+    weight = torch.randn(3 * 4 * 4)
+    images = torch.randn(5, 3, 4, 4)
+    expected = (images.flatten(1) + weight).square().sum(1).mean().item()
+    critic = QuadraticCritic(weight.clone())
+    assert zero_centred_penalty(critic, images).item() == pytest.approx(expected, rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as inside a bf16 update: the penalty still runs in fp32
+        penalty = zero_centred_penalty(critic, images.bfloat16())
+    assert penalty.dtype == torch.float32
+    assert penalty.item() == pytest.approx(
+        (images.bfloat16().float().flatten(1) + weight).square().sum(1).mean().item()
+    )
+    penalty.backward()  # the double backward reaches D's weights: d/dw mean|x + w|^2 = 2 mean(x + w)
+    expected_grad = 2 * (images.bfloat16().float().flatten(1) + weight).mean(0)
+    torch.testing.assert_close(critic.weight.grad, expected_grad, rtol=1e-5, atol=1e-6)

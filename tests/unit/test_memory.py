@@ -148,6 +148,7 @@ def test_shipped_deepspeed_tuning_files_are_accepted(config_file):
         ({"offload_optimizer": "cpu"}, {}, {}, "memory.offload_optimizer: optimizer offload needs"),
         ({"micro_batch": 5}, {"batch_size": 8}, {}, "memory.micro_batch: 5 must divide train.batch_size (8)"),
         ({"zero_stage": 2}, {}, {"adversarial": "wasserstein", "gradient_penalty": 10}, "loss.gradient_penalty:"),
+        ({"zero_stage": 2}, {}, {"adversarial": "rpgan", "r1_gamma": 1}, "loss.r1_gamma: DeepSpeed's ZeRO optimizers"),
         ({"deepspeed_config": "x.json"}, {}, {}, "memory.deepspeed_config: only used with"),
         ({"zero_stage": 4}, {}, {}, "memory.zero_stage: Input should be less than or equal to 3"),
         (
