@@ -102,6 +102,9 @@ class LossConfig(StrictModel):
     gradient_penalty: float = Field(0.0, ge=0, description="WGAN-GP weight (10 in the paper); 0 = off")
     r1_gamma: float = Field(0.0, ge=0, description="R1 weight gamma: gamma/2 E|grad D(real)|^2; 0 = off")
     r2_gamma: float = Field(0.0, ge=0, description="R2 weight gamma: gamma/2 E|grad D(fake)|^2; 0 = off")
+    lecam_weight: float = Field(
+        0.0, ge=0, description="LeCam regularisation weight (Tseng et al. 2021: 0.01-0.3 with little data); 0 = off"
+    )
     penalty_every: int = Field(
         1, ge=1, description="R1/R2 every k-th step, weighted k times (lazy regularisation, StyleGAN2: 16)"
     )

@@ -160,6 +160,43 @@ def zero_centred_penalty(critic: nn.Module, images: torch.Tensor) -> torch.Tenso
     return gradients.square().flatten(1).sum(1).mean()
 
 
+class LeCamAnchors:
+    """LeCam regularisation (Tseng et al., CVPR 2021, eq. 3, as in their code): moving averages of D's mean logit on
+    real (alpha_R) and generated (alpha_F) images, and the penalty relu(D(x) - alpha_F)^2 + relu(alpha_R - D(G(z)))^2
+    that keeps D's outputs from drifting apart when data is scarce.
+
+    The anchors are 0-d float32 tensors on the logits' device (updated without a host sync), None before the first
+    update, which sets them to the first batch's means. They belong in the checkpoint (`state_dict`): a resumed run
+    continues them exactly.
+    """
+
+    decay = 0.99
+
+    def __init__(self) -> None:
+        self.real: torch.Tensor | None = None
+        self.fake: torch.Tensor | None = None
+
+    def penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """`real`, `fake`: (N,) float32 logits. Updates the anchors with this batch, then returns the penalty."""
+        with torch.no_grad():
+            real_mean, fake_mean = real.detach().mean(), fake.detach().mean()
+            if self.real is None or self.fake is None:
+                self.real, self.fake = real_mean.clone(), fake_mean.clone()
+            else:
+                # out of place: a state_dict taken earlier (a checkpoint being written) must not change under it
+                self.real = torch.lerp(self.real.to(real.device), real_mean, 1 - self.decay)
+                self.fake = torch.lerp(self.fake.to(fake.device), fake_mean, 1 - self.decay)
+        return F.relu(real - self.fake).square().mean() + F.relu(self.real - fake).square().mean()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.real is None or self.fake is None:
+            return {}
+        return {"real": self.real.detach().cpu().clone(), "fake": self.fake.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.real, self.fake = state.get("real"), state.get("fake")
+
+
 @torch.no_grad()
 def clip_weights(network: nn.Module, bound: float) -> None:
     """WGAN's Lipschitz constraint: clamp every parameter of the critic into [-bound, bound] after each update."""
@@ -178,6 +215,8 @@ class Objective:
     real_labels: tuple[float, float] = (1.0, 1.0)
     fake_labels: tuple[float, float] = (0.0, 0.0)
     label_flip: float = 0.0
+    lecam_weight: float = 0.0
+    lecam: LeCamAnchors | None = None  # the anchors' state when lecam_weight > 0 (mutable: it moves every D step)
 
     @property
     def targets_leave_unit_interval(self) -> bool:
@@ -194,6 +233,8 @@ class Objective:
             real_logit = real_logit.clamp(-_LOGIT_BOUND, _LOGIT_BOUND)
             fake_logit = fake_logit.clamp(-_LOGIT_BOUND, _LOGIT_BOUND)
         parts = {"adv": self.adversarial.discriminator(real_logit, fake_logit, real_target, fake_target)}
+        if self.lecam_weight and self.lecam is not None:
+            parts["lecam"] = self.lecam_weight * self.lecam.penalty(real_out[:, 0], fake_out[:, 0])
         if self.class_mode == "auxiliary":
             parts["class"] = self.class_weight * (
                 class_cross_entropy(real_out[:, 1:], real_classes) + class_cross_entropy(fake_out[:, 1:], fake_classes)

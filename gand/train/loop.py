@@ -25,6 +25,7 @@ from gand.errors import (
 )
 from gand.eval.fid import Evaluator
 from gand.eval.samples import generate, grid_png, sampling_mode
+from gand.losses import LeCamAnchors
 from gand.notices import NoticeWatcher
 from gand.observability.curves import LossHistory, loss_curve_png
 from gand.observability.health import DominanceWindow, sample_diversity
@@ -171,7 +172,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         ema.model.to(engine.device)
         engine.format_like_trained(ema.model)  # the same layout as G: one foreach kernel for the EMA update
     if resumed is not None:
-        _restore_training_state(resumed, engine, g, d)
+        _restore_training_state(resumed, engine, g, d, recipe.objective.lecam)
         if resumed.rank_state is not None:
             restore_rng(resumed.rank_state["rng"])
     loader = ImageLoader(
@@ -280,7 +281,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                 # With a stop pending, the wait for an upload under way is bounded by what is left of the grace.
                 grace = control.grace_left_seconds() if control.stop_signal is not None else None
                 state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks,
-                                   grace)  # fmt: skip
+                                   grace, recipe.objective.lecam)  # fmt: skip
                 history.truncate(state.images_seen)
                 metrics.record_rollback()
                 continue
@@ -303,7 +304,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
             if saving:
                 snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                                 history, scores, manifest.class_names)  # fmt: skip
+                                 history, scores, manifest.class_names, recipe.objective.lecam)  # fmt: skip
                 control.saved()
                 saved_step = state.step
                 if snapshot is not None:
@@ -320,7 +321,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         safe = at_boundary and finite.read() and _weights_finite(engine, g, d)
         if engine.world_size == 1 and state.step > saved_step and safe:
             _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                  history, class_names=manifest.class_names)  # fmt: skip
+                  history, class_names=manifest.class_names, lecam=recipe.objective.lecam)  # fmt: skip
             stop_after_signal(checkpoints, control, metrics, state, log)
         stop_without_saving(checkpoints, control, metrics, state, log)
 
@@ -438,12 +439,15 @@ def _resumed_state(resumed: Checkpoint, engine: Engine, log) -> TrainState:
     return state
 
 
-def _restore_training_state(resumed: Checkpoint, engine: Engine, g: Trained, d: Trained) -> None:
-    """Weights, optimiser and scaler state into networks already set up by the engine."""
+def _restore_training_state(resumed: Checkpoint, engine: Engine, g: Trained, d: Trained,
+                            lecam: LeCamAnchors | None = None) -> None:  # fmt: skip
+    """Weights, optimiser and scaler state into networks already set up by the engine; this rank's LeCam anchors."""
     own = resumed.rank_state or {}
     for net in (g, d):
         net_state = own.get(net.name) or resumed.trainer.get(net.name)
         engine.restore(net, resumed.weights[net.name], net_state)
+    if lecam is not None:
+        lecam.load_state_dict(own.get("lecam", {}))  # none saved (another rank count): they start again
 
 
 def _weights_finite(engine: Engine, g: Trained, d: Trained) -> bool:
@@ -459,7 +463,8 @@ def _weights_finite(engine: Engine, g: Trained, d: Trained) -> bool:
 
 
 def _roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Trained, ema, state: TrainState,
-               rollbacks: int, max_rollbacks: int, grace_seconds: float | None = None) -> TrainState:  # fmt: skip
+               rollbacks: int, max_rollbacks: int, grace_seconds: float | None = None,
+               lecam: LeCamAnchors | None = None) -> TrainState:  # fmt: skip
     """Back to the newest commit after a NaN/Inf; the data stream goes on, so the offending batch is skipped."""
     log = structlog.get_logger("gand.train")
     log.warning("non_finite_loss", step=state.step, rollbacks=rollbacks, max_rollbacks=max_rollbacks)
@@ -472,7 +477,7 @@ def _roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Tr
     resumed = checkpoints.load_latest()
     if resumed is None:
         raise Diverged(f"losses turned NaN/Inf at step {state.step}, before any checkpoint to roll back to")
-    _restore_training_state(resumed, engine, g, d)
+    _restore_training_state(resumed, engine, g, d, lecam)
     if ema is not None and "generator_ema" in resumed.weights:
         ema.model.load_state_dict(resumed.weights["generator_ema"])
     rolled = TrainState.from_dict(resumed.state["train"])
@@ -515,12 +520,14 @@ def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, his
 
 def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
           num_classes, history: LossHistory, scores: dict[str, float] | None = None,
-          class_names: list[str] | None = None) -> Snapshot | None:  # fmt: skip
+          class_names: list[str] | None = None, lecam: LeCamAnchors | None = None) -> Snapshot | None:  # fmt: skip
     weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
     trainer: dict = {"fixed_noise": fixed_noise, "fixed_classes": fixed_classes}
     rank_state: dict = {"rng": capture_rng()}
+    if lecam is not None:
+        rank_state["lecam"] = lecam.state_dict()  # per rank: each rank's anchors follow its own batches
     for net in (g, d):
         net_state, per_rank = engine.trainer_state(net)
         (rank_state if per_rank else trainer)[net.name] = net_state

@@ -14,7 +14,7 @@ from torch import nn
 from gand.augment import augment
 from gand.config import GandConfig
 from gand.data.loader import DataPosition
-from gand.losses import ADVERSARIAL_LOSSES, Objective, gradient_penalty, zero_centred_penalty
+from gand.losses import ADVERSARIAL_LOSSES, LeCamAnchors, Objective, gradient_penalty, zero_centred_penalty
 from gand.models import MODELS, build_models, from_uint8, spec_from_config, value_range
 from gand.observability.health import discriminator_outputs
 from gand.observability.report import NetworkReport, StepReport
@@ -48,6 +48,8 @@ class Recipe:
             real_labels=loss.real_labels,
             fake_labels=loss.fake_labels,
             label_flip=loss.label_flip,
+            lecam_weight=loss.lecam_weight,
+            lecam=LeCamAnchors() if loss.lecam_weight else None,
         )
         sample_classes = MODELS[cfg.model.arch].conditional or loss.class_mode == "auxiliary"
         return cls(

@@ -155,10 +155,11 @@ def test_wgan_gp_double_backward_under_two_ranks(tmp_path, packed_all):
     assert all(e["loss_d_gp"] >= 0 for e in steps)
 
 
-def test_relativistic_loss_with_lazy_r1_r2_penalties_trains_and_resumes_exactly(tmp_path, packed):
-    """R3GAN's objective (RpGAN + R1 + R2), the penalties every second step: logged when due, and a run stopped at
-    step 3 and resumed ends with the same weights as one run straight to step 6."""
-    loss = {"adversarial": "rpgan", "r1_gamma": 0.5, "r2_gamma": 0.5, "penalty_every": 2}
+def test_relativistic_loss_with_lazy_r1_r2_penalties_and_lecam_trains_and_resumes_exactly(tmp_path, packed):
+    """R3GAN's objective (RpGAN + R1 + R2), the penalties every second step, plus LeCam: logged when due, and a run
+    stopped at step 3 and resumed ends with the same weights as one run straight to step 6 (so LeCam's anchors and
+    the lazy penalties' phase travel in the checkpoint)."""
+    loss = {"adversarial": "rpgan", "r1_gamma": 0.5, "r2_gamma": 0.5, "penalty_every": 2, "lecam_weight": 0.3}
     straight = tiny_config(tmp_path / "straight", packed, loss=loss, train={"max_steps": 6})
     result = gand("train", str(straight))
     assert result.returncode == 0, result.stderr
@@ -167,6 +168,7 @@ def test_relativistic_loss_with_lazy_r1_r2_penalties_trains_and_resumes_exactly(
         due = (step - 1) % 2 == 0
         assert ("loss_d_r1" in line and "loss_d_r2" in line) == due, line
         assert line["loss_g_adv"] > 0 and line["loss_d_adv"] > 0  # softplus of a pair's gap
+        assert "loss_d_lecam" in line
     split = tiny_config(tmp_path / "split", packed, loss=loss, train={"max_steps": 6})
     assert gand("train", str(split), "train.max_steps=3", "checkpoint.every_steps=3").returncode == 0
     second = gand("train", str(split))

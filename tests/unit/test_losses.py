@@ -9,6 +9,7 @@ from torch import nn
 
 from gand.losses import (
     Hinge,
+    LeCamAnchors,
     Minimax,
     NonSaturating,
     Objective,
@@ -196,3 +197,29 @@ def test_zero_centred_penalty_by_hand_and_in_fp32_under_autocast():
     penalty.backward()  # the double backward reaches D's weights: d/dw mean|x + w|^2 = 2 mean(x + w)
     expected_grad = 2 * (images.bfloat16().float().flatten(1) + weight).mean(0)
     torch.testing.assert_close(critic.weight.grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_lecam_anchors_and_penalty_by_hand():
+    """Tseng et al. 2021 (their code): relu(D(x) - alpha_F)^2 + relu(alpha_R - D(G(z)))^2, anchors moving averages
+    (decay 0.99) of D's mean logits, set by the first batch; the state round-trips through state_dict."""
+    anchors = LeCamAnchors()
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 1.0])
+    first = anchors.penalty(real, fake)  # anchors: alpha_R = 1.0, alpha_F = 0.0
+    expected = (torch.relu(real - 0.0).square().mean() + torch.relu(1.0 - fake).square().mean()).item()
+    assert first.item() == pytest.approx(expected)  # (4 + 0) / 2 + (4 + 0) / 2
+    second = anchors.penalty(torch.tensor([4.0, 4.0]), torch.tensor([0.0, 0.0]))
+    alpha_real, alpha_fake = 0.99 * 1.0 + 0.01 * 4.0, 0.99 * 0.0 + 0.01 * 0.0
+    assert anchors.real.item() == pytest.approx(alpha_real) and anchors.fake.item() == pytest.approx(alpha_fake)
+    assert second.item() == pytest.approx((4.0 - alpha_fake) ** 2 + alpha_real**2)
+    restored = LeCamAnchors()
+    restored.load_state_dict(anchors.state_dict())
+    assert restored.penalty(real, fake).item() == pytest.approx(anchors.penalty(real, fake).item())
+    assert LeCamAnchors().state_dict() == {}  # nothing to save before the first update
+
+
+def test_objective_adds_lecam_to_the_discriminator_only_when_weighted():
+    outputs = torch.tensor([[2.0], [0.0]]), torch.tensor([[-1.0], [1.0]])
+    plain = Objective(adversarial=NonSaturating()).discriminator(*outputs, None, None)
+    weighted = Objective(adversarial=NonSaturating(), lecam_weight=0.5, lecam=LeCamAnchors())
+    parts = weighted.discriminator(*outputs, None, None)
+    assert "lecam" not in plain and parts["lecam"].item() == pytest.approx(0.5 * 4.0)
