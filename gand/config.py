@@ -145,6 +145,24 @@ class ScheduleConfig(StrictModel):
     d_every: int = Field(1, ge=1, description="update D only every k-th step (the Rice report: 4)")
 
 
+StartEnd = tuple[float, float]
+
+
+class BurnInConfig(StrictModel):
+    """Cosine "burn-in" schedules (R3GAN, Huang et al. 2024, section 4): each value moves from its start to its end
+    along half a cosine over the first `kimg` thousand real images, then stays at the end."""
+
+    kimg: float | None = Field(None, gt=0, description="length of the burn-in in thousands of real images; unset = off")
+    lr: StartEnd | None = Field(None, description="[start, end] learning rate of both networks")
+    gamma: StartEnd | None = Field(None, description="[start, end] gamma of the R1/R2 penalties switched on")
+    beta2: StartEnd | None = Field(None, description="[start, end] Adam beta2 of both networks")
+    ema_half_life_kimg: StartEnd | None = Field(None, description="[start, end] EMA half-life of G, kimg")
+
+    @property
+    def scheduled(self) -> list[str]:
+        return [name for name in ("lr", "gamma", "beta2", "ema_half_life_kimg") if getattr(self, name) is not None]
+
+
 class EmaConfig(StrictModel):
     half_life_kimg: float | None = Field(
         None, gt=0, description="EMA of G's weights for samples, half-life in thousands of images; unset = off"
@@ -271,6 +289,7 @@ class GandConfig(StrictModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     ema: EmaConfig = Field(default_factory=EmaConfig)
+    burn_in: BurnInConfig = Field(default_factory=BurnInConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -331,6 +350,7 @@ def cross_check(cfg: GandConfig) -> list[str]:
                         "set ema.half_life_kimg (or evaluate afterwards with gand eval)")  # fmt: skip
     if memory.offload_params != "none" and memory.zero_stage != 3:
         problems.append("memory.offload_params: parameter offload needs memory.zero_stage: 3")
+    problems += _burn_in_problems(cfg)
     if memory.channels_last and memory.uses_deepspeed:
         # DeepSpeed flattens each network's parameters into contiguous buffers and views them as bytes to broadcast
         # them: NHWC weights failed there ("self.stride(-1) must be 1"), on an H200 on 2026-11-30.
@@ -352,6 +372,27 @@ def cross_check(cfg: GandConfig) -> list[str]:
             )
     if memory.deepspeed_config is not None and not memory.uses_deepspeed:
         problems.append("memory.deepspeed_config: only used with memory.zero_stage 1, 2 or 3")
+    return problems
+
+
+def _burn_in_problems(cfg: GandConfig) -> list[str]:
+    burn_in, problems = cfg.burn_in, []
+    if burn_in.scheduled and burn_in.kimg is None:
+        problems.append(f"burn_in.kimg: {', '.join(burn_in.scheduled)} scheduled but no burn-in length; set kimg")
+    if burn_in.gamma is not None and not (cfg.loss.r1_gamma or cfg.loss.r2_gamma):
+        problems.append("burn_in.gamma: schedules the R1/R2 weight, but both are off; set loss.r1_gamma and/or "
+                        "loss.r2_gamma (any value above 0 switches a penalty on)")  # fmt: skip
+    if burn_in.beta2 is not None and "adam" not in (cfg.optim.g.name, cfg.optim.d.name):
+        problems.append("burn_in.beta2: only Adam has a beta2; optim.g and optim.d use none")
+    if burn_in.ema_half_life_kimg is not None and not cfg.ema.half_life_kimg:
+        problems.append("burn_in.ema_half_life_kimg: the EMA is off; set ema.half_life_kimg (its value after the "
+                        "burn-in is the schedule's end)")  # fmt: skip
+    for name in burn_in.scheduled:  # a penalty weight or an EMA half-life of 0 means "none yet" (R3GAN's starts)
+        may_be_zero = name in ("gamma", "ema_half_life_kimg")
+        if min(getattr(burn_in, name)) < 0 or (not may_be_zero and min(getattr(burn_in, name)) <= 0):
+            problems.append(f"burn_in.{name}: give {'non-negative' if may_be_zero else 'positive'} [start, end] values")
+    if burn_in.beta2 is not None and max(burn_in.beta2) >= 1:
+        problems.append("burn_in.beta2: values must be below 1")
     return problems
 
 

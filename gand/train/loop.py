@@ -37,6 +37,7 @@ from gand.train.control import FiniteWatch, RunControl, StopNow, StopWhileWaitin
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals, lost_a_peer
 from gand.train.feed import DeviceBatch, DeviceFeed
 from gand.train.optim import GeneratorEMA
+from gand.train.schedules import BurnIn
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
 from gand.train.steps import Recipe, build_networks, discriminator_update, generator_update
 from gand.train.stops import (
@@ -231,6 +232,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     # "D once every four batches"), so images_seen grows by the same amount every step. Nothing is read back from
     # the device on an ordinary step: losses, statistics and the NaN check are read at logging steps and saves.
     feed = DeviceFeed(loader.batches(start=state.data_position), engine.device, engine.channels_last)
+    burn_in = BurnIn.from_config(cfg)
     control.interrupt_waits(lambda: feed.waiting)
     window = Throughput(state.images_seen)
     finite = FiniteWatch()
@@ -243,15 +245,20 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             log_step = _due(state.step + 1, cfg.train.log_every_steps, cfg.train.max_steps)
             report = StepReport(detailed=log_step,  # health statistics cost a little: logging steps only
                                 penalties_due=state.step % recipe.penalty_every == 0)  # fmt: skip
+            step_recipe, burn_in_fields = recipe, {}
+            if burn_in is not None:  # this step's lr, beta2, penalty weight and EMA half-life
+                step_recipe, burn_in_fields = burn_in.apply(state.images_seen, recipe, (g.optimizer, d.optimizer), ema)
             at_boundary = True  # until the step's first batch arrives, the state is the last step's
             for _ in range(schedule.d_steps):
                 batch = feed.next()
                 at_boundary = False
                 state.record_position(batch.position)
                 if train_d:
-                    finite.observe(discriminator_update(engine, d, g, recipe, batch, report).finite())
+                    finite.observe(discriminator_update(engine, d, g, step_recipe, batch, report).finite())
             for _ in range(schedule.g_steps):
-                finite.observe(generator_update(engine, g, d, recipe, cfg.train.batch_size, report, batch).finite())
+                finite.observe(
+                    generator_update(engine, g, d, step_recipe, cfg.train.batch_size, report, batch).finite()
+                )
                 if ema is not None:
                     with engine.full_weights(g) as g_module:
                         ema.update(g_module, images_per_batch)
@@ -290,7 +297,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                 logged = report.read(engine.mean_across_ranks, engine.world_size,
                                      _host_numbers(state, window, feed, engine, g, d, dominance))  # fmt: skip
                 log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
-                         **logged.log_fields())  # fmt: skip
+                         **logged.log_fields(), **burn_in_fields)  # fmt: skip
                 metrics.record_step(logged)
                 metrics.record_damaged_shards(len(loader.damaged_shards))
                 history.record_step(logged)

@@ -39,7 +39,8 @@ class GeneratorEMA:
 
     @torch.no_grad()
     def update(self, generator: nn.Module, images_per_update: int) -> None:
-        beta = 0.5 ** (images_per_update / self.half_life_images)
+        # A half-life of 0 (a burn-in's start, R3GAN) makes the EMA follow G exactly.
+        beta = 0.5 ** (images_per_update / self.half_life_images) if self.half_life_images > 0 else 0.0
         # One foreach kernel per call for all tensors instead of one launch per tensor.
         torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in generator.parameters()], 1.0 - beta)
         own, other = list(self.model.buffers()), list(generator.buffers())

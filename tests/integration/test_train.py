@@ -1,6 +1,7 @@
 """Real training runs on CPU with tiny widths, through the command line, as a user runs them."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -155,12 +156,16 @@ def test_wgan_gp_double_backward_under_two_ranks(tmp_path, packed_all):
     assert all(e["loss_d_gp"] >= 0 for e in steps)
 
 
-def test_relativistic_loss_with_lazy_r1_r2_penalties_and_lecam_trains_and_resumes_exactly(tmp_path, packed):
-    """R3GAN's objective (RpGAN + R1 + R2), the penalties every second step, plus LeCam: logged when due, and a run
-    stopped at step 3 and resumed ends with the same weights as one run straight to step 6 (so LeCam's anchors and
-    the lazy penalties' phase travel in the checkpoint)."""
+def test_r3gan_objective_burn_in_and_lecam_train_and_resume_exactly(tmp_path, packed):
+    """R3GAN's objective (RpGAN + R1 + R2, the penalties every second step) with its cosine burn-in, plus LeCam:
+    logged as scheduled, and a run stopped at step 3 and resumed ends with the same weights (G, D and the EMA) as one
+    run straight to step 6: LeCam's anchors, the lazy penalties' phase and the schedules all continue exactly."""
     loss = {"adversarial": "rpgan", "r1_gamma": 0.5, "r2_gamma": 0.5, "penalty_every": 2, "lecam_weight": 0.3}
-    straight = tiny_config(tmp_path / "straight", packed, loss=loss, train={"max_steps": 6})
+    # R3GAN's burn-in, shortened to 40 images (the run draws 8 a step): lr, gamma, beta2 and EMA half-life move
+    burn_in = {"kimg": 0.04, "lr": [1e-3, 2e-4], "gamma": [1.0, 0.1], "beta2": [0.9, 0.99],
+               "ema_half_life_kimg": [0.01, 0.05]}  # fmt: skip
+    sections = {"loss": loss, "burn_in": burn_in, "ema": {"half_life_kimg": 0.05}}
+    straight = tiny_config(tmp_path / "straight", packed, train={"max_steps": 6}, **sections)
     result = gand("train", str(straight))
     assert result.returncode == 0, result.stderr
     logged = {e["step"]: e for e in events(result.stdout) if e["event"] == "train_step"}
@@ -169,11 +174,15 @@ def test_relativistic_loss_with_lazy_r1_r2_penalties_and_lecam_trains_and_resume
         assert ("loss_d_r1" in line and "loss_d_r2" in line) == due, line
         assert line["loss_g_adv"] > 0 and line["loss_d_adv"] > 0  # softplus of a pair's gap
         assert "loss_d_lecam" in line
-    split = tiny_config(tmp_path / "split", packed, loss=loss, train={"max_steps": 6})
+        images_before = (step - 1) * 8  # the schedule's value for the step that ends at `step`
+        expected_lr = 2e-4 + (1e-3 - 2e-4) * 0.5 * (1 + math.cos(math.pi * min(images_before / 40, 1)))
+        assert line["burn_in_lr"] == pytest.approx(expected_lr, rel=1e-4)  # logged to 8 decimals
+    assert logged[6]["burn_in_lr"] == pytest.approx(2e-4) and logged[6]["burn_in_gamma"] == pytest.approx(0.1)
+    split = tiny_config(tmp_path / "split", packed, train={"max_steps": 6}, **sections)
     assert gand("train", str(split), "train.max_steps=3", "checkpoint.every_steps=3").returncode == 0
     second = gand("train", str(split))
     assert second.returncode == 0, second.stderr
-    for network in ("generator", "discriminator"):
+    for network in ("generator", "discriminator", "generator_ema"):
         a, b = (
             latest_weights(tmp_path / "straight" / "run", network),
             latest_weights(tmp_path / "split" / "run", network),
