@@ -75,14 +75,14 @@ def main() -> int:
 
 
 def chosen_settings(names: str | None) -> list[str]:
-    """The rows to run, in table order: all, or those named (fp32 first when named: it is the baseline)."""
+    """The rows to run, in table order: all, or those named and fp32 (the baseline of the step-time ratios)."""
     every = [*SETTINGS, PLAN_CHOICE]
     if names is None:
         return every
     unknown = set(names.split(",")) - set(every)
     if unknown:
         raise SystemExit(f"--settings: unknown {sorted(unknown)}; known: {every}")
-    return [name for name in every if name in names.split(",")]
+    return [name for name in every if name in names.split(",") or name == "fp32"]
 
 
 def predictions_only(batches: list[int], out: str) -> int:

@@ -364,6 +364,9 @@ def cross_check(cfg: GandConfig) -> list[str]:
             "that accumulation keeps the batch exact"
         )
     for penalty in ("gradient_penalty", "r1_gamma", "r2_gamma"):
+        if getattr(cfg.loss, penalty) and memory.compile:
+            problems.append(f"loss.{penalty}: torch.compile (memory.compile) cannot take the penalty's second "
+                            "derivative (double backward); set memory.compile: false")  # fmt: skip
         if getattr(cfg.loss, penalty) and memory.uses_deepspeed:
             problems.append(
                 f"loss.{penalty}: DeepSpeed's ZeRO optimizers cannot take the penalty's second derivative; use "

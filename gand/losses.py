@@ -154,10 +154,10 @@ def zero_centred_penalty(critic: nn.Module, images: torch.Tensor) -> torch.Tenso
     float32 scalar. Needs a second derivative, which DeepSpeed's ZeRO optimizers cannot take (the config refuses it).
     """
     points = images.detach().float().requires_grad_(True)
-    with torch.autocast(device_type=points.device.type, enabled=False):
+    with torch.autocast(device_type=points.device.type, enabled=False):  # the graph the double backward runs too
         scores = critic(points)[:, 0].float()
-    (gradients,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
-    return gradients.square().flatten(1).sum(1).mean()
+        (gradients,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
+        return gradients.square().flatten(1).sum(1).mean()
 
 
 class LeCamAnchors:

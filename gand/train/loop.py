@@ -243,8 +243,11 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         while state.step < cfg.train.max_steps:
             train_d = state.step % schedule.d_every == 0
             log_step = _due(state.step + 1, cfg.train.log_every_steps, cfg.train.max_steps)
-            report = StepReport(detailed=log_step,  # health statistics cost a little: logging steps only
-                                penalties_due=state.step % recipe.penalty_every == 0)  # fmt: skip
+            report = StepReport(
+                detailed=log_step,  # health statistics cost a little: logging steps only
+                # the k-th, 2k-th, ... D update (also when D trains every d_every-th step)
+                penalties_due=(state.step // schedule.d_every + 1) % recipe.penalty_every == 0,
+            )
             step_recipe, burn_in_fields = recipe, {}
             if burn_in is not None:  # this step's lr, beta2, penalty weight and EMA half-life
                 step_recipe, burn_in_fields = burn_in.apply(state.images_seen, recipe, (g.optimizer, d.optimizer), ema)

@@ -9,6 +9,7 @@ import functools
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
 
 
@@ -53,7 +54,12 @@ def to_channels_last(network: nn.Module) -> nn.Module:
     """
     network.to(memory_format=torch.channels_last)
     for module in latent_projections(network):
-        module.weight.data = module.weight.data.contiguous()
+        # Under spectral norm `weight` is computed (reading it runs a power iteration): change the stored original.
+        if parametrize.is_parametrized(module, "weight"):
+            stored = module.parametrizations.weight.original
+        else:
+            stored = module.weight
+        stored.data = stored.data.contiguous()
     return network
 
 

@@ -61,7 +61,7 @@ class Recipe:
             num_classes=num_classes,
             sample_classes=sample_classes,
             value_range=value_range(cfg.model.g_output),
-            critic=loss.adversarial == "wasserstein",
+            critic=loss.adversarial in ("wasserstein", "rpgan"),  # RpGAN's logits mean something only as gaps
             r1_gamma=loss.r1_gamma,
             r2_gamma=loss.r2_gamma,
             penalty_every=loss.penalty_every,
@@ -133,7 +133,7 @@ def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, cou
     if recipe.objective.adversarial.relativistic:
         if real is None or real.images.shape[0] != count:
             raise ValueError(f"{type(recipe.objective.adversarial).__name__} needs the step's {count} real images")
-        real_pieces = list(recipe.model_input(real.images).chunk(pieces))
+        real_pieces = list(recipe.model_input(real.images).split(sizes))
     with engine.frozen(d) as judge:
         for index, size in enumerate(sizes):
             with engine.accumulate(g, last=index == len(sizes) - 1):

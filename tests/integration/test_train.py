@@ -169,8 +169,8 @@ def test_r3gan_objective_burn_in_and_lecam_train_and_resume_exactly(tmp_path, pa
     result = gand("train", str(straight))
     assert result.returncode == 0, result.stderr
     logged = {e["step"]: e for e in events(result.stdout) if e["event"] == "train_step"}
-    for step, line in logged.items():  # step s trains with state.step = s - 1: due when (s - 1) % 2 == 0
-        due = (step - 1) % 2 == 0
+    for step, line in logged.items():  # the step logged as s is the s-th D update: due on every second one
+        due = step % 2 == 0
         assert ("loss_d_r1" in line and "loss_d_r2" in line) == due, line
         assert line["loss_g_adv"] > 0 and line["loss_d_adv"] > 0  # softplus of a pair's gap
         assert "loss_d_lecam" in line

@@ -101,6 +101,15 @@ def test_the_latent_projection_keeps_its_layout_under_channels_last():
         assert g.blocks[1][0].weight.is_contiguous(memory_format=torch.channels_last)  # the rest is NHWC
 
 
+def test_the_latent_projection_under_spectral_norm_keeps_its_stored_weight_contiguous_without_a_power_step():
+    g, _ = build_models("dcgan", ModelSpec(64, width=0.125, spectral_norm="g"))
+    projection = latent_projections(g)[0]
+    u_before = projection.parametrizations.weight[0]._u.clone()
+    to_channels_last(g)
+    assert projection.parametrizations.weight.original.is_contiguous()
+    assert torch.equal(projection.parametrizations.weight[0]._u, u_before)  # reading `weight` would have moved it
+
+
 def test_checkpointing_replays_the_rng_only_where_a_block_draws_random_numbers():
     _, d = build_models("dcgan", ModelSpec(32, width=0.125, d_dropout=0.3))
     _, plain = build_models("dcgan", ModelSpec(32, width=0.125))
@@ -149,6 +158,12 @@ def test_shipped_deepspeed_tuning_files_are_accepted(config_file):
         ({"micro_batch": 5}, {"batch_size": 8}, {}, "memory.micro_batch: 5 must divide train.batch_size (8)"),
         ({"zero_stage": 2}, {}, {"adversarial": "wasserstein", "gradient_penalty": 10}, "loss.gradient_penalty:"),
         ({"zero_stage": 2}, {}, {"adversarial": "rpgan", "r1_gamma": 1}, "loss.r1_gamma: DeepSpeed's ZeRO optimizers"),
+        (
+            {"compile": True},
+            {},
+            {"adversarial": "rpgan", "r2_gamma": 1},
+            "loss.r2_gamma: torch.compile (memory.compile)",
+        ),
         ({"deepspeed_config": "x.json"}, {}, {}, "memory.deepspeed_config: only used with"),
         ({"zero_stage": 4}, {}, {}, "memory.zero_stage: Input should be less than or equal to 3"),
         (
