@@ -57,7 +57,66 @@ AUGMENTATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def augment(images: torch.Tensor, policy: Sequence[str]) -> torch.Tensor:
+def augment(images: torch.Tensor, policy: Sequence[str], probability: torch.Tensor | None = None) -> torch.Tensor:
+    """Each transform of `policy` in turn; with `probability` (a 0-d tensor p on the device, adaptive augmentation),
+    each is applied to each image with probability p, drawn per image and per transform."""
     for name in policy:
-        images = AUGMENTATIONS[name](images)
+        transformed = AUGMENTATIONS[name](images)
+        if probability is None:
+            images = transformed
+        else:
+            chosen = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < probability
+            images = torch.where(chosen, transformed, images)
     return images
+
+
+class AdaptiveAugment:
+    """Adaptive discriminator augmentation (ADA; Karras et al., NeurIPS 2020, section 3): the probability p of each
+    transform follows an overfitting signal r_t = E[sign(D(real))] over recent real images: p rises while r_t is
+    above `target` (0.6 in the paper; D too sure of the training images), falls while below, by
+    (images since the last adjustment) / `speed_images` each time (p can go from 0 to 1 in speed_images images).
+
+    p, and the sums behind r_t, are 0-d tensors on the training device: observing and adjusting never wait for the
+    GPU. With several ranks the sums are added across ranks at each adjustment, so every rank keeps the same p.
+    `state_dict` belongs in the checkpoint.
+    """
+
+    def __init__(self, target: float, speed_images: float, device: torch.device | str = "cpu"):
+        self.target, self.speed_images = target, speed_images
+        self.p = torch.zeros((), device=device)
+        self.r_t = torch.zeros((), device=device)  # the last adjustment's signal (for logs and metrics)
+        self._signs = torch.zeros((), device=device)
+        self._count = torch.zeros((), device=device)
+
+    def probability(self, device: torch.device) -> torch.Tensor:
+        """p on `device` (the state moves there on first use: a run builds this before it knows its device)."""
+        if self.p.device != device:
+            for name in ("p", "r_t", "_signs", "_count"):
+                setattr(self, name, getattr(self, name).to(device))
+        return self.p
+
+    def observe(self, real_logits: torch.Tensor) -> None:
+        """Count the signs of D's real/fake logits on real training images (N,)."""
+        self.probability(real_logits.device)
+        with torch.no_grad():
+            self._signs += real_logits.detach().float().sign().sum()
+            self._count += real_logits.numel()
+
+    def adjust(self, images: int) -> None:
+        """Move p after `images` real images (all ranks) since the last adjustment; start counting anew."""
+        with torch.no_grad():
+            sums = torch.stack([self._signs, self._count])
+            dist = torch.distributed
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(sums)
+            self.r_t = sums[0] / sums[1].clamp(min=1)
+            self.p = (self.p + torch.sign(self.r_t - self.target) * (images / self.speed_images)).clamp(0.0, 1.0)
+            self._signs, self._count = torch.zeros_like(self._signs), torch.zeros_like(self._count)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).detach().cpu().clone() for name in ("p", "r_t", "_signs", "_count")}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name in ("p", "r_t", "_signs", "_count"):
+            if name in state:
+                setattr(self, name, state[name].to(self.p.device))

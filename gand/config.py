@@ -171,6 +171,15 @@ class EmaConfig(StrictModel):
 
 class AugmentConfig(StrictModel):
     policy: list[str] = Field(default_factory=list, description="DiffAugment: any of color, translation, cutout")
+    target: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="adaptive augmentation (ADA): the r_t = E[sign D(real)] to hold (0.6); unset = "
+        "the policy always applies",
+    )
+    speed_kimg: float = Field(500, gt=0, description="ADA: thousands of images for p to go from 0 to 1")
+    adjust_every: int = Field(4, ge=1, description="ADA: steps between adjustments of p")
 
     @field_validator("policy")
     @classmethod
@@ -351,6 +360,9 @@ def cross_check(cfg: GandConfig) -> list[str]:
     if memory.offload_params != "none" and memory.zero_stage != 3:
         problems.append("memory.offload_params: parameter offload needs memory.zero_stage: 3")
     problems += _burn_in_problems(cfg)
+    if cfg.augment.target is not None and not cfg.augment.policy:
+        problems.append("augment.target: adaptive augmentation needs transforms to apply; set augment.policy "
+                        "(e.g. [color, translation, cutout])")  # fmt: skip
     if memory.channels_last and memory.uses_deepspeed:
         # DeepSpeed flattens each network's parameters into contiguous buffers and views them as bytes to broadcast
         # them: NHWC weights failed there ("self.stride(-1) must be 1"), on an H200 on 2026-11-30.

@@ -45,6 +45,8 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
     ("Health", [
         ("Sample diversity (1: as varied as data)", "short", [(f"gand_health_sample_diversity{RUN}", "diversity")]),
         ("D dominating", "short", [(f"gand_health_discriminator_dominating{RUN}", "dominating")]),
+        ("Adaptive augmentation", "short", [(f"gand_augment_probability{RUN}", "p"),
+                                             (f"gand_augment_overfitting_signal{RUN}", "r_t")]),
     ]),
     ("Evaluation", [
         ("FID (lower is better)", "short", [("gand_eval_score" + with_labels('metric="fid"'), "FID")]),

@@ -81,6 +81,9 @@ class TrainingMetrics:
                                "of real images (about 1 healthy, towards 0 mode collapse)")  # fmt: skip
         self.d_dominating = gauge("gand_health_discriminator_dominating", "1 while D has been right on >= 95% "
                                   "of real and fake images for 20 log points in a row")  # fmt: skip
+        self.augment_p = gauge("gand_augment_probability", "Adaptive augmentation: probability p of each transform")
+        self.augment_rt = gauge("gand_augment_overfitting_signal", "Adaptive augmentation: r_t = E[sign D(real)] "
+                                "at the last adjustment (p rises while it is above augment.target)")  # fmt: skip
         # evaluation (only after one ran: a labelled series, so nothing is exported before)
         self.eval_score = gauge("gand_eval_score", "Latest evaluation of the sampling generator: fid, kid_mean, "
                                 "kid_std, is_mean, is_std", ("metric",))  # fmt: skip
@@ -150,6 +153,11 @@ class TrainingMetrics:
         self.shards_opened.inc(data.shards_opened)
         for reason, count in data.skipped.items():
             self.samples_skipped.labels(reason=reason).inc(count)
+
+    def record_augment(self, probability: float, overfitting_signal: float) -> None:
+        if self.enabled:
+            self.augment_p.set(probability)
+            self.augment_rt.set(overfitting_signal)
 
     def record_resume(self, step: int, steps_lost: int | None = None) -> None:
         if self.enabled:

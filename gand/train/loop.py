@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 import torch
@@ -25,7 +26,6 @@ from gand.errors import (
 )
 from gand.eval.fid import Evaluator
 from gand.eval.samples import generate, grid_png, sampling_mode
-from gand.losses import LeCamAnchors
 from gand.notices import NoticeWatcher
 from gand.observability.curves import LossHistory, loss_curve_png
 from gand.observability.health import DominanceWindow, sample_diversity
@@ -173,7 +173,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         ema.model.to(engine.device)
         engine.format_like_trained(ema.model)  # the same layout as G: one foreach kernel for the EMA update
     if resumed is not None:
-        _restore_training_state(resumed, engine, g, d, recipe.objective.lecam)
+        _restore_training_state(resumed, engine, g, d, recipe)
         if resumed.rank_state is not None:
             restore_rng(resumed.rank_state["rng"])
     loader = ImageLoader(
@@ -266,6 +266,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                     with engine.full_weights(g) as g_module:
                         ema.update(g_module, images_per_batch)
 
+            if recipe.ada is not None and (state.step + 1) % cfg.augment.adjust_every == 0:
+                recipe.ada.adjust(images_per_batch * schedule.d_steps * cfg.augment.adjust_every)
             images_before = state.images_seen
             state.advance(images=images_per_batch * schedule.d_steps)
             progress.update(state.step, state.images_seen, checkpoints.known_commit)
@@ -291,7 +293,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                 # With a stop pending, the wait for an upload under way is bounded by what is left of the grace.
                 grace = control.grace_left_seconds() if control.stop_signal is not None else None
                 state = _roll_back(checkpoints, engine, g, d, ema, state, rollbacks, cfg.checkpoint.max_rollbacks,
-                                   grace, recipe.objective.lecam)  # fmt: skip
+                                   grace, recipe)  # fmt: skip
                 history.truncate(state.images_seen)
                 metrics.record_rollback()
                 continue
@@ -299,8 +301,13 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             if log_step:
                 logged = report.read(engine.mean_across_ranks, engine.world_size,
                                      _host_numbers(state, window, feed, engine, g, d, dominance))  # fmt: skip
+                augment_fields = {}
+                if recipe.ada is not None:  # two device scalars read on a logging step
+                    augment_fields = {"augment_p": round(float(recipe.ada.p), 5),
+                                      "augment_rt": round(float(recipe.ada.r_t), 4)}  # fmt: skip
+                    metrics.record_augment(augment_fields["augment_p"], augment_fields["augment_rt"])
                 log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
-                         **logged.log_fields(), **burn_in_fields)  # fmt: skip
+                         **logged.log_fields(), **burn_in_fields, **augment_fields)  # fmt: skip
                 metrics.record_step(logged)
                 metrics.record_damaged_shards(len(loader.damaged_shards))
                 history.record_step(logged)
@@ -314,7 +321,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
             if saving:
                 snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                                 history, scores, manifest.class_names, recipe.objective.lecam)  # fmt: skip
+                                 history, scores, manifest.class_names, recipe)  # fmt: skip
                 control.saved()
                 saved_step = state.step
                 if snapshot is not None:
@@ -331,7 +338,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         safe = at_boundary and finite.read() and _weights_finite(engine, g, d)
         if engine.world_size == 1 and state.step > saved_step and safe:
             _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                  history, class_names=manifest.class_names, lecam=recipe.objective.lecam)  # fmt: skip
+                  history, class_names=manifest.class_names, recipe=recipe)  # fmt: skip
             stop_after_signal(checkpoints, control, metrics, state, log)
         stop_without_saving(checkpoints, control, metrics, state, log)
 
@@ -449,15 +456,24 @@ def _resumed_state(resumed: Checkpoint, engine: Engine, log) -> TrainState:
     return state
 
 
+def _recipe_state_parts(recipe: Recipe | None) -> dict[str, Any]:
+    """The parts of a recipe that change during training and belong in the checkpoint, by checkpoint key."""
+    if recipe is None:
+        return {}
+    parts = {"lecam": recipe.objective.lecam, "ada": recipe.ada}
+    return {name: part for name, part in parts.items() if part is not None}
+
+
 def _restore_training_state(resumed: Checkpoint, engine: Engine, g: Trained, d: Trained,
-                            lecam: LeCamAnchors | None = None) -> None:  # fmt: skip
-    """Weights, optimiser and scaler state into networks already set up by the engine; this rank's LeCam anchors."""
+                            recipe: Recipe | None = None) -> None:  # fmt: skip
+    """Weights, optimiser and scaler state into networks already set up by the engine; the recipe's training state
+    (LeCam anchors, adaptive augmentation), this rank's own where saved (the same rank count), else the main rank's."""
     own = resumed.rank_state or {}
     for net in (g, d):
         net_state = own.get(net.name) or resumed.trainer.get(net.name)
         engine.restore(net, resumed.weights[net.name], net_state)
-    if lecam is not None:
-        lecam.load_state_dict(own.get("lecam", {}))  # none saved (another rank count): they start again
+    for name, part in _recipe_state_parts(recipe).items():
+        part.load_state_dict(own.get(name) or resumed.trainer.get(name) or {})
 
 
 def _weights_finite(engine: Engine, g: Trained, d: Trained) -> bool:
@@ -474,7 +490,7 @@ def _weights_finite(engine: Engine, g: Trained, d: Trained) -> bool:
 
 def _roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Trained, ema, state: TrainState,
                rollbacks: int, max_rollbacks: int, grace_seconds: float | None = None,
-               lecam: LeCamAnchors | None = None) -> TrainState:  # fmt: skip
+               recipe: Recipe | None = None) -> TrainState:  # fmt: skip
     """Back to the newest commit after a NaN/Inf; the data stream goes on, so the offending batch is skipped."""
     log = structlog.get_logger("gand.train")
     log.warning("non_finite_loss", step=state.step, rollbacks=rollbacks, max_rollbacks=max_rollbacks)
@@ -487,7 +503,7 @@ def _roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Tr
     resumed = checkpoints.load_latest()
     if resumed is None:
         raise Diverged(f"losses turned NaN/Inf at step {state.step}, before any checkpoint to roll back to")
-    _restore_training_state(resumed, engine, g, d, lecam)
+    _restore_training_state(resumed, engine, g, d, recipe)
     if ema is not None and "generator_ema" in resumed.weights:
         ema.model.load_state_dict(resumed.weights["generator_ema"])
     rolled = TrainState.from_dict(resumed.state["train"])
@@ -530,14 +546,14 @@ def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, his
 
 def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
           num_classes, history: LossHistory, scores: dict[str, float] | None = None,
-          class_names: list[str] | None = None, lecam: LeCamAnchors | None = None) -> Snapshot | None:  # fmt: skip
+          class_names: list[str] | None = None, recipe: Recipe | None = None) -> Snapshot | None:  # fmt: skip
     weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
     trainer: dict = {"fixed_noise": fixed_noise, "fixed_classes": fixed_classes}
     rank_state: dict = {"rng": capture_rng()}
-    if lecam is not None:
-        rank_state["lecam"] = lecam.state_dict()  # per rank: each rank's anchors follow its own batches
+    for name, part in _recipe_state_parts(recipe).items():  # per rank (each follows its own batches), and rank 0's
+        trainer[name] = rank_state[name] = part.state_dict()
     for net in (g, d):
         net_state, per_rank = engine.trainer_state(net)
         (rank_state if per_rank else trainer)[net.name] = net_state

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gand.augment import augment
+from gand.augment import AdaptiveAugment, augment
 from gand.config import GandConfig
 from gand.data.loader import DataPosition
 from gand.losses import ADVERSARIAL_LOSSES, LeCamAnchors, Objective, gradient_penalty, zero_centred_penalty
@@ -34,6 +34,7 @@ class Recipe:
     sample_classes: bool  # whether generated images get class labels (AC-GAN)
     value_range: tuple[float, float]
     critic: bool = False  # a Wasserstein critic: its outputs have no zero point (health statistics need to know)
+    ada: AdaptiveAugment | None = None  # adaptive augmentation's state (mutable: p moves during training)
     r1_gamma: float = 0.0
     r2_gamma: float = 0.0
     penalty_every: int = 1
@@ -62,6 +63,7 @@ class Recipe:
             sample_classes=sample_classes,
             value_range=value_range(cfg.model.g_output),
             critic=loss.adversarial in ("wasserstein", "rpgan"),  # RpGAN's logits mean something only as gaps
+            ada=AdaptiveAugment(cfg.augment.target, cfg.augment.speed_kimg * 1000) if cfg.augment.target else None,
             r1_gamma=loss.r1_gamma,
             r2_gamma=loss.r2_gamma,
             penalty_every=loss.penalty_every,
@@ -71,6 +73,11 @@ class Recipe:
         z = torch.randn(count, self.latent_dim, device=device)
         classes = torch.randint(0, self.num_classes, (count,), device=device) if self.sample_classes else None
         return z, classes
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """DiffAugment with the config's policy: always, or with adaptive augmentation's current probability."""
+        probability = None if self.ada is None else self.ada.probability(images.device)
+        return augment(images, self.augment_policy, probability)
 
     def model_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (on the device) -> float32 in G's output range: [-1, 1] for tanh, [0, 1] for sigmoid."""
@@ -96,8 +103,10 @@ def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe,
                 z, fake_classes = recipe.latent(real.shape[0], engine.device)
                 with torch.no_grad():
                     fake = engine.layout(g(z, fake_classes))
-                real, fake = augment(real, recipe.augment_policy), augment(fake, recipe.augment_policy)
+                real, fake = recipe.augment(real), recipe.augment(fake)
                 real_out, fake_out = d(real), d(fake)
+                if recipe.ada is not None:
+                    recipe.ada.observe(real_out[:, 0])
                 parts = recipe.objective.discriminator(real_out, fake_out, labels, fake_classes)
                 if recipe.gradient_penalty:
                     parts["gp"] = recipe.gradient_penalty * gradient_penalty(d, real, fake)
@@ -139,9 +148,9 @@ def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, cou
             with engine.accumulate(g, last=index == len(sizes) - 1):
                 with engine.autocast():
                     z, fake_classes = recipe.latent(size, engine.device)
-                    fake = augment(engine.layout(g(z, fake_classes)), recipe.augment_policy)
+                    fake = recipe.augment(engine.layout(g(z, fake_classes)))
                     real_piece = real_pieces[index]
-                    real_out = None if real_piece is None else judge(augment(real_piece, recipe.augment_policy))
+                    real_out = None if real_piece is None else judge(recipe.augment(real_piece))
                     parts = recipe.objective.generator(judge(fake), fake_classes, real_out)
                 engine.backward(g, sum(parts.values()))
             _add(net.losses, parts, len(sizes))

@@ -57,6 +57,7 @@ def test_prometheus_scrapes_a_run_and_every_panel_and_rule_works(tmp_path, packe
     weights = random_inception(str(tmp_path / "random-inception.pth"))
     config = tiny_config(tmp_path, packed, train={"max_steps": 100_000, "log_every_steps": 1},
                          samples={"every_steps": 3},
+                         augment={"policy": ["translation"], "target": 0.6, "adjust_every": 1},  # ADA's panel
                          eval={"every_kimg": 0.024, "samples": 10, "inception_weights": weights},
                          metrics={"port": trainer_port},
                          checkpoint={"every_steps": 3, "preemption_notice": "gcp",  # polled, unreachable: no notice

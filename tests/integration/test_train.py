@@ -156,15 +156,17 @@ def test_wgan_gp_double_backward_under_two_ranks(tmp_path, packed_all):
     assert all(e["loss_d_gp"] >= 0 for e in steps)
 
 
-def test_r3gan_objective_burn_in_and_lecam_train_and_resume_exactly(tmp_path, packed):
-    """R3GAN's objective (RpGAN + R1 + R2, the penalties every second step) with its cosine burn-in, plus LeCam:
-    logged as scheduled, and a run stopped at step 3 and resumed ends with the same weights (G, D and the EMA) as one
-    run straight to step 6: LeCam's anchors, the lazy penalties' phase and the schedules all continue exactly."""
+def test_r3gan_objective_burn_in_lecam_and_ada_train_and_resume_exactly(tmp_path, packed):
+    """R3GAN's objective (RpGAN + R1 + R2, the penalties every second step) with its cosine burn-in, plus LeCam and
+    adaptive augmentation: logged as scheduled, and a run stopped at step 3 and resumed ends with the same weights
+    (G, D and the EMA) as one run straight to step 6: LeCam's anchors, ADA's p and its counts, the lazy penalties'
+    phase and the schedules all continue exactly."""
     loss = {"adversarial": "rpgan", "r1_gamma": 0.5, "r2_gamma": 0.5, "penalty_every": 2, "lecam_weight": 0.3}
     # R3GAN's burn-in, shortened to 40 images (the run draws 8 a step): lr, gamma, beta2 and EMA half-life move
     burn_in = {"kimg": 0.04, "lr": [1e-3, 2e-4], "gamma": [1.0, 0.1], "beta2": [0.9, 0.99],
                "ema_half_life_kimg": [0.01, 0.05]}  # fmt: skip
-    sections = {"loss": loss, "burn_in": burn_in, "ema": {"half_life_kimg": 0.05}}
+    augment = {"policy": ["translation", "cutout"], "target": 0.6, "speed_kimg": 0.1, "adjust_every": 1}  # ADA
+    sections = {"loss": loss, "burn_in": burn_in, "ema": {"half_life_kimg": 0.05}, "augment": augment}
     straight = tiny_config(tmp_path / "straight", packed, train={"max_steps": 6}, **sections)
     result = gand("train", str(straight))
     assert result.returncode == 0, result.stderr
@@ -173,11 +175,12 @@ def test_r3gan_objective_burn_in_and_lecam_train_and_resume_exactly(tmp_path, pa
         due = step % 2 == 0
         assert ("loss_d_r1" in line and "loss_d_r2" in line) == due, line
         assert line["loss_g_adv"] > 0 and line["loss_d_adv"] > 0  # softplus of a pair's gap
-        assert "loss_d_lecam" in line
+        assert "loss_d_lecam" in line and 0 <= line["augment_p"] <= 1 and -1 <= line["augment_rt"] <= 1
         images_before = (step - 1) * 8  # the schedule's value for the step that ends at `step`
         expected_lr = 2e-4 + (1e-3 - 2e-4) * 0.5 * (1 + math.cos(math.pi * min(images_before / 40, 1)))
         assert line["burn_in_lr"] == pytest.approx(expected_lr, rel=1e-4)  # logged to 8 decimals
     assert logged[6]["burn_in_lr"] == pytest.approx(2e-4) and logged[6]["burn_in_gamma"] == pytest.approx(0.1)
+    assert len({line["augment_p"] for line in logged.values()}) > 1  # p moved, so its state matters to the resume
     split = tiny_config(tmp_path / "split", packed, train={"max_steps": 6}, **sections)
     assert gand("train", str(split), "train.max_steps=3", "checkpoint.every_steps=3").returncode == 0
     second = gand("train", str(split))

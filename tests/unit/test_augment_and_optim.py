@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gand.augment import AUGMENTATIONS, augment
+from gand.augment import AUGMENTATIONS, AdaptiveAugment, augment
 from gand.config import OptimizerConfig
 from gand.models import ModelSpec, build_models
 from gand.train.optim import GeneratorEMA, build_optimizer
@@ -71,3 +71,33 @@ def test_ema_half_life_in_images():
     assert not any(p.requires_grad for p in ema.model.parameters())
     for ema_buffer, buffer in zip(ema.model.buffers(), generator.buffers(), strict=True):
         assert torch.equal(ema_buffer, buffer)
+
+
+def test_adaptive_probability_applies_each_transform_to_a_share_of_the_images():
+    torch.manual_seed(0)
+    images = torch.ones(400, 3, 8, 8)
+    assert torch.equal(augment(images, ["cutout"], torch.tensor(0.0)), images)  # p = 0: untouched
+    assert (augment(images, ["cutout"], torch.tensor(1.0)) == 0).any(dim=(1, 2, 3)).all()  # p = 1: every image
+    cut = (augment(images, ["cutout"], torch.tensor(0.25)) == 0).any(dim=(1, 2, 3)).float().mean().item()
+    assert 0.18 < cut < 0.32  # about a quarter, drawn per image
+
+
+def test_adaptive_augmentation_moves_p_with_the_overfitting_signal():
+    """ADA (Karras et al. 2020): r_t = E[sign D(real)]; p += sign(r_t - target) * images / speed, within [0, 1]."""
+    ada = AdaptiveAugment(target=0.6, speed_images=1000)
+    ada.observe(torch.tensor([3.0, 2.0, 1.0, -1.0]))  # r_t = (3 - 1) / 4 = 0.5: below target
+    ada.adjust(64)
+    assert ada.r_t.item() == pytest.approx(0.5) and ada.p.item() == 0.0  # clamped at 0
+    for _ in range(3):
+        ada.observe(torch.tensor([1.0, 1.0, 1.0, 1.0]))  # r_t = 1: D is sure of every real image
+        ada.adjust(100)
+    assert ada.p.item() == pytest.approx(0.3)
+    saved = ada.state_dict()
+    ada.observe(torch.tensor([-1.0, -1.0]))
+    ada.adjust(100)
+    assert ada.p.item() == pytest.approx(0.2)
+    restored = AdaptiveAugment(target=0.6, speed_images=1000)
+    restored.load_state_dict(saved)
+    assert restored.p.item() == pytest.approx(0.3) and restored.r_t.item() == pytest.approx(1.0)
+    ada.adjust(100)  # nothing observed since: r_t = 0, below target
+    assert ada.p.item() == pytest.approx(0.1)
