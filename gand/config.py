@@ -290,6 +290,19 @@ class EvalConfig(StrictModel):
     )
 
 
+class GuardConfig(StrictModel):
+    """The collapse guard (gand/train/guard.py): needs eval.every_kimg."""
+
+    action: Literal["off", "rollback", "stop"] = Field(
+        "off", description="when the score stays worse than its best: go back to the best checkpoint, or stop"
+    )
+    metric: Literal["fid", "kid_mean", "is_mean"] = Field("fid", description="the evaluation score watched")
+    margin: float = Field(0.1, ge=0, description="relative: 0.1 = more than 10% worse than the best")
+    patience: int = Field(3, ge=1, description="evaluations in a row that must be that much worse")
+    lr_factor: float = Field(1.0, gt=0, le=1, description="learning rates are multiplied by this at each roll-back")
+    max_rollbacks: int = Field(3, ge=0, description="roll-backs before the guard stops the run instead")
+
+
 class GandConfig(StrictModel):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig
@@ -309,6 +322,7 @@ class GandConfig(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
 
     @property
     def run_dir(self) -> str:
@@ -360,6 +374,8 @@ def cross_check(cfg: GandConfig) -> list[str]:
     if memory.offload_params != "none" and memory.zero_stage != 3:
         problems.append("memory.offload_params: parameter offload needs memory.zero_stage: 3")
     problems += _burn_in_problems(cfg)
+    if cfg.guard.action != "off" and not cfg.eval.every_kimg:
+        problems.append(f"guard.action: {cfg.guard.action} watches evaluations; set eval.every_kimg")
     if cfg.augment.target is not None and not cfg.augment.policy:
         problems.append("augment.target: adaptive augmentation needs transforms to apply; set augment.policy "
                         "(e.g. [color, translation, cutout])")  # fmt: skip

@@ -27,7 +27,8 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
         ("Since the last step", "s", [(f"time() - gand_train_last_step_timestamp_seconds{RUN}", "seconds")]),
         ("Resumes and roll-backs", "short", [(f"gand_train_resumed_from_step{RUN}", "resumed from step"),
                                             (f"gand_train_steps_lost_at_resume{RUN}", "steps lost at that resume"),
-                                            (f"gand_train_rollbacks_total{RUN}", "NaN roll-backs")]),
+                                            (f"gand_train_rollbacks_total{RUN}", "NaN roll-backs"),
+                                            (f"gand_train_collapse_rollbacks_total{RUN}", "guard roll-backs")]),
     ]),
     ("Losses and the game", [
         ("Losses", "short", [(f"gand_train_loss{RUN}", "{{network}} {{term}}")]),

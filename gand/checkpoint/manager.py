@@ -380,6 +380,20 @@ class CheckpointManager:
             self.unusable[name] = problems
         return None
 
+    def load_named(self, name: str) -> Checkpoint:
+        """Collective. One committed checkpoint, read and verified on every rank: the collapse guard's way back to the
+        best one. Retention keeps it from then on. Raises CorruptCheckpoint naming what any rank found wrong."""
+        try:
+            loaded: Checkpoint | None = self._read(name)
+            problem = None
+        except UNUSABLE as err:
+            loaded, problem = None, str(err)
+        problems = [p for p in self.collective.gather_objects(problem) if p]
+        if problems or loaded is None:
+            raise CorruptCheckpoint(f"{name} cannot be loaded: {'; '.join(problems)}")
+        self.resumed_from = name
+        return loaded
+
     def _listing(self, timeout_seconds: float | None = None) -> list[str]:
         deadline = time.monotonic() + (self.retry.timeout_seconds if timeout_seconds is None else timeout_seconds)
         return self._retried(lambda: self.committed()[::-1], "listing checkpoints", deadline)

@@ -58,6 +58,8 @@ class TrainingMetrics:
         self.steps_lost = gauge("gand_train_steps_lost_at_resume", "Steps the previous process trained past the "
                                 "checkpoint this one resumed from (a lower bound; 0 when none or unknown)")  # fmt: skip
         self.rollbacks = counter("gand_train_rollbacks", "Roll-backs to the last commit after NaN/Inf losses")
+        self.collapse_rollbacks = counter("gand_train_collapse_rollbacks", "Returns to the best checkpoint by "
+                                          "the collapse guard (its score stayed worse than the best)")  # fmt: skip
         self.notices = counter("gand_preemption_notices", "Preemption notices from the cloud's metadata service "
                                "(each commits a checkpoint at once)", ("provider",))  # fmt: skip
         # losses and the game
@@ -153,6 +155,10 @@ class TrainingMetrics:
         self.shards_opened.inc(data.shards_opened)
         for reason, count in data.skipped.items():
             self.samples_skipped.labels(reason=reason).inc(count)
+
+    def record_collapse_rollback(self) -> None:
+        if self.enabled:
+            self.collapse_rollbacks.inc()
 
     def record_augment(self, probability: float, overfitting_signal: float) -> None:
         if self.enabled:

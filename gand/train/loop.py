@@ -11,7 +11,7 @@ import torch
 
 from gand import __version__
 from gand.checkpoint.lease import LeaseLost
-from gand.checkpoint.manager import Checkpoint, CheckpointManager, Snapshot, checkpoint_name
+from gand.checkpoint.manager import Checkpoint, CheckpointManager, CorruptCheckpoint, Snapshot, checkpoint_name
 from gand.checkpoint.progress import ProgressMarker
 from gand.checkpoint.uploader import RetryPolicy
 from gand.config import GandConfig, default_loader_workers
@@ -36,6 +36,7 @@ from gand.storage import Store, is_local, redact
 from gand.train.control import FiniteWatch, RunControl, StopNow, StopWhileWaiting, count_due
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals, lost_a_peer
 from gand.train.feed import DeviceBatch, DeviceFeed
+from gand.train.guard import Collapsed, CollapseGuard, rescale_learning_rates
 from gand.train.optim import GeneratorEMA
 from gand.train.schedules import BurnIn
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
@@ -233,6 +234,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     # the device on an ordinary step: losses, statistics and the NaN check are read at logging steps and saves.
     feed = DeviceFeed(loader.batches(start=state.data_position), engine.device, engine.channels_last)
     burn_in = BurnIn.from_config(cfg)
+    guard = CollapseGuard.from_config(cfg)
+    if guard is not None and resumed is not None:
+        guard.load_state_dict(resumed.trainer.get("guard") or {})
     control.interrupt_waits(lambda: feed.waiting)
     window = Throughput(state.images_seen)
     finite = FiniteWatch()
@@ -250,7 +254,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             )
             step_recipe, burn_in_fields = recipe, {}
             if burn_in is not None:  # this step's lr, beta2, penalty weight and EMA half-life
-                step_recipe, burn_in_fields = burn_in.apply(state.images_seen, recipe, (g.optimizer, d.optimizer), ema)
+                step_recipe, burn_in_fields = burn_in.apply(state.images_seen, recipe, (g.optimizer, d.optimizer), ema,
+                                                            guard.lr_scale if guard is not None else 1.0)  # fmt: skip
             at_boundary = True  # until the step's first batch arrives, the state is the last step's
             for _ in range(schedule.d_steps):
                 batch = feed.next()
@@ -321,13 +326,24 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
             if saving:
                 snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                                 history, scores, manifest.class_names, recipe)  # fmt: skip
+                                 history, scores, manifest.class_names, recipe, guard)  # fmt: skip
                 control.saved()
                 saved_step = state.step
                 if snapshot is not None:
                     log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
                              stall_seconds=round(snapshot.stall_seconds, 4))  # fmt: skip
                     metrics.record_snapshot(snapshot.stall_seconds, sum(map(len, snapshot.files.values())))
+            if evaluate and guard is not None:  # every rank: the main rank's verdict is shared
+                verdict = guard.observe(scores, checkpoint_name(state.images_seen)) if scores else None
+                verdict, guard_state = engine.gather_objects((verdict, guard.state_dict()))[0]
+                guard.load_state_dict(guard_state)
+                if verdict == "rollback":
+                    _guard_roll_back(checkpoints, engine, g, d, ema, recipe, guard, scores, metrics, log)
+                elif verdict == "stop":
+                    checkpoints.wait()  # this evaluation's checkpoint commits first
+                    raise Collapsed(f"guard: {guard.metric} stayed more than {guard.margin:.0%} worse than its best "
+                                    f"({guard.best}, {guard.best_checkpoint}) for {guard.patience} evaluations"
+                                    + (f" after {guard.rollbacks} roll-backs" if guard.rollbacks else ""))  # fmt: skip
             report_uploads(checkpoints, metrics, log)
             if decision.stop:
                 stop_after_signal(checkpoints, control, metrics, state, log)
@@ -338,7 +354,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         safe = at_boundary and finite.read() and _weights_finite(engine, g, d)
         if engine.world_size == 1 and state.step > saved_step and safe:
             _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                  history, class_names=manifest.class_names, recipe=recipe)  # fmt: skip
+                  history, class_names=manifest.class_names, recipe=recipe, guard=guard)  # fmt: skip
             stop_after_signal(checkpoints, control, metrics, state, log)
         stop_without_saving(checkpoints, control, metrics, state, log)
 
@@ -476,6 +492,26 @@ def _restore_training_state(resumed: Checkpoint, engine: Engine, g: Trained, d: 
         part.load_state_dict(own.get(name) or resumed.trainer.get(name) or {})
 
 
+def _guard_roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Trained, ema, recipe: Recipe,
+                     guard: CollapseGuard, scores: dict | None, metrics: TrainingMetrics, log) -> None:  # fmt: skip
+    """Back to the best checkpoint's networks, optimizers and recipe state, with the guard's learning-rate scale;
+    step and images_seen go on (they count the images drawn, and later checkpoints must not reuse names)."""
+    checkpoints.wait()
+    try:
+        best = checkpoints.load_named(guard.best_checkpoint)
+    except CorruptCheckpoint as err:
+        raise Collapsed(f"guard: cannot go back to the best checkpoint: {err}") from None
+    _restore_training_state(best, engine, g, d, recipe)
+    if ema is not None and "generator_ema" in best.weights:
+        ema.model.load_state_dict(best.weights["generator_ema"])
+    saved_scale = (best.trainer.get("guard") or {}).get("lr_scale", 1.0)
+    rescale_learning_rates((g.optimizer, d.optimizer), guard.lr_scale / saved_scale)
+    latest = (scores or {}).get(guard.metric)
+    log.warning("collapse_rolled_back", checkpoint=best.name, metric=guard.metric, best=guard.best, latest=latest,
+                rollbacks=guard.rollbacks, lr_scale=guard.lr_scale)  # fmt: skip
+    metrics.record_collapse_rollback()
+
+
 def _weights_finite(engine: Engine, g: Trained, d: Trained) -> bool:
     """Before saving: a NaN can hide in the weights a step before it shows in a loss. Same answer on every rank
     (the weights are the same everywhere; ZeRO-3 gathers them), so no collective is needed to agree. One device
@@ -546,7 +582,8 @@ def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, his
 
 def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
           num_classes, history: LossHistory, scores: dict[str, float] | None = None,
-          class_names: list[str] | None = None, recipe: Recipe | None = None) -> Snapshot | None:  # fmt: skip
+          class_names: list[str] | None = None, recipe: Recipe | None = None,
+          guard: CollapseGuard | None = None) -> Snapshot | None:  # fmt: skip
     weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
@@ -554,6 +591,8 @@ def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise,
     rank_state: dict = {"rng": capture_rng()}
     for name, part in _recipe_state_parts(recipe).items():  # per rank (each follows its own batches), and rank 0's
         trainer[name] = rank_state[name] = part.state_dict()
+    if guard is not None:
+        trainer["guard"] = guard.state_dict()
     for net in (g, d):
         net_state, per_rank = engine.trainer_state(net)
         (rank_state if per_rank else trainer)[net.name] = net_state

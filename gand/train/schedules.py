@@ -38,14 +38,15 @@ class BurnIn:
         progress = images_seen / self.images
         return {name: cosine(start, end, progress) for name, (start, end) in self.schedules.items()}
 
-    def apply(self, images_seen: int, recipe, optimizers, ema) -> tuple:
-        """Set this step's values: learning rates and beta2 in the optimizers' parameter groups, the EMA's half-life;
-        returns (the recipe with this step's penalty weights, the values for the log line)."""
+    def apply(self, images_seen: int, recipe, optimizers, ema, lr_scale: float = 1.0) -> tuple:
+        """Set this step's values: learning rates (times `lr_scale`, the collapse guard's) and beta2 in the
+        optimizers' parameter groups, the EMA's half-life; returns (the recipe with this step's penalty weights, the
+        values for the log line)."""
         values = self.values(images_seen)
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 if "lr" in values:
-                    group["lr"] = values["lr"]
+                    group["lr"] = values["lr"] * lr_scale
                 if "beta2" in values and "betas" in group:
                     group["betas"] = (group["betas"][0], values["beta2"])
         if "ema_half_life_kimg" in values and ema is not None:

@@ -179,3 +179,31 @@ def test_periodic_evaluation_logs_scores_into_manifests_and_the_history(tmp_path
         assert manifest["eval"]["fid"] == pytest.approx(event["fid"], rel=1e-3)
     plotted = gand("plot", str(tmp_path / "run"))
     assert plotted.returncode == 0 and "fid.png" in last_json(plotted.stdout)["written"]
+
+
+def test_the_collapse_guard_returns_to_the_best_checkpoint_when_the_score_gets_worse(tmp_path, packed, weights):
+    """A run destabilised on purpose: 8 steps at its own learning rate, then the same run resumed with a learning
+    rate 10,000 times higher (a one-image "burn-in" to 2.0). FID, evaluated every 16 images, gets worse than its best
+    for two evaluations in a row, and the guard goes back to the best checkpoint of the stable part, with the
+    learning rates x0.1; logged and counted. The guard's best score carried over the resume in the checkpoint."""
+    sections = {
+        "train": {"max_steps": 8, "log_every_steps": 1},
+        "checkpoint": {"every_steps": 1000},
+        "eval": {"every_kimg": 0.016, "samples": 10, "inception_weights": weights},
+        "guard": {"action": "rollback", "patience": 2, "margin": 0.05, "lr_factor": 0.1, "max_rollbacks": 10},
+    }
+    stable = gand("train", str(tiny_config(tmp_path, packed, **sections)))
+    assert stable.returncode == 0, stable.stderr[-3000:]
+    evaluated = [json.loads(line) for line in stable.stdout.splitlines() if '"evaluated"' in line]
+    stable_scores = {f"ckpt-{e['images_seen']:012d}": e["fid"] for e in evaluated}
+    destabilised = tiny_config(tmp_path, packed, **sections, burn_in={"kimg": 0.001, "lr": [2.0, 2.0]})
+    result = gand("train", str(destabilised), "train.max_steps=20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    later_scores = [e["fid"] for e in events if e["event"] == "evaluated"]
+    rolled = [e for e in events if e["event"] == "collapse_rolled_back"]
+    assert rolled, f"the guard never went back: {stable_scores}, then {later_scores}"
+    best = min(stable_scores, key=stable_scores.get)
+    assert rolled[0]["checkpoint"] == best and rolled[0]["best"] == pytest.approx(stable_scores[best], rel=1e-4)
+    assert rolled[0]["lr_scale"] == pytest.approx(0.1) and rolled[0]["rollbacks"] == 1
+    assert [e["step"] for e in events if e["event"] == "train_step"][-1] == 20  # and it trained on

@@ -88,7 +88,7 @@ def test_prometheus_scrapes_a_run_and_every_panel_and_rule_works(tmp_path, packe
             f"http://127.0.0.1:{prometheus_port}/api/v1/rules", timeout=10).read())["data"]["groups"],
             timeout=30, what="rules")  # fmt: skip
         loaded = {rule["name"]: rule["health"] for group in rules for rule in group["rules"]}
-        assert len(loaded) == 11 and set(loaded.values()) == {"ok"}, loaded
+        assert len(loaded) == 12 and set(loaded.values()) == {"ok"}, loaded
     finally:
         server.terminate()
         server.wait(timeout=30)
