@@ -109,8 +109,11 @@ class AdaptiveAugment:
             dist = torch.distributed
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 dist.all_reduce(sums)
-            self.r_t = sums[0] / sums[1].clamp(min=1)
-            self.p = (self.p + torch.sign(self.r_t - self.target) * (images / self.speed_images)).clamp(0.0, 1.0)
+            observed = sums[1] > 0  # no D update since the last adjustment (D trains every d_every-th step): keep p
+            r_t = sums[0] / sums[1].clamp(min=1)
+            moved = (self.p + torch.sign(r_t - self.target) * (images / self.speed_images)).clamp(0.0, 1.0)
+            self.r_t = torch.where(observed, r_t, self.r_t)
+            self.p = torch.where(observed, moved, self.p)
             self._signs, self._count = torch.zeros_like(self._signs), torch.zeros_like(self._count)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -376,6 +376,9 @@ def cross_check(cfg: GandConfig) -> list[str]:
     problems += _burn_in_problems(cfg)
     if cfg.guard.action != "off" and not cfg.eval.every_kimg:
         problems.append(f"guard.action: {cfg.guard.action} watches evaluations; set eval.every_kimg")
+    if cfg.augment.target is not None and cfg.loss.adversarial in ("wasserstein", "rpgan"):
+        problems.append(f"augment.target: adaptive augmentation reads r_t = E[sign D(real)], which needs logits "
+                        f"with a zero point; {cfg.loss.adversarial}'s have none. Use augment.policy alone")  # fmt: skip
     if cfg.augment.target is not None and not cfg.augment.policy:
         problems.append("augment.target: adaptive augmentation needs transforms to apply; set augment.policy "
                         "(e.g. [color, translation, cutout])")  # fmt: skip

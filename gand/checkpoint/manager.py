@@ -125,6 +125,7 @@ class CheckpointManager:
         self.retry = retry or RetryPolicy()
         self.uploader = Uploader() if background else None
         self.resumed_from: str | None = None  # never deleted by retention
+        self.pinned: set[str] = set()  # kept by retention too: the collapse guard's best checkpoint
         self.sequence = 0
         self._last_snapshot: str | None = None
         self._results: list[UploadResult] = []  # synchronous mode's results, handed out by poll()
@@ -318,6 +319,7 @@ class CheckpointManager:
             keep.add(min(scored, key=scored.get))
         if self.resumed_from:
             keep.add(self.resumed_from)
+        keep |= self.pinned & set(ordered)
         if self.keep_every:
             keep |= {name for name, sequence in sequences.items() if sequence and sequence % self.keep_every == 0}
         doomed = set(ordered) - keep

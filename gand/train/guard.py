@@ -8,6 +8,7 @@ made on the main rank, which evaluates, and shared with the others; the guard's 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,10 +47,15 @@ class CollapseGuard:
         """One evaluation, landed on `checkpoint`: "ok", "rollback" (to `best_checkpoint`) or "stop"."""
         value = scores[self.metric]
         lower = LOWER_IS_BETTER[self.metric]
-        if self.best is None or (value < self.best if lower else value > self.best):
+        finite = math.isfinite(value)  # a NaN/Inf score never becomes the best; it counts as worse
+        if finite and (self.best is None or (value < self.best if lower else value > self.best)):
             self.best, self.best_checkpoint, self.streak = value, checkpoint, 0
             return "ok"
-        worse = value > self.best * (1 + self.margin) if lower else value < self.best * (1 - self.margin)
+        if self.best is None:
+            return "ok"  # nothing to compare with yet
+        worse = not finite or (
+            value > self.best * (1 + self.margin) if lower else value < self.best * (1 - self.margin)
+        )
         self.streak = self.streak + 1 if worse else 0
         if self.streak < self.patience:
             return "ok"
@@ -69,8 +75,8 @@ class CollapseGuard:
             setattr(self, name, value)
 
 
-def rescale_learning_rates(optimizers, factor: float) -> None:
-    """Multiply every parameter group's learning rate by `factor` (after restoring a checkpoint's optimizers)."""
-    for optimizer in optimizers:
+def set_learning_rates(optimizers_and_base_rates, scale: float) -> None:
+    """Each optimizer's parameter groups to its configured learning rate times `scale` (the guard's)."""
+    for optimizer, base in optimizers_and_base_rates:
         for group in optimizer.param_groups:
-            group["lr"] *= factor
+            group["lr"] = base * scale

@@ -36,7 +36,7 @@ from gand.storage import Store, is_local, redact
 from gand.train.control import FiniteWatch, RunControl, StopNow, StopWhileWaiting, count_due
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals, lost_a_peer
 from gand.train.feed import DeviceBatch, DeviceFeed
-from gand.train.guard import Collapsed, CollapseGuard, rescale_learning_rates
+from gand.train.guard import Collapsed, CollapseGuard, set_learning_rates
 from gand.train.optim import GeneratorEMA
 from gand.train.schedules import BurnIn
 from gand.train.state import TrainState, capture_rng, restore_rng, seed_everything
@@ -237,6 +237,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     guard = CollapseGuard.from_config(cfg)
     if guard is not None and resumed is not None:
         guard.load_state_dict(resumed.trainer.get("guard") or {})
+        checkpoints.pinned = {guard.best_checkpoint} if guard.best_checkpoint else set()
+        if guard.lr_scale != 1.0:  # a resume restores the config's learning rates: the guard's scale again
+            set_learning_rates(_base_learning_rates(cfg, g, d), guard.lr_scale)
     control.interrupt_waits(lambda: feed.waiting)
     window = Throughput(state.images_seen)
     finite = FiniteWatch()
@@ -324,6 +327,10 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                 _write_samples(engine, g, ema, fixed_noise, fixed_classes, recipe, batch, history, run_store,
                                metrics, cfg, state)  # fmt: skip
             scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
+            verdict = _guard_verdict(guard, scores, state, engine, checkpoints) if evaluate and guard else None
+            if verdict == "rollback":  # the collapsed weights are not kept: the best ones come back and commit now
+                _guard_roll_back(checkpoints, engine, g, d, ema, recipe, guard, scores, cfg, metrics, log)
+                saving, scores = True, None
             if saving:
                 snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
                                  history, scores, manifest.class_names, recipe, guard)  # fmt: skip
@@ -333,17 +340,11 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                     log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
                              stall_seconds=round(snapshot.stall_seconds, 4))  # fmt: skip
                     metrics.record_snapshot(snapshot.stall_seconds, sum(map(len, snapshot.files.values())))
-            if evaluate and guard is not None:  # every rank: the main rank's verdict is shared
-                verdict = guard.observe(scores, checkpoint_name(state.images_seen)) if scores else None
-                verdict, guard_state = engine.gather_objects((verdict, guard.state_dict()))[0]
-                guard.load_state_dict(guard_state)
-                if verdict == "rollback":
-                    _guard_roll_back(checkpoints, engine, g, d, ema, recipe, guard, scores, metrics, log)
-                elif verdict == "stop":
-                    checkpoints.wait()  # this evaluation's checkpoint commits first
-                    raise Collapsed(f"guard: {guard.metric} stayed more than {guard.margin:.0%} worse than its best "
-                                    f"({guard.best}, {guard.best_checkpoint}) for {guard.patience} evaluations"
-                                    + (f" after {guard.rollbacks} roll-backs" if guard.rollbacks else ""))  # fmt: skip
+            if verdict == "stop":
+                checkpoints.wait()  # this evaluation's checkpoint commits first
+                raise Collapsed(f"guard: {guard.metric} stayed more than {guard.margin:.0%} worse than its best "
+                                f"({guard.best}, {guard.best_checkpoint}) for {guard.patience} evaluations"
+                                + (f" after {guard.rollbacks} roll-backs" if guard.rollbacks else ""))  # fmt: skip
             report_uploads(checkpoints, metrics, log)
             if decision.stop:
                 stop_after_signal(checkpoints, control, metrics, state, log)
@@ -492,8 +493,24 @@ def _restore_training_state(resumed: Checkpoint, engine: Engine, g: Trained, d: 
         part.load_state_dict(own.get(name) or resumed.trainer.get(name) or {})
 
 
+def _guard_verdict(guard: CollapseGuard, scores: dict | None, state: TrainState, engine: Engine,
+                   checkpoints: CheckpointManager) -> str | None:  # fmt: skip
+    """Every rank: the main rank's verdict on this evaluation (it alone has the scores) and the guard's state after
+    it, shared. Retention keeps the guard's best checkpoint whatever the metric."""
+    verdict = guard.observe(scores, checkpoint_name(state.images_seen)) if scores else None
+    verdict, guard_state = engine.gather_objects((verdict, guard.state_dict()))[0]
+    guard.load_state_dict(guard_state)
+    checkpoints.pinned = {guard.best_checkpoint} if guard.best_checkpoint else set()
+    return verdict
+
+
+def _base_learning_rates(cfg: GandConfig, g: Trained, d: Trained) -> list[tuple[Any, float]]:
+    return [(g.optimizer, cfg.optim.g.lr), (d.optimizer, cfg.optim.d.lr)]
+
+
 def _guard_roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Trained, ema, recipe: Recipe,
-                     guard: CollapseGuard, scores: dict | None, metrics: TrainingMetrics, log) -> None:  # fmt: skip
+                     guard: CollapseGuard, scores: dict | None, cfg: GandConfig, metrics: TrainingMetrics,
+                     log) -> None:  # fmt: skip
     """Back to the best checkpoint's networks, optimizers and recipe state, with the guard's learning-rate scale;
     step and images_seen go on (they count the images drawn, and later checkpoints must not reuse names)."""
     checkpoints.wait()
@@ -504,8 +521,7 @@ def _guard_roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained,
     _restore_training_state(best, engine, g, d, recipe)
     if ema is not None and "generator_ema" in best.weights:
         ema.model.load_state_dict(best.weights["generator_ema"])
-    saved_scale = (best.trainer.get("guard") or {}).get("lr_scale", 1.0)
-    rescale_learning_rates((g.optimizer, d.optimizer), guard.lr_scale / saved_scale)
+    set_learning_rates(_base_learning_rates(cfg, g, d), guard.lr_scale)  # a burn-in scales its own each step
     latest = (scores or {}).get(guard.metric)
     log.warning("collapse_rolled_back", checkpoint=best.name, metric=guard.metric, best=guard.best, latest=latest,
                 rollbacks=guard.rollbacks, lr_scale=guard.lr_scale)  # fmt: skip

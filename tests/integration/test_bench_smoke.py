@@ -57,3 +57,16 @@ def test_pack_bench_times_every_pipeline_and_says_when_img2dataset_is_left_out(t
     ]  # fmt: skip
     assert all(row["images_per_second"] > 0 for row in rows[:3])
     assert rows[3]["note"] == "skipped (--img2dataset skip)" and "images_per_second" not in rows[3]
+
+
+def test_stacked_digits_bench_scores_real_data_and_a_run_stopped_by_sigterm(tmp_path):
+    out = tmp_path / "quality_stacked.json"
+    result = run_command([sys.executable, str(REPO / "bench" / "quality_stacked.py"), "--configs", "r3gan32",
+                          "--minutes", "0.15", "--images", "300", "--samples", "200", "--width", "0.125",
+                          "--work", str(tmp_path / "work"), "--out", str(out)], timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    real, trained = json.loads(out.read_text())["rows"]
+    assert real["config"] == "real stacked digits" and real["confident"] > 0.9  # the judge reads real digits
+    assert 100 < real["modes"] <= 200 and real["kl"] > 0  # 200 draws from 1000 modes: most land on new ones
+    assert trained["config"] == "r3gan32" and trained["steps"] > 0 and trained["samples"] == 200
+    assert 1 <= trained["modes"] <= 200 and 0 <= trained["confident"] <= 1

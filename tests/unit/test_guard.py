@@ -33,6 +33,14 @@ def test_higher_is_better_for_the_inception_score_and_stop_as_the_action():
     assert watch.observe({"is_mean": 4.4}, "c") == "stop"  # below 5.0 x 0.9
 
 
+def test_a_non_finite_score_is_never_the_best_and_counts_as_worse():
+    watch = guard(patience=2)
+    assert watch.observe({"fid": float("nan")}, "a") == "ok" and watch.best is None
+    assert watch.observe({"fid": 30.0}, "b") == "ok" and watch.best_checkpoint == "b"
+    assert watch.observe({"fid": float("nan")}, "c") == "ok" and watch.streak == 1
+    assert watch.observe({"fid": float("inf")}, "d") == "rollback"
+
+
 def test_the_state_round_trips():
     watch = guard()
     for i, fid in enumerate([30, 50, 50]):

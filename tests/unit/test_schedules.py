@@ -61,6 +61,11 @@ def test_no_burn_in_without_a_length_or_a_schedule():
         ({"burn_in": {"kimg": 1, "ema_half_life_kimg": [0, 1]}}, "burn_in.ema_half_life_kimg: the EMA is off"),
         ({"burn_in": {"kimg": 1, "beta2": [0.9, 1.0]}}, "burn_in.beta2: values must be below 1"),
         ({"burn_in": {"kimg": 1, "lr": [0, 1e-4]}}, "burn_in.lr: give positive [start, end] values"),
+        (
+            {"augment": {"policy": ["color"], "target": 0.6}, "loss": {"adversarial": "rpgan"}},
+            "augment.target: adaptive augmentation reads r_t = E[sign D(real)], which needs logits with a zero point",
+        ),
+        ({"augment": {"target": 0.6}}, "augment.target: adaptive augmentation needs transforms to apply"),
     ],
 )
 def test_burn_in_settings_that_cannot_work_are_named(raw, expected):
