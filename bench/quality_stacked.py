@@ -4,7 +4,8 @@ Each training image's three colour channels are three independent real digits (s
 px, drawn uniformly), so the set has 10 x 10 x 10 = 1000 modes. For each config: train with gand's own command for a
 wall-clock budget (then a SIGTERM, as a preemption would send: gand commits a checkpoint and exits 75), draw 26,000
 samples (PacGAN's and R3GAN's protocol) from that commit (the EMA generator where there is one, BatchNorm
-recalibrated as `gand sample` does), classify each channel with a classifier trained on the real digits, and report, as R3GAN's Table 3 does:
+recalibrated as `gand sample` does), classify each channel with a classifier trained on the real digits, and
+report, as R3GAN's Table 3 does:
   - modes covered: how many of the 1000 digit triples occur at least once among the samples;
   - KL(samples || uniform) over the 1000 modes (0 for a perfectly even spread, but a finite sample of a perfectly
     uniform generator scores about 999 / (2 x samples): 0.019 at 26,000, 0.05 at 10,000);
