@@ -90,16 +90,11 @@ def main() -> int:
 
 # -- data ---------------------------------------------------------------------------------------------------------
 def upscaled_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 real digit scans as 32x32 uint8 (white ink on black), the way `gand demo-data --digits`
-    writes them (bicubic 8 -> 32), and their labels."""
-    from sklearn.datasets import load_digits  # ships its data inside the package: nothing is fetched
+    """scikit-learn's 1,797 real digit scans as N x 32 x 32 uint8, as gand's demo digits are made, and their labels."""
+    from gand.data.demo import upscaled_digits as digit_images
 
-    digits = load_digits()
-    images = []
-    for scan in digits.images:
-        pixels = np.clip(scan * (255.0 / 16.0), 0, 255).astype(np.uint8)
-        images.append(np.asarray(Image.fromarray(pixels, "L").resize((SIDE, SIDE), Image.Resampling.BICUBIC)))
-    return np.stack(images), digits.target.astype(np.int64)
+    images, labels = digit_images()
+    return np.stack([np.asarray(image) for image in images]), labels
 
 
 def prepare_stacked(work: Path, digits: np.ndarray, count: int) -> Path:

@@ -81,6 +81,8 @@ class AdaptiveAugment:
     `state_dict` belongs in the checkpoint.
     """
 
+    STATE = ("p", "r_t", "_signs", "_count")  # the 0-d tensors that are its state
+
     def __init__(self, target: float, speed_images: float, device: torch.device | str = "cpu"):
         self.target, self.speed_images = target, speed_images
         self.p = torch.zeros((), device=device)
@@ -91,7 +93,7 @@ class AdaptiveAugment:
     def probability(self, device: torch.device) -> torch.Tensor:
         """p on `device` (the state moves there on first use: a run builds this before it knows its device)."""
         if self.p.device != device:
-            for name in ("p", "r_t", "_signs", "_count"):
+            for name in self.STATE:
                 setattr(self, name, getattr(self, name).to(device))
         return self.p
 
@@ -116,10 +118,14 @@ class AdaptiveAugment:
             self.p = torch.where(observed, moved, self.p)
             self._signs, self._count = torch.zeros_like(self._signs), torch.zeros_like(self._count)
 
+    def log_fields(self) -> dict[str, float]:
+        """p and r_t for a logging step's line (reads two device scalars: logging steps only)."""
+        return {"augment_p": round(float(self.p), 5), "augment_rt": round(float(self.r_t), 4)}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).detach().cpu().clone() for name in ("p", "r_t", "_signs", "_count")}
+        return {name: getattr(self, name).detach().cpu().clone() for name in self.STATE}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name in ("p", "r_t", "_signs", "_count"):
+        for name in self.STATE:
             if name in state:
                 setattr(self, name, state[name].to(self.p.device))

@@ -367,12 +367,7 @@ class CheckpointManager:
         candidates = self.collective.gather_objects(candidates)[0]  # rank 0's listing decides for everyone
         self._commits_seen += candidates[:1]  # listed with a manifest: a commit exists, verified or not
         for name in candidates:
-            try:
-                loaded: Checkpoint | None = self._read(name)
-                problem = None
-            except UNUSABLE as err:
-                loaded, problem = None, str(err)
-            problems = [p for p in self.collective.gather_objects(problem) if p]
+            loaded, problems = self._read_everywhere(name)
             if not problems:
                 self.resumed_from = name
                 self.sequence = loaded.sequence
@@ -385,16 +380,20 @@ class CheckpointManager:
     def load_named(self, name: str) -> Checkpoint:
         """Collective. One committed checkpoint, read and verified on every rank: the collapse guard's way back to the
         best one. Retention keeps it from then on. Raises CorruptCheckpoint naming what any rank found wrong."""
+        loaded, problems = self._read_everywhere(name)
+        if problems or loaded is None:
+            raise CorruptCheckpoint(f"{name} cannot be loaded: {'; '.join(problems)}")
+        self.resumed_from = name
+        return loaded
+
+    def _read_everywhere(self, name: str) -> tuple[Checkpoint | None, list[str]]:
+        """Collective. `name` read and verified on this rank, and what every rank found wrong with it (none: usable)."""
         try:
             loaded: Checkpoint | None = self._read(name)
             problem = None
         except UNUSABLE as err:
             loaded, problem = None, str(err)
-        problems = [p for p in self.collective.gather_objects(problem) if p]
-        if problems or loaded is None:
-            raise CorruptCheckpoint(f"{name} cannot be loaded: {'; '.join(problems)}")
-        self.resumed_from = name
-        return loaded
+        return loaded, [p for p in self.collective.gather_objects(problem) if p]
 
     def _listing(self, timeout_seconds: float | None = None) -> list[str]:
         deadline = time.monotonic() + (self.retry.timeout_seconds if timeout_seconds is None else timeout_seconds)

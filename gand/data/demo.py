@@ -128,22 +128,28 @@ def paint_landscape(rng: np.random.Generator, palette: Palette, width: int, heig
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
-def write_digits(dest: str | Path) -> dict:
-    """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes) as 32x32 grayscale PNGs.
-
-    The scans are upscaled once, 8 -> 32 px with a bicubic filter, so that the 32 px models and `gand pack` (which
-    never upscales unless asked) can use them directly. Ink is white on black, as in MNIST; labels are sub-folders.
-    """
+def upscaled_digits() -> tuple[list[Image.Image], np.ndarray]:
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes) as 32x32 grayscale images
+    (upscaled once with a bicubic filter; ink white on black, as in MNIST) and their labels (int64)."""
     from sklearn.datasets import load_digits  # ships its data inside the package: nothing is fetched
 
     digits = load_digits()
+    images = []
+    for scan in digits.images:
+        pixels = np.clip(scan * (255.0 / 16.0), 0, 255).astype(np.uint8)  # values are 0..16
+        images.append(Image.fromarray(pixels, "L").resize((DIGITS_SIDE, DIGITS_SIDE), Image.Resampling.BICUBIC))
+    return images, digits.target.astype(np.int64)
+
+
+def write_digits(dest: str | Path) -> dict:
+    """`upscaled_digits` as 32x32 grayscale PNGs, so that the 32 px models and `gand pack` (which never upscales
+    unless asked) can use them directly; labels are sub-folders."""
+    images, labels = upscaled_digits()
     dest = Path(dest)
     per_class: dict[str, int] = {}
-    for index, (scan, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        pixels = np.clip(scan * (255.0 / 16.0), 0, 255).astype(np.uint8)  # values are 0..16
-        image = Image.fromarray(pixels, "L").resize((DIGITS_SIDE, DIGITS_SIDE), Image.Resampling.BICUBIC)
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         folder = dest / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{index:04d}.png")
         per_class[str(int(label))] = per_class.get(str(int(label)), 0) + 1
-    return {"images": len(digits.images), "per_class": dict(sorted(per_class.items())), "dest": str(dest)}
+    return {"images": len(images), "per_class": dict(sorted(per_class.items())), "dest": str(dest)}

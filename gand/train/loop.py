@@ -309,10 +309,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             if log_step:
                 logged = report.read(engine.mean_across_ranks, engine.world_size,
                                      _host_numbers(state, window, feed, engine, g, d, dominance))  # fmt: skip
-                augment_fields = {}
-                if recipe.ada is not None:  # two device scalars read on a logging step
-                    augment_fields = {"augment_p": round(float(recipe.ada.p), 5),
-                                      "augment_rt": round(float(recipe.ada.r_t), 4)}  # fmt: skip
+                augment_fields = recipe.ada.log_fields() if recipe.ada is not None else {}
+                if augment_fields:
                     metrics.record_augment(augment_fields["augment_p"], augment_fields["augment_rt"])
                 log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
                          **logged.log_fields(), **burn_in_fields, **augment_fields)  # fmt: skip
