@@ -34,7 +34,7 @@ COPY deploy/docker/constraints.txt /tmp/constraints.txt
 COPY --from=deepspeed-ops /wheels /tmp/wheels
 COPY pyproject.toml README.md /opt/gand/src/
 COPY gand /opt/gand/src/gand
-RUN pip install --no-cache-dir --constraint /tmp/constraints.txt /tmp/wheels/*.whl "/opt/gand/src[deepspeed,gcs,k8s]" \
+RUN pip install --no-cache-dir --constraint /tmp/constraints.txt /tmp/wheels/*.whl "/opt/gand/src[deepspeed,gcs,k8s,tensorboard]" \
     && rm -rf /tmp/wheels /tmp/constraints.txt
 COPY configs /opt/gand/configs
 

@@ -274,6 +274,29 @@ class MetricsConfig(StrictModel):
     port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port; unset = no exporter")
 
 
+# The experiment trackers Accelerate's tracker API knows (accelerate.utils.LoggerType), each installed on its own.
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
+class TrackingConfig(StrictModel):
+    """Experiment trackers, written from rank 0 at logging steps through Accelerate's tracker API. Credentials come
+    from each tracker's own environment variables (WANDB_API_KEY, MLFLOW_TRACKING_URI, ...), never from here."""
+
+    log_with: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="trackers to write to, e.g. [tensorboard] or [wandb]; empty = none"
+    )
+    project: str | None = Field(None, description="the tracker's project (W&B, MLflow experiment); default run.name")
+    run_name: str | None = Field(None, description="the run's name in the tracker; default run.name")
+    dir: str | None = Field(None, description="local directory for trackers that write files; default run.dir/tracking")
+    images: bool = Field(True, description="also send each sample grid (trackers that take images)")
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        """`tracking.log_with=tensorboard` or `=tensorboard,wandb` on the command line: a name or a comma list."""
+        return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
+
+
 # The public release of the FID Inception weights (pytorch-fid's port of the TensorFlow graph of 2015-12-05).
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -321,6 +344,7 @@ class GandConfig(StrictModel):
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
 
@@ -331,6 +355,10 @@ class GandConfig(StrictModel):
     @property
     def checkpoint_url(self) -> str:
         return self.checkpoint.url or posixpath.join(self.run_dir, "checkpoints")
+
+    @property
+    def tracking_dir(self) -> str:
+        return self.tracking.dir or posixpath.join(self.run_dir, "tracking")
 
     def snapshot(self) -> dict[str, Any]:
         """The config as plain data for checkpoints and logs, with any credentials in URLs removed."""

@@ -17,7 +17,7 @@ import tomllib
 from packaging.requirements import Requirement
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
-IMAGE_EXTRAS = ("deepspeed", "gcs", "k8s")  # what the image installs besides gand's own dependencies
+IMAGE_EXTRAS = ("deepspeed", "gcs", "k8s", "tensorboard")  # what the image installs besides gand's own dependencies
 FROM_BASE_IMAGE = re.compile(r"^(torch|triton|nvidia-.*|setuptools|pip|wheel)$")
 OUT = Path(__file__).with_name("constraints.txt")
 

@@ -85,20 +85,38 @@ def grid_png(
     value_range: tuple[float, float] = (-1.0, 1.0),
 ) -> bytes:
     """N x C x H x W in value_range -> PNG bytes of a grid (near-square unless `columns` is given)."""
+    return png_bytes(grid_pixels(images, columns, padding, value_range))
+
+
+def grid_pixels(
+    images: torch.Tensor,
+    columns: int | None = None,
+    padding: int = 2,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> np.ndarray:
+    """N x C x H x W in value_range -> the grid as rows x cols x C uint8 (C = 1 or 3; near-square unless `columns`
+    is given, `padding` black pixels between and around the images)."""
     count, channels, height, width = images.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     low, high = value_range
-    unit = ((images - low) / (high - low)).clamp(0, 1)
+    unit = ((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
     pixels = (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     canvas = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding, channels), np.uint8)
     for index in range(count):
         top = padding + (index // columns) * (height + padding)
         left = padding + (index % columns) * (width + padding)
         canvas[top : top + height, left : left + width] = pixels[index]
-    mode = "RGB" if channels == 3 else "L"
+    return canvas
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """H x W x C uint8 (C = 1 or 3) -> PNG bytes."""
+    channels = pixels.shape[-1]
     buffer = io.BytesIO()
-    Image.fromarray(canvas.squeeze(-1) if channels == 1 else canvas, mode).save(buffer, format="PNG")
+    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, "RGB" if channels == 3 else "L").save(
+        buffer, format="PNG"
+    )
     return buffer.getvalue()
 
 

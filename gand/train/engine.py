@@ -31,11 +31,12 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
 
-from gand.config import MemoryConfig
+from gand.config import MemoryConfig, TrackingConfig
 from gand.errors import ConfigError
 from gand.observability.health import gradient_stats
 from gand.observability.logging import route_library_logs
 from gand.observability.report import NetworkReport
+from gand.observability.trackers import check_tracking
 from gand.train.launch import free_port
 from gand.train.memory import as_channels_last, checkpoint_blocks, to_channels_last
 
@@ -92,11 +93,15 @@ class Trained:
 class Engine:
     """Accelerate (DDP) engine; `DeepSpeedEngine` overrides what ZeRO does differently."""
 
-    def __init__(self, precision: str = "fp32", memory: MemoryConfig | None = None, batch_size: int = 1):
+    def __init__(self, precision: str = "fp32", memory: MemoryConfig | None = None, batch_size: int = 1,
+                 tracking: TrackingConfig | None = None, tracking_dir: str | None = None):  # fmt: skip
         self.memory = memory or MemoryConfig()
         # cpu=True where there is no GPU: Accelerate only sets up a gloo process group (MULTI_CPU) when told.
-        # Mixed precision is ours (per-network scalers), so Accelerate's stays off.
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+        # Mixed precision is ours (per-network scalers), so Accelerate's stays off. Trackers are Accelerate's
+        # (gand.observability.trackers starts them on the main rank).
+        log_with = list(tracking.log_with) if tracking is not None and tracking.log_with else None
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", log_with=log_with,
+                                       project_dir=tracking_dir if log_with else None)  # fmt: skip
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
@@ -363,9 +368,10 @@ class DeepSpeedEngine(Engine):
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # DeepSpeed's forward applies its own torch_autocast
 
-    def __init__(self, precision: str, memory: MemoryConfig, batch_size: int):
+    def __init__(self, precision: str, memory: MemoryConfig, batch_size: int, tracking: TrackingConfig | None = None,
+                 tracking_dir: str | None = None):  # fmt: skip
         _ensure_process_group_variables()
-        super().__init__(precision, memory, batch_size)
+        super().__init__(precision, memory, batch_size, tracking, tracking_dir)
         self.channels_last = False  # DeepSpeed's flat parameter buffers are contiguous (MemoryConfig refuses true)
         refuse_zero_without_ranks(memory, self.world_size)
         deepspeed = import_deepspeed()
@@ -579,10 +585,15 @@ def _ensure_process_group_variables() -> None:
                        "MASTER_PORT": str(free_port())})  # fmt: skip
 
 
-def build_engine(precision: str, memory: MemoryConfig, batch_size: int) -> Engine:
+def build_engine(precision: str, memory: MemoryConfig, batch_size: int, tracking: TrackingConfig | None = None,
+                 tracking_dir: str | None = None) -> Engine:  # fmt: skip
+    """The engine for a run: DeepSpeed's when the memory settings ask for ZeRO, else Accelerate's DDP. `tracking`
+    and `tracking_dir` set up Accelerate's trackers (started later by gand.observability.trackers)."""
+    if tracking is not None and tracking.log_with:
+        check_tracking(tracking.log_with, tracking_dir)  # before any process group: a missing package is a config error
     if memory.uses_deepspeed:
-        return DeepSpeedEngine(precision, memory, batch_size)
-    return Engine(precision, memory, batch_size)
+        return DeepSpeedEngine(precision, memory, batch_size, tracking, tracking_dir)
+    return Engine(precision, memory, batch_size, tracking, tracking_dir)
 
 
 def import_deepspeed():

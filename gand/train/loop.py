@@ -25,13 +25,14 @@ from gand.errors import (
     StorageError,
 )
 from gand.eval.fid import Evaluator
-from gand.eval.samples import generate, grid_png, sampling_mode
+from gand.eval.samples import generate, grid_pixels, png_bytes, sampling_mode
 from gand.notices import NoticeWatcher
 from gand.observability.curves import LossHistory, loss_curve_png
 from gand.observability.health import DominanceWindow, sample_diversity
 from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
 from gand.observability.report import HostNumbers, StepReport
+from gand.observability.trackers import Trackers, new_run_id
 from gand.storage import Store, is_local, redact
 from gand.train.control import FiniteWatch, RunControl, StopNow, StopWhileWaiting, count_due
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals, lost_a_peer
@@ -61,7 +62,7 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
     with a commit to resume from), StoppedAtOnce (exit 1) after a second signal, Diverged (exit 3) after too many
     NaN roll-backs.
     """
-    engine = build_engine(cfg.precision, cfg.memory, cfg.train.batch_size)
+    engine = build_engine(cfg.precision, cfg.memory, cfg.train.batch_size, cfg.tracking, cfg.tracking_dir)
     local_log = Path(cfg.run_dir) / "train.jsonl" if engine.is_main and is_local(cfg.run_dir) else None
     configure_logging(engine.rank, engine.is_main, local_log, run_name=cfg.run.name)
     log = structlog.get_logger("gand.train")
@@ -204,6 +205,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         metrics.watch_notices(section.preemption_notice)
     if resumed is not None:
         metrics.record_resume(state.step, steps_lost)
+    tracking_run_id = (resumed.state.get("tracking_run_id") if resumed is not None else None) or new_run_id()
+    trackers = Trackers.start(engine, cfg, tracking_run_id, state.step if resumed is not None else None)
     dominance = DominanceWindow()
     evaluator = Evaluator(cfg, recipe, engine.device) if cfg.eval.every_kimg and engine.is_main else None
     eval_every_images = max(1, round(cfg.eval.every_kimg * 1000)) if cfg.eval.every_kimg else None
@@ -315,6 +318,8 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                 log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
                          **logged.log_fields(), **burn_in_fields, **augment_fields)  # fmt: skip
                 metrics.record_step(logged)
+                if trackers is not None:
+                    trackers.log_step(state.step, logged, {**burn_in_fields, **augment_fields})
                 metrics.record_damaged_shards(len(loader.damaged_shards))
                 history.record_step(logged)
                 if engine.device.type == "cuda":
@@ -323,15 +328,15 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             if count_due(state.step, images_before, state.images_seen, cfg.samples.every_steps,
                          cfg.samples.every_images, cfg.train.max_steps):  # fmt: skip
                 _write_samples(engine, g, ema, fixed_noise, fixed_classes, recipe, batch, history, run_store,
-                               metrics, cfg, state)  # fmt: skip
-            scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log) if evaluate else None
+                               metrics, cfg, state, trackers)  # fmt: skip
+            scores = _evaluate(evaluator, engine, g, ema, state, history, metrics, log, trackers) if evaluate else None
             verdict = _guard_verdict(guard, scores, state, engine, checkpoints) if evaluate and guard else None
             if verdict == "rollback":  # the collapsed weights are not kept: the best ones come back and commit now
                 _guard_roll_back(checkpoints, engine, g, d, ema, recipe, guard, scores, cfg, metrics, log)
                 saving, scores = True, None
             if saving:
                 snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                                 history, scores, manifest.class_names, recipe, guard)  # fmt: skip
+                                 history, scores, manifest.class_names, recipe, guard, tracking_run_id)  # fmt: skip
                 control.saved()
                 saved_step = state.step
                 if snapshot is not None:
@@ -352,10 +357,14 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         log.warning("stop_while_waiting_for_data", signal=control.stop_signal, step=state.step)
         safe = at_boundary and finite.read() and _weights_finite(engine, g, d)
         if engine.world_size == 1 and state.step > saved_step and safe:
-            _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                  history, class_names=manifest.class_names, recipe=recipe, guard=guard)  # fmt: skip
+            _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes, history,
+                  class_names=manifest.class_names, recipe=recipe, guard=guard,
+                  tracking_run_id=tracking_run_id)  # fmt: skip
             stop_after_signal(checkpoints, control, metrics, state, log)
         stop_without_saving(checkpoints, control, metrics, state, log)
+    finally:
+        if trackers is not None:
+            trackers.close()  # flushed on every way out: a preempted run's last scalars are not lost
 
     engine.close()  # the last collective; from here each rank only waits for its own uploads
     uploaded = wait_for_uploads(checkpoints, control, cfg.checkpoint.upload_timeout_seconds)
@@ -564,7 +573,8 @@ def _roll_back(checkpoints: CheckpointManager, engine: Engine, g: Trained, d: Tr
 
 def _write_samples(engine: Engine, g: Trained, ema, fixed_noise: torch.Tensor, fixed_classes: torch.Tensor | None,
                    recipe: Recipe, batch: DeviceBatch, history: LossHistory, run_store: Store,
-                   metrics: TrainingMetrics, cfg: GandConfig, state: TrainState) -> None:  # fmt: skip
+                   metrics: TrainingMetrics, cfg: GandConfig, state: TrainState,
+                   trackers: Trackers | None) -> None:  # fmt: skip
     """The fixed-noise grid and the loss curve that led to it, side by side in the samples folder."""
     # Every rank runs G on the same fixed noise: under ZeRO-3 its forward gathers weights collectively.
     with engine.full_weights(g) as g_module, sampling_mode(ema.model if ema is not None else g_module,
@@ -572,15 +582,17 @@ def _write_samples(engine: Engine, g: Trained, ema, fixed_noise: torch.Tensor, f
         images = generate(sampler, fixed_noise.to(engine.device),
                           None if fixed_classes is None else fixed_classes.to(engine.device))  # fmt: skip
     if engine.is_main:
-        grid = grid_png(images, value_range=recipe.value_range)
-        run_store.write_bytes(f"samples/step-{state.step:06d}.png", grid)
+        grid = grid_pixels(images, value_range=recipe.value_range)
+        run_store.write_bytes(f"samples/step-{state.step:06d}.png", png_bytes(grid))
+        if trackers is not None:
+            trackers.log_grid(state.step, grid)
         curve = loss_curve_png(history, title=f"{cfg.run.name}: losses up to step {state.step}")
         run_store.write_bytes(f"samples/step-{state.step:06d}-losses.png", curve)
         metrics.record_diversity(sample_diversity(images, recipe.model_input(batch.images)))
 
 
 def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, history: LossHistory,
-              metrics: TrainingMetrics, log) -> dict[str, float] | None:  # fmt: skip
+              metrics: TrainingMetrics, log, trackers: Trackers | None) -> dict[str, float] | None:  # fmt: skip
     """FID/KID/IS of the sampling generator (EMA when there is one) on the main rank; the others wait."""
     with engine.full_weights(g) as g_module:  # every rank: under ZeRO-3 this gathers the weights collectively
         if evaluator is None:
@@ -590,6 +602,8 @@ def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, his
     log.info("evaluated", step=state.step, images_seen=state.images_seen, seconds=round(time.perf_counter() -
              started, 1), **{name: round(value, 4) for name, value in scores.items()})  # fmt: skip
     metrics.record_eval(scores)
+    if trackers is not None:
+        trackers.log_scores(state.step, scores)
     history.record(state.images_seen, {f"eval:{name}": value for name, value in scores.items()})
     return scores
 
@@ -597,7 +611,7 @@ def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, his
 def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
           num_classes, history: LossHistory, scores: dict[str, float] | None = None,
           class_names: list[str] | None = None, recipe: Recipe | None = None,
-          guard: CollapseGuard | None = None) -> Snapshot | None:  # fmt: skip
+          guard: CollapseGuard | None = None, tracking_run_id: str | None = None) -> Snapshot | None:  # fmt: skip
     weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
@@ -621,6 +635,7 @@ def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise,
             "num_classes": num_classes,
             "class_names": class_names[:num_classes] if class_names else None,  # a resume checks their order
             "gand_version": __version__,
+            "tracking_run_id": tracking_run_id,  # the tracker run a resume continues (W&B id)
         },
         rank_state=rank_state,
         history=history.to_state(),

@@ -280,7 +280,7 @@ def test_constraints_pin_every_dependency_the_image_installs():
                 if line and not line.startswith("#"))  # fmt: skip
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    for line in project["dependencies"] + extras["deepspeed"] + extras["gcs"] + extras["k8s"]:
+    for line in project["dependencies"] + extras["deepspeed"] + extras["gcs"] + extras["k8s"] + extras["tensorboard"]:
         requirement = Requirement(line)
         name = requirement.name.lower().replace("_", "-")
         if name == "torch":
