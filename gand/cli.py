@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot = verbs.add_parser("plot", help="PNG charts of a run: losses, D outputs, gradients, vanishing gradients")
     plot.add_argument("run", help="run directory, checkpoint store URL or one ckpt-... checkpoint")
     plot.add_argument("--out", default=None, help="folder (or URL) for the PNGs (default: <run>/plots)")
+    plot.add_argument("--smooth", type=int, default=None, metavar="POINTS",
+                      help="moving average over this many logged points beside the raw line (1 = off; default: "
+                           "a 25th of the points)")  # fmt: skip
 
     submit = verbs.add_parser("submit", help="run a config as a Kubernetes Job (spot-friendly; resumes itself)")
     submit.add_argument("config", help="YAML file; data.path and checkpoint.url must be object storage URLs")
@@ -347,7 +350,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "plot":
         from gand.eval.samples import plot_run
 
-        print(json.dumps(plot_run(args.run, args.out)))
+        print(json.dumps(plot_run(args.run, args.out, args.smooth)))
         return 0
     if args.verb == "submit":
         from gand.config import load_config

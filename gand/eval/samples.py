@@ -232,12 +232,13 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
     return written
 
 
-def plot_run(location: str, out: str | None = None) -> dict:
-    """`gand plot`: the run's history from its newest (or a named) checkpoint, as PNG charts under `out`."""
+def plot_run(location: str, out: str | None = None, smooth: int | None = None) -> dict:
+    """`gand plot`: the run's history from its newest (or a named) checkpoint, as PNG charts under `out`; `smooth`
+    is the moving average's window in logged points (None: a 25th of the points, 1: off)."""
     import posixpath
 
     from gand.checkpoint.manager import CheckpointManager, SingleProcess
-    from gand.errors import DataError
+    from gand.errors import ConfigError, DataError
     from gand.observability.curves import LossHistory, run_charts
     from gand.storage import Store
 
@@ -255,7 +256,9 @@ def plot_run(location: str, out: str | None = None) -> dict:
         parent = posixpath.dirname(store_url.rstrip("/"))
         out = posixpath.join(parent, "plots") if checkpoints.is_local else f"{run_name}-plots"
     store = Store(out)
-    charts = run_charts(history, run_name)
+    if smooth is not None and smooth < 1:
+        raise ConfigError(f"--smooth {smooth}: a window of at least 1 logged point (1 = no smoothing)")
+    charts = run_charts(history, run_name, smooth)
     for filename, png in charts.items():
         store.write_bytes(filename, png)
     return {"checkpoint": name, "out": out, "written": sorted(charts), "points": len(history.points)}

@@ -1,7 +1,10 @@
-"""Loss curves: the history of logged losses (carried in checkpoints) and its PNG plot, drawn with Pillow.
+"""Loss curves: the history of logged losses (carried in checkpoints) and its charts, drawn with matplotlib.
 
 The sample grid shows what G makes now; the curve next to it shows how it got there. The reports kept both
-with every checkpoint and judged runs from the pair.
+with every checkpoint and judged runs from the pair. `gand plot` and the curve written beside each sample grid
+use the same chart code (`line_chart_png`): matplotlib's Agg renderer through a bare `Figure` (no pyplot, no
+display, no global state), x in kimg, readable ticks, a moving average beside the raw line, log scale for
+gradient norms.
 """
 
 from __future__ import annotations
@@ -9,15 +12,13 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from gand.observability.report import LoggedStep
 
 # Distinct on white and for the common kinds of colour blindness (Okabe-Ito).
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 150, 28, 44
-
 
 STAT = "stat:"  # prefix of a statistic's series in the saved history; losses have none; evaluations use "eval:"
 
@@ -79,57 +80,85 @@ class LossHistory:
         return names
 
 
-def loss_curve_png(history: LossHistory, title: str = "losses", width: int = 720, height: int = 360) -> bytes:
-    """The losses as a line chart: x in thousands of images seen, one coloured line per loss, a legend."""
-    return line_chart_png(history, history.plotted_names(), title, width, height)
+def loss_curve_png(history: LossHistory, title: str = "losses", width: int = 720, height: int = 360,
+                   smooth: int | None = None) -> bytes:  # fmt: skip
+    """The losses as a line chart: x in kimg (thousands of images seen), one coloured line per loss, a legend."""
+    return line_chart_png(history, history.plotted_names(), title, width, height, smooth=smooth)
 
 
-def line_chart_png(history: LossHistory, names: list[str], title: str, width: int = 720,
-                   height: int = 360) -> bytes:  # fmt: skip
-    """The named series as a line chart: x in thousands of images seen, one coloured line each, a legend."""
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=12)  # Pillow's bundled scalable font where FreeType is there
-    left, top, right, bottom = MARGIN_LEFT, MARGIN_TOP, width - MARGIN_RIGHT, height - MARGIN_BOTTOM
-    draw.text((left, 8), title, fill="black", font=font)
-    draw.rectangle((left, top, right, bottom), outline="#888888")
+def smoothing_window(points: int) -> int:
+    """The default moving-average window: about a 25th of the points logged (1, i.e. none, below 20 points)."""
+    return max(1, round(points / 25)) if points >= 20 else 1
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over `window` points (fewer at the start), the same length as `values`."""
+    if window <= 1 or len(values) < 2:
+        return values
+    sums = np.cumsum(np.insert(values.astype(np.float64), 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
+
+
+def line_chart_png(history: LossHistory, names: list[str], title: str, width: int = 720, height: int = 360, *,
+                   smooth: int | None = None, log_y: bool = False) -> bytes:  # fmt: skip
+    """`line_chart` as PNG bytes."""
+    return _png(line_chart(history, names, title, width, height, smooth=smooth, log_y=log_y))
+
+
+def line_chart(history: LossHistory, names: list[str], title: str, width: int = 720, height: int = 360, *,
+               smooth: int | None = None, log_y: bool = False):  # fmt: skip
+    """The named series as a matplotlib `Figure`, a line chart of `width` x `height` pixels: x in kimg, one colour
+    per series, the raw values faint and their moving average (`smooth` points; None = `smoothing_window`, 1 = off)
+    solid, the legend outside the axes. Linear y spans the 1st-99th percentile, so one early spike does not flatten
+    the run; `log_y` for positive quantities spanning decades (gradient norms; non-positive values are left out)."""
+    from matplotlib.figure import Figure  # imported here: a second of start-up that only charts pay
+    from matplotlib.ticker import MaxNLocator
+
+    dpi = 100
+    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, layout="constrained")
+    axes = figure.add_subplot()
+    axes.set_title(title, fontsize=10, loc="left")
+    axes.set_xlabel("kimg (thousands of images seen)", fontsize=9)
+    axes.tick_params(labelsize=8)
+    axes.grid(True, color="#eeeeee", linewidth=0.8)
     lines = {name: history.series(name) for name in names}
-    xs = [x for series in lines.values() for x, _ in series]
-    ys = [y for series in lines.values() for _, y in series]
-    if len(set(xs)) < 2:
-        draw.text((left + 10, (top + bottom) // 2), "not enough logged steps yet", fill="#888888", font=font)
-        return _png(image)
+    if log_y:
+        lines = {name: [(x, y) for x, y in series if y > 0] for name, series in lines.items()}
+    xs = {x for series in lines.values() for x, _ in series}
+    if len(xs) < 2:
+        axes.text(0.5, 0.5, "not enough logged steps yet", transform=axes.transAxes, ha="center", color="#888888")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        return figure
 
-    x_low, x_high = min(xs), max(xs)
-    y_low, y_high = _robust_range(ys)
-
-    def to_pixel(x: float, y: float) -> tuple[float, float]:
-        y = min(max(y, y_low), y_high)  # outliers (a spike at step 1) are drawn at the edge, not off the chart
-        return (left + (x - x_low) / (x_high - x_low) * (right - left),
-                bottom - (y - y_low) / (y_high - y_low) * (bottom - top))  # fmt: skip
-
-    for tick in range(5):
-        x = x_low + (x_high - x_low) * tick / 4
-        px = to_pixel(x, y_low)[0]
-        draw.line((px, bottom, px, bottom + 4), fill="#888888")
-        draw.text((px - 12, bottom + 8), f"{x / 1000:.4g}", fill="black", font=font)
-        y = y_low + (y_high - y_low) * tick / 4
-        py = to_pixel(x_low, y)[1]
-        draw.line((left - 4, py, right, py), fill="#eeeeee" if tick not in (0, 4) else "#888888")
-        draw.text((8, py - 6), f"{y:.3g}", fill="black", font=font)
-    draw.text(((left + right) // 2 - 40, height - 18), "thousand images seen", fill="black", font=font)
-
+    all_y = [y for series in lines.values() for _, y in series]
     for index, (name, series) in enumerate(lines.items()):
+        if not series:
+            continue
         colour = COLOURS[index % len(COLOURS)]
-        if len(series) > 1:
-            draw.line([to_pixel(x, y) for x, y in series], fill=colour, width=2)
-        elif series:
-            px, py = to_pixel(*series[0])
-            draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=colour)
-        key_y = top + 6 + 16 * index
-        draw.line((right + 12, key_y + 6, right + 36, key_y + 6), fill=colour, width=3)
-        draw.text((right + 42, key_y), name.split(":", 1)[-1], fill="black", font=font)
-    return _png(image)
+        kimg = np.array([x for x, _ in series], dtype=np.float64) / 1000
+        values = np.array([y for _, y in series], dtype=np.float64)
+        label = name.split(":", 1)[-1].rsplit("/", 1)[-1]  # vanishing_d/blocks.0 -> blocks.0 (the title says D)
+        window = smooth if smooth is not None else smoothing_window(len(values))
+        if len(values) == 1:
+            axes.plot(kimg, values, "o", color=colour, markersize=3, label=label)
+        elif window > 1:
+            axes.plot(kimg, values, color=colour, alpha=0.25, linewidth=0.8)
+            axes.plot(kimg, moving_average(values, window), color=colour, linewidth=1.6, label=label)
+        else:
+            axes.plot(kimg, values, color=colour, linewidth=1.4, label=label)
+    if log_y:
+        axes.set_yscale("log")
+    else:
+        axes.set_ylim(*_robust_range(all_y))
+        axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
+    axes.xaxis.set_major_locator(MaxNLocator(nbins=8))
+    smoothed = smooth if smooth is not None else smoothing_window(max(len(series) for series in lines.values()))
+    legend_title = f"mean of {smoothed} points" if smoothed > 1 else None
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, title=legend_title,
+                title_fontsize=7)  # fmt: skip
+    return figure
 
 
 def _robust_range(values: list[float]) -> tuple[float, float]:
@@ -141,25 +170,31 @@ def _robust_range(values: list[float]) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-def _png(image: Image.Image) -> bytes:
+def _png(figure) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
-def run_charts(history: LossHistory, run_name: str) -> dict[str, bytes]:
-    """`gand plot`: one PNG per view of the run that has data (file name -> PNG bytes)."""
+def run_charts(history: LossHistory, run_name: str, smooth: int | None = None) -> dict[str, bytes]:
+    """`gand plot`: one PNG per view of the run that has data (file name -> PNG bytes). `smooth`: the moving
+    average's window in logged points (None: a 25th of the points; 1: off)."""
 
     def named(prefix: str) -> list[str]:
         return [name for name in history.names if name.startswith(prefix)]
 
-    views = {
-        "losses.png": (history.plotted_names(), "losses"),
-        "discriminator.png": (named(STAT + "d_") + named(STAT + "acc_"), "D(x), D(G(z)) and D's accuracy"),
-        "gradient-norms.png": (named(STAT + "grad_norm_"), "gradient L2 norm per network"),
-        "vanishing-gradients-d.png": (named(STAT + "vanishing_d/"), "D: share of |grad| < 0.01 per layer group"),
-        "vanishing-gradients-g.png": (named(STAT + "vanishing_g/"), "G: share of |grad| < 0.01 per layer group"),
-        "fid.png": (named("eval:fid"), "FID over training"),
+    views = {  # file -> (series, title, log scale)
+        "losses.png": (history.plotted_names(), "losses", False),
+        "discriminator.png": (named(STAT + "d_") + named(STAT + "acc_"), "D(x), D(G(z)) and D's accuracy", False),
+        "gradient-norms.png": (named(STAT + "grad_norm_"), "gradient L2 norm per network", True),
+        "vanishing-gradients-d.png": (named(STAT + "vanishing_d/"), "D: share of |grad| < 0.01 per layer group", False),
+        "vanishing-gradients-g.png": (named(STAT + "vanishing_g/"), "G: share of |grad| < 0.01 per layer group", False),
     }
-    return {filename: line_chart_png(history, names, f"{run_name}: {title}")
-            for filename, (names, title) in views.items() if any(history.series(name) for name in names)}  # fmt: skip
+    for name in named("eval:"):  # one chart per score: FID (tens), KID (hundredths) and IS (units) share no axis
+        score = name.removeprefix("eval:")
+        views[f"{score.replace('_', '-')}.png"] = ([name], f"{score} over training", False)
+    charts = {}
+    for filename, (names, title, log_y) in views.items():
+        if any(history.series(name) for name in names):
+            charts[filename] = line_chart_png(history, names, f"{run_name}: {title}", smooth=smooth, log_y=log_y)
+    return charts

@@ -7,7 +7,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gand.observability.curves import COLOURS, LossHistory, loss_curve_png
+from gand.observability.curves import (
+    COLOURS,
+    STAT,
+    LossHistory,
+    line_chart,
+    loss_curve_png,
+    moving_average,
+    run_charts,
+    smoothing_window,
+)
 
 
 def _history(points: int) -> LossHistory:
@@ -51,7 +60,7 @@ def test_curve_png_draws_one_coloured_line_per_loss_and_survives_outliers():
     history.record(61 * 64, {"g": 1e9, "d": -1e9})  # one wild value must not flatten the rest
     image = np.asarray(Image.open(io.BytesIO(loss_curve_png(history, width=600, height=300))).convert("RGB"))
     assert image.shape == (300, 600, 3)
-    plot = image[40:250, 70:440]
+    plot = image[:, :420]  # the axes; the legend sits to their right
     for colour in COLOURS[:4]:
         rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
         share = (np.abs(plot.astype(int) - rgb).sum(axis=-1) < 30).mean()
@@ -61,3 +70,46 @@ def test_curve_png_draws_one_coloured_line_per_loss_and_survives_outliers():
 def test_curve_png_with_too_few_points_is_still_an_image():
     for history in (LossHistory(), _history(1)):
         assert Image.open(io.BytesIO(loss_curve_png(history))).size == (720, 360)
+
+
+def _is_round(value: float) -> bool:
+    """1, 2, 2.5 or 5 times a power of ten (or 0): the steps people read at a glance."""
+    if value == 0:
+        return True
+    exponent = math.floor(math.log10(abs(value)))
+    mantissa = abs(value) / 10**exponent
+    return any(math.isclose(mantissa, nice * k, rel_tol=1e-6) for nice in (1, 2, 2.5, 5) for k in range(1, 10))
+
+
+def test_charts_have_round_ticks_a_kimg_axis_a_moving_average_and_log_scale_for_gradient_norms():
+    history = LossHistory()
+    for step in range(1, 101):  # the hand-drawn charts put ticks at values like -0.311 and 1.52
+        history.record(step * 64, {"g": 1.37 + 0.3 * math.sin(step), "d": -0.311 + 0.01 * step,
+                                   STAT + "grad_norm_g": 10 ** (step / 25)})  # fmt: skip
+    figure = line_chart(history, ["g", "d"], "losses")
+    axes = figure.axes[0]
+    low, high = axes.get_ylim()
+    y_ticks = [tick for tick in axes.get_yticks() if low <= tick <= high]
+    steps = np.diff(y_ticks)
+    assert len(y_ticks) >= 3 and np.allclose(steps, steps[0]) and _is_round(steps[0]), y_ticks
+    assert "kimg" in axes.get_xlabel()
+    x_low, x_high = axes.get_xlim()
+    assert x_low < 0.064 + 0.01 and 6.4 - 0.01 < x_high < 8  # 64 to 6,400 images seen, in thousands
+    # The raw line (faint) and its moving average (solid) per series: two lines each, the mean smoother.
+    lines = axes.get_lines()
+    assert len(lines) == 4 and lines[0].get_alpha() < 0.5 and lines[1].get_label() == "g"
+    raw, mean = lines[0].get_ydata(), lines[1].get_ydata()
+    assert np.abs(np.diff(mean)).mean() < 0.5 * np.abs(np.diff(raw)).mean()
+    assert len(line_chart(history, ["g"], "raw", smooth=1).axes[0].get_lines()) == 1  # smoothing off
+    norms = line_chart(history, [STAT + "grad_norm_g"], "gradient norms", log_y=True).axes[0]
+    assert norms.get_yscale() == "log"
+    charts = run_charts(history, "tiny")
+    assert {"losses.png", "gradient-norms.png"} <= charts.keys()
+
+
+def test_moving_average_is_a_trailing_mean():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert moving_average(values, 2).tolist() == [1.0, 1.5, 2.5, 3.5, 7.0]
+    assert moving_average(values, 3).tolist() == [1.0, 1.5, 2.0, 3.0, 17 / 3]
+    assert moving_average(values, 1) is values
+    assert smoothing_window(10) == 1 and smoothing_window(100) == 4 and smoothing_window(2000) == 80
