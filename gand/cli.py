@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--nodes", type=int, default=1, help="pods (nodes); more than 1 makes an Indexed Job")
     submit.add_argument("--spot", default=None, help="gke, eks or aks: schedule on that provider's spot nodes")
     submit.add_argument("--namespace", default="default")
+    submit.add_argument("--queue", default=None, help="a Kueue LocalQueue: the Job is created suspended with the "
+                        "kueue.x-k8s.io/queue-name label, and Kueue starts it when the quota allows")  # fmt: skip
+    submit.add_argument("--priority-class", default=None, help="the pods' PriorityClass (Kueue orders by it too)")
     submit.add_argument("--dry-run", action="store_true", help="print the objects as YAML; create nothing")
 
     status = verbs.add_parser("status", help="a submitted run: its Job, pods, restarts and newest checkpoint")
@@ -358,7 +361,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, args.overrides)
         options = SubmitOptions(image=args.image, gpus=args.gpus, nodes=args.nodes, spot=args.spot,
-                                namespace=args.namespace)  # fmt: skip
+                                namespace=args.namespace, queue=args.queue,
+                                priority_class=args.priority_class)  # fmt: skip
         objects = render_run(cfg, options)
         if args.dry_run:
             print(to_yaml(objects), end="")

@@ -75,6 +75,8 @@ class SubmitOptions:
     memory_gib_per_gpu: int = 24
     backoff_limit: int = 3  # real failures only: preemptions and exit 75 do not count
     ttl_seconds: int = 7 * 24 * 3600
+    queue: str | None = None  # a Kueue LocalQueue in the namespace: the Job is created suspended, Kueue admits it
+    priority_class: str | None = None  # the pods' PriorityClass (Kueue orders its queues by it too)
 
 
 def pod_security() -> dict[str, Any]:
@@ -87,13 +89,22 @@ def container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+DNS_SUBDOMAIN = rf"{DNS_LABEL}(\.{DNS_LABEL})*"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
 def check_options(options: SubmitOptions) -> None:
     if options.gpus < 0 or options.nodes < 1:
         raise ConfigError(f"--gpus must be >= 0 and --nodes >= 1 (got {options.gpus}, {options.nodes})")
     if options.spot is not None and options.spot not in SPOT:
         raise ConfigError(f"--spot: {options.spot!r} is not allowed; use one of {', '.join(SPOT)}")
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", options.namespace):
+    if not re.fullmatch(DNS_LABEL, options.namespace):
         raise ConfigError(f"--namespace: {options.namespace!r} is not a Kubernetes namespace name")
+    for flag, value in (("--queue", options.queue), ("--priority-class", options.priority_class)):
+        if value is not None and not (len(value) <= 253 and re.fullmatch(DNS_SUBDOMAIN, value)):
+            raise ConfigError(f"{flag}: {value!r} is not a Kubernetes object name (lower-case letters, digits, "
+                              "'-' and '.', starting and ending with a letter or digit)")  # fmt: skip
 
 
 def check_config_for_cluster(cfg: GandConfig) -> None:
@@ -176,6 +187,8 @@ def training_job(cfg: GandConfig, options: SubmitOptions) -> dict[str, Any]:
         pod_spec["tolerations"] = pod_spec["tolerations"] + [dict(t) for t in spot["tolerations"]]
     if options.nodes > 1:
         pod_spec["subdomain"] = name  # pods resolve as <job>-<index>.<service>
+    if options.priority_class:
+        pod_spec["priorityClassName"] = options.priority_class
     spec: dict[str, Any] = {
         "backoffLimit": options.backoff_limit,
         "ttlSecondsAfterFinished": options.ttl_seconds,
@@ -184,10 +197,16 @@ def training_job(cfg: GandConfig, options: SubmitOptions) -> dict[str, Any]:
     }
     if options.nodes > 1:
         spec.update({"completionMode": "Indexed", "completions": options.nodes, "parallelism": options.nodes})
+    job_labels = labels(cfg, "train")
+    if options.queue:
+        # Kueue's contract for batch/v1 Jobs: the queue label, and created suspended; Kueue unsuspends the Job when
+        # the ClusterQueue behind the LocalQueue has quota for all its pods at once.
+        job_labels[KUEUE_QUEUE_LABEL] = options.queue
+        spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": options.namespace, "labels": labels(cfg, "train")},
+        "metadata": {"name": name, "namespace": options.namespace, "labels": job_labels},
         "spec": spec,
     }
 
@@ -272,6 +291,16 @@ def headless_service(cfg: GandConfig, options: SubmitOptions) -> dict[str, Any]:
 
 
 # -- cluster-wide objects: deployed once from deploy/k8s (kustomize), not per run ----------------------------------
+def local_queue(name: str, cluster_queue: str, namespace: str = "default") -> dict[str, Any]:
+    """A Kueue LocalQueue (kueue.x-k8s.io/v1beta1): the namespace's door to a ClusterQueue's quota."""
+    return {
+        "apiVersion": "kueue.x-k8s.io/v1beta1",
+        "kind": "LocalQueue",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": APP}},
+        "spec": {"clusterQueue": cluster_queue},
+    }
+
+
 def service_account(namespace: str = "default", annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """The pods' identity. Annotate it for IRSA (eks.amazonaws.com/role-arn) or GKE Workload Identity
     (iam.gke.io/gcp-service-account) to reach the bucket without a key Secret."""

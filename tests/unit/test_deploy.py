@@ -21,6 +21,7 @@ from tests.conftest import REPO, gand
 
 KUBERNETES_VERSION = "1.32.0"  # podFailurePolicy is GA from 1.31
 CRD_KINDS = {"PodMonitor", "PrometheusRule"}
+KUEUE_SCHEMAS = {"LocalQueue": REPO / "tests" / "k8s" / "kueue-localqueue-v1beta1.schema.json"}
 K8S = REPO / "deploy" / "k8s"
 CRD_VALIDATOR = REPO / "tests" / "k8s" / "validate_crds.mjs"
 EXAMPLE = ("data.path=s3://bucket/packed", "checkpoint.url=s3://bucket/runs/can256")
@@ -44,6 +45,13 @@ def validate(objects: list[dict[str, Any]]) -> None:
     problems = []
     for obj in objects:
         if obj["kind"] in CRD_KINDS:
+            continue
+        if obj["kind"] in KUEUE_SCHEMAS:
+            import jsonschema
+
+            schema = json.loads(KUEUE_SCHEMAS[obj["kind"]].read_text())
+            problems += [f"{obj['kind']}/{obj['metadata']['name']}: {error.message} at {list(error.path)}"
+                         for error in jsonschema.Draft202012Validator(schema).iter_errors(obj)]  # fmt: skip
             continue
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -85,6 +93,7 @@ SUBMISSIONS = {
     "multi-node": ("--nodes", "3", "--gpus", "4"),
     **{f"{provider}-spot": ("--spot", provider) for provider in SPOT},
     "cpu-only": ("--gpus", "0", "--namespace", "gan-runs"),
+    "kueue": ("--queue", "team-a", "--priority-class", "low.priority", "--nodes", "2"),
 }
 
 
@@ -98,7 +107,8 @@ def test_every_manifest_under_deploy_validates():
     objects = [doc for path in sorted(K8S.rglob("*.yaml")) if path.name != "kustomization.yaml"
                for doc in documents(path.read_text())]  # fmt: skip
     kinds = {obj["kind"] for obj in objects}
-    assert {"Job", "ConfigMap", "ServiceAccount", "Service", "Deployment", "PodMonitor", "PrometheusRule"} <= kinds
+    assert {"Job", "ConfigMap", "ServiceAccount", "Service", "Deployment", "PodMonitor", "PrometheusRule",
+            "LocalQueue"} <= kinds  # fmt: skip
     validate(objects)
 
 
@@ -112,9 +122,26 @@ def test_the_validators_are_not_vacuous():
     job["spec"]["template"]["spec"]["restartPolicy "] = "Never"  # a misspelt field
     with pytest.raises(AssertionError, match="restartPolicy "):
         validate([job])
+    queue = documents((K8S / "overlays" / "kueue" / "local-queue.yaml").read_text())[0]
+    queue["spec"]["clusterQueu"] = "cluster-queue"
+    with pytest.raises(AssertionError, match="clusterQueu"):
+        validate([queue])
     monitor = documents((K8S / "monitoring" / "podmonitor.yaml").read_text())[0]
     monitor["spec"]["podMetricsEndpoints"][0]["interval"] = "fifteen seconds"
     assert validate_crds([monitor]).returncode == 1
+
+
+def test_a_queued_submission_is_a_suspended_job_with_kueues_label_and_the_priority_class():
+    _, job = submit_dry_run("--queue", "team-a", "--priority-class", "gand-low")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["suspend"] is True  # Kueue unsuspends it once the ClusterQueue admits it
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "gand-low"
+    plain = submit_dry_run()[1]
+    assert "suspend" not in plain["spec"] and "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+    assert "priorityClassName" not in plain["spec"]["template"]["spec"]
+    bad = gand("submit", str(REPO / "configs" / "can256.yaml"), "--image", "r/g:1", "--dry-run", *EXAMPLE,
+               "--queue", "Team_A")  # fmt: skip
+    assert bad.returncode == 2 and "--queue: 'Team_A' is not a Kubernetes object name" in bad.stderr
 
 
 def test_multi_node_is_an_indexed_job_whose_pods_find_rank_zero():
@@ -161,13 +188,15 @@ def test_a_local_config_is_refused_with_the_fields_named():
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed: overlays not built here")
-@pytest.mark.parametrize("overlay", [*(f"{provider}-spot" for provider in SPOT), "multi-node"])
+@pytest.mark.parametrize("overlay", [*(f"{provider}-spot" for provider in SPOT), "multi-node", "kueue"])
 def test_kustomize_overlays_give_exactly_what_gand_submit_renders(overlay):
     built = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True,
                            text=True, timeout=60, check=True).stdout  # fmt: skip
     objects = {(obj["kind"], obj["metadata"]["name"]): obj for obj in documents(built)}
     build = load_build()
-    options = build.MULTI_NODE if overlay == "multi-node" else {"spot": overlay.removesuffix("-spot")}
+    options = {"multi-node": build.MULTI_NODE, "kueue": build.KUEUE}.get(overlay) or {
+        "spot": overlay.removesuffix("-spot")
+    }
     for rendered in render_run(build.example_config(), SubmitOptions(image=build.IMAGE, **options)):
         assert objects[(rendered["kind"], rendered["metadata"]["name"])] == rendered
     validate(list(objects.values()))
