@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["landscapes", "digits"],
         help="landscapes: painted, 4 styles; digits: scikit-learn's 1,797 real scans, 10 classes",
     )
-    demo.add_argument("--n", type=int, default=2000, help="landscapes only: number of images (default 2000)")
+    demo.add_argument("--n", type=int, default=None, help="landscapes only: number of images (default 2000)")
     demo.add_argument("--seed", type=int, default=0)
 
     pack = verbs.add_parser("pack", help="pack images into WebDataset shards at every resolution (incremental)")
@@ -127,7 +127,13 @@ def _add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="image folder or fsspec URL (labels: first-level sub-folders), or a CSV/JSONL list")
     parser.add_argument("dest", help="output directory or fsspec URL (shards per resolution + manifest.json)")
     shape = parser.add_argument_group("output")
-    shape.add_argument("--resolutions", type=_resolutions, default=(32, 64), help="e.g. 32,64,128,256")
+    shape.add_argument(
+        "--resolutions",
+        type=_resolutions,
+        default=(32, 64),
+        metavar="SIZES",
+        help="square sizes in pixels, comma-separated (default: 32,64; e.g. 32,64,128,256)",
+    )
     shape.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
     shape.add_argument("--resize", default="center_crop", choices=["center_crop", "keep_ratio", "none"])
     shape.add_argument(
@@ -234,22 +240,75 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GandError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # the machine said no: a read-only or full disk, a permission; never a traceback
+        message, exit_code = _os_error_message(err)
+        print(f"error: {message}", file=sys.stderr)
+        return exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
+def _emit(result: dict, text: str) -> None:
+    """A verb's result on stdout: readable text at a terminal, one JSON object anywhere else (`> result.json`,
+    pipes, scripts)."""
+    print(text if sys.stdout.isatty() else json.dumps(result))
+
+
+def _scores_text(result: dict) -> str:
+    names = {"fid": "FID", "kid_mean": "KID", "is_mean": "IS"}
+    shown = []
+    for key, name in names.items():
+        if key in result:
+            spread = result.get(key.replace("_mean", "_std"))
+            shown.append(f"{name} {result[key]:.4g}" + (f" ± {spread:.2g}" if spread is not None and key != "fid"
+                                                            else ""))  # fmt: skip
+    return (f"{result['checkpoint']}: " + ", ".join(shown) + f" ({result['generated']} generated vs "
+            f"{result['real']} real images)")  # fmt: skip
+
+
+def _os_error_message(err: OSError) -> tuple[str, int]:
+    """A person's message for an operating-system error (the file, the reason, what to do) and its exit code:
+    2 where the command named a place gand cannot use, 1 where running again later may work."""
+    import errno
+
+    where = f"{err.filename}: " if err.filename else ""
+    reason = err.strerror or str(err)
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{where}{reason}; choose a location this user can write to (a folder argument, --out, run.dir "
+                "or checkpoint.url), or change its permissions", 2)  # fmt: skip
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{where}{reason}; free some space or choose another location, then run the same command again "
+                "(nothing half-written was kept)", 1)  # fmt: skip
+    if err.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST):
+        return f"{where}{reason}; give a folder path that is not (inside) a file", 2
+    return f"{where}{reason}", 1
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "demo-data":
         from gand.data.demo import generate_landscapes, write_digits
+        from gand.observability.logging import configure_logging
 
-        if args.n < 1:
+        configure_logging(stream=sys.stderr)  # stdout is the result
+
+        if args.n is not None and args.n < 1:
             raise ConfigError(f"--n must be at least 1 (got {args.n})")
         if args.kind == "digits":
+            if args.n is not None:  # writing 1,797 when 5 were asked for would surprise
+                raise ConfigError(f"--n {args.n}: --kind digits writes all 1,797 of scikit-learn's scans; --n is "
+                                  "for --kind landscapes (pick a subset with `gand pack --exclude`)")  # fmt: skip
             summary = write_digits(args.dest)
         else:
-            summary = generate_landscapes(args.dest, count=args.n, seed=args.seed)
-        print(json.dumps(summary))
+            summary = generate_landscapes(args.dest, count=args.n or 2000, seed=args.seed)
+        _emit(
+            summary,
+            f"wrote {summary['images']} images to {summary['dest']}: "
+            + ", ".join(
+                f"{name} {count}"
+                for name, count in (summary.get("per_style") or summary.get("per_class") or {}).items()
+            ),
+        )
         return 0
     if args.verb == "pack":
         from gand.data.pack import pack
@@ -274,7 +333,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         import torch
 
         from gand.config import load_config
+        from gand.observability.logging import configure_logging
         from gand.train.planner import class_count, format_plan, make_plan, parse_size
+
+        configure_logging(stream=sys.stderr)  # stdout is the plan
 
         cfg = load_config(args.config, args.overrides)
         try:
@@ -284,7 +346,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.ranks < 1:
             raise ConfigError(f"--ranks must be at least 1 (got {args.ranks})")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        plan = make_plan(cfg, class_count(cfg, args.classes), budget, args.ranks, device)
+        plan = make_plan(cfg, class_count(cfg, args.classes), budget, args.ranks, device, show_progress=True)
         print(format_plan(plan, cfg))
         return 0 if plan.best is not None else 1
     if args.verb == "train":
@@ -324,14 +386,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gand.eval.fid import evaluate_checkpoint
         from gand.observability.logging import configure_logging
 
-        configure_logging()
+        configure_logging(stream=sys.stderr)  # stdout is the scores: `gand eval RUN > scores.json`
         if args.n is not None and args.n < 10:
             raise ConfigError(f"--n must be at least 10 (got {args.n})")
         metrics = tuple(name.strip().lower() for name in args.metrics.split(",") if name.strip())
-        print(json.dumps(evaluate_checkpoint(args.run, args.n, metrics, args.weights, args.batch)))
+        result = evaluate_checkpoint(args.run, args.n, metrics, args.weights, args.batch)
+        _emit(result, _scores_text(result))
         return 0
     if args.verb == "sample":
         from gand.eval.samples import write_samples
+        from gand.observability.logging import configure_logging
+        from gand.observability.progress import plural
+
+        configure_logging(stream=sys.stderr)  # stdout is the result
 
         if args.n < 1:
             raise ConfigError(f"--n must be at least 1 (got {args.n})")
@@ -341,19 +408,32 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise ConfigError(f"--seeds: expected integers such as 3,17,42 (got {args.seeds!r})") from None
         written = write_samples(args.run, args.out, args.n, args.class_index, args.seed, args.interpolate, seeds,
                                 args.arithmetic)  # fmt: skip
-        print(json.dumps({"out": args.out, "written": written}))
+        _emit({"out": args.out, "written": written}, f"wrote {plural(len(written), 'PNG file')} to {args.out}: "
+              + ", ".join(written))  # fmt: skip
         return 0
     if args.verb == "features":
         from gand.eval.features import compare_on_dataset
+        from gand.observability.logging import configure_logging
+
+        configure_logging(stream=sys.stderr)  # stdout is the result
 
         if not 0 < args.test_share < 1:
             raise ConfigError(f"--test-share must be between 0 and 1 (got {args.test_share})")
-        print(json.dumps(compare_on_dataset(args.run, args.data, args.test_share)))
+        result = compare_on_dataset(args.run, args.data, args.test_share)
+        _emit(result, f"{result['checkpoint']}: linear SVM on {result['test_images']} held-out images of "
+              f"{result['classes']} classes: D's features {result['discriminator_features_accuracy']:.1%} "
+              f"({result['feature_dims']} dims), raw pixels {result['raw_pixels_accuracy']:.1%} "
+              f"({result['pixel_dims']} dims)")  # fmt: skip
         return 0
     if args.verb == "plot":
         from gand.eval.samples import plot_run
+        from gand.observability.logging import configure_logging
 
-        print(json.dumps(plot_run(args.run, args.out, args.smooth)))
+        configure_logging(stream=sys.stderr)  # stdout is the result
+
+        result = plot_run(args.run, args.out, args.smooth)
+        _emit(result, f"{result['checkpoint']}: {result['points']} logged points -> {result['out']}: "
+              + ", ".join(result["written"]))  # fmt: skip
         return 0
     if args.verb == "submit":
         from gand.config import load_config

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from gand.errors import ConfigError
 
@@ -29,6 +29,25 @@ def _registered(name: str, registry: Mapping[str, object], what: str) -> str:
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`train.max_steps=true` must not train for 1 step: pydantic reads true as 1 where a number is wanted."""
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = _leaf_types(cls.model_fields[info.field_name].annotation)
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("expected a number, not a boolean")
+        return value
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The plain types a field annotation admits (`int | None` -> {int, NoneType}; lists and literals: none)."""
+    if get_origin(annotation) is None:
+        return {annotation}
+    if get_origin(annotation) in (Literal, list, tuple, dict):
+        return set()
+    return {leaf for argument in get_args(annotation) for leaf in _leaf_types(argument)}
 
 
 class RunConfig(StrictModel):

@@ -127,6 +127,10 @@ class Store:
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(staging, final)
+            except OSError as err:
+                if err.filename is None:  # a write that failed (a full disk) names no file: name the one we wrote
+                    raise OSError(err.errno, err.strerror, final) from err
+                raise
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(staging)

@@ -129,6 +129,20 @@ def publish_generation(store: Store, manifest: PackedManifest) -> None:
     store.write_bytes(MANIFEST_NAME, data)  # the pointer readers follow
 
 
+def read_record(store: Store, relpath: str, model: type[BaseModel], remedy: str) -> BaseModel:
+    """A JSON record of the dataset (a manifest, a part record) parsed as `model`; a damaged one (cut short, edited,
+    from another version) is a DataError naming the file and `remedy`. FileNotFoundError passes through."""
+    raw = store.read_bytes(relpath)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        problem = first["msg"] if first["type"] == "json_invalid" else (
+            f"field {'.'.join(map(str, first['loc'])) or '(top level)'}: {first['msg']}"
+        )  # fmt: skip
+        raise DataError(f"{redact(store.url(relpath))} is damaged ({problem}); {remedy}") from None
+
+
 def read_parts(store: Store) -> list[PartRecord]:
     """Complete parts, 0..P-1 (a part record is written only after all of its shards are published)."""
     indices = sorted(int(m.group(1)) for name in store.list_dir(PARTS_DIR) if (m := _PART_NAME.match(name)))
@@ -136,7 +150,8 @@ def read_parts(store: Store) -> list[PartRecord]:
     for expected, index in enumerate(indices):
         if index != expected:
             break  # parts are published one after another; a gap would mean someone else wrote here
-        parts.append(PartRecord.model_validate_json(store.read_bytes(part_path(index))))
+        remedy = "the images of that part cannot be accounted for: pack again with --overwrite to start over"
+        parts.append(read_record(store, part_path(index), PartRecord, remedy))
     return parts
 
 

@@ -51,6 +51,7 @@ from gand.data.manifest import (
     part_path,
     publish_generation,
     read_parts,
+    read_record,
 )
 from gand.data.shards import EncodedSample, PartWriter
 from gand.data.sources import LABEL_MODES, SourceItem, scan_source
@@ -59,6 +60,10 @@ from gand.processes import die_with_parent
 from gand.storage import Store, read_url, redact
 
 LOGGED_SKIPS_PER_REASON = 10  # name the first few files per reason; the records count them all
+# A damaged manifest.json loses nothing: the part records are the dataset, and a pack lists them again.
+MANIFEST_REMEDY = (
+    "delete it and run the same command again (the parts/ records rebuild it), or start over with --overwrite"
+)
 log = structlog.get_logger("gand.pack")
 
 
@@ -182,6 +187,38 @@ def pack(
     publisher = GenerationPublisher(store, state, src, options)
     writer = PartWriter(store, len(state.parts), options.resolutions, options.shard_size,
                         class_names=lambda: class_names, on_part=publisher.part_published)  # fmt: skip
+    try:
+        _pack_items(writer, report, state, new_items, new_skips, class_names, options, stop, on_progress, publisher)
+    except BaseException as error:
+        writer.abort(error)  # a full disk or a stop mid-part: no half-written shard stays behind
+        if isinstance(error, OSError) and error.filename is None:  # a failed write names no file: name DEST
+            raise OSError(error.errno, error.strerror, redact(dest)) from error
+        raise
+    report.stopped = stop is not None and stop.is_set()
+    if require_images and report.files and not report.packed and not state.parts and not report.stopped:
+        writer.abort(ConfigError("nothing packed"))
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(report.skipped.items()))
+        raise ConfigError(
+            f"every file in {redact(src)} was skipped ({reasons}); nothing was packed. "
+            "Loosen the filters (--min-side, --max-aspect, --formats, --near-duplicates, "
+            "--exclude) or add images, then run the same command again"
+        )
+    writer.publish()  # the last, partial part (and any trailing skip records)
+    report.manifest = publisher.publish_if_changed()
+    report.parts = publisher.parts_this_run
+    report.seconds = time.perf_counter() - started
+    if report.files:
+        log.info("pack_done", packed=report.packed, skipped=dict(report.skipped), parts=report.parts,
+                 first_frame_only=report.first_frame_only,
+                 generation=report.manifest.generation if report.manifest else None,
+                 seconds=round(report.seconds, 2), stopped=report.stopped)  # fmt: skip
+    return report
+
+
+def _pack_items(writer: PartWriter, report: PackReport, state, new_items: list, new_skips: list,
+                class_names: list[str] | None, options: PackOptions, stop: threading.Event | None,
+                on_progress: Callable[[int, int, PackReport], None] | None, publisher) -> None:  # fmt: skip
+    """Transform the new files in worker processes and write each result into the open part, or count its skip."""
     for skip in new_skips:
         _record_skip(writer, report, skip.source_id, skip.reason, "")
     done = len(new_skips)
@@ -201,17 +238,6 @@ def pack(
         publisher.maybe_publish()
         if stop is not None and stop.is_set():
             break
-    report.stopped = stop is not None and stop.is_set()
-    writer.publish()  # the last, partial part (and any trailing skip records)
-    report.manifest = publisher.publish_if_changed()
-    report.parts = publisher.parts_this_run
-    report.seconds = time.perf_counter() - started
-    if report.files:
-        log.info("pack_done", packed=report.packed, skipped=dict(report.skipped), parts=report.parts,
-                 first_frame_only=report.first_frame_only,
-                 generation=report.manifest.generation if report.manifest else None,
-                 seconds=round(report.seconds, 2), stopped=report.stopped)  # fmt: skip
-    return report
 
 
 def _record_skip(writer: PartWriter, report: PackReport, source: str, reason: str, detail: str) -> None:
@@ -270,7 +296,7 @@ class DatasetState:
 
 def _check_same_dataset(store: Store, src: str, options: PackOptions) -> None:
     try:
-        manifest = PackedManifest.model_validate_json(store.read_bytes(MANIFEST_NAME))
+        manifest = read_record(store, MANIFEST_NAME, PackedManifest, MANIFEST_REMEDY)
     except FileNotFoundError:
         return  # parts without a generation yet: the layout check below has nothing to compare against
     source = redact(_normalised(src))
@@ -372,7 +398,7 @@ class GenerationPublisher:
 
     def _count_unlisted(self) -> int:
         try:
-            listed = PackedManifest.model_validate_json(self.store.read_bytes(MANIFEST_NAME)).parts
+            listed = read_record(self.store, MANIFEST_NAME, PackedManifest, MANIFEST_REMEDY).parts
         except FileNotFoundError:
             listed = 0
         return len(self.state.parts) - listed  # complete parts a killed run published but never listed
@@ -390,7 +416,7 @@ class GenerationPublisher:
         if self._unlisted:
             return self.publish()
         try:
-            return PackedManifest.model_validate_json(self.store.read_bytes(MANIFEST_NAME))
+            return read_record(self.store, MANIFEST_NAME, PackedManifest, MANIFEST_REMEDY)
         except FileNotFoundError:
             return None
 

@@ -6,6 +6,7 @@ next part to be published, so every source file is accounted for exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import posixpath
@@ -101,6 +102,15 @@ class PartWriter:
         self.index += 1
         self.on_part(record)
         return record
+
+    def abort(self, error: BaseException) -> None:
+        """Drop the open part after `error` (a full disk, a stop): its staged shards are deleted, nothing of it is
+        published, and the next pack packs its images again."""
+        stack, self._open, self._tars = self._open, None, {}
+        if stack is not None:
+            # The tar streams close without their end blocks; a second failure while closing changes nothing.
+            with contextlib.suppress(Exception):
+                stack.__exit__(type(error), error, error.__traceback__)
 
     def _start_tars(self) -> None:
         self._open = ExitStack()

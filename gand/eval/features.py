@@ -50,6 +50,7 @@ def compare_on_dataset(location: str, data_path: str, test_share: float = 0.3, s
     from gand.data.tarindex import UNLABELLED
     from gand.errors import DataError
     from gand.eval.samples import load_networks
+    from gand.observability.progress import TaskProgress
 
     _, discriminator, cfg, _, name = load_networks(location)
     discriminator.eval()
@@ -59,15 +60,25 @@ def compare_on_dataset(location: str, data_path: str, test_share: float = 0.3, s
         raise DataError(f"{data_path}: gand features needs a labelled dataset with at least 2 classes")
     # D sees what G makes: [-1, 1] or [0, 1]
     images = from_uint8(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2), _value_range(cfg))
-    features = torch.cat([discriminator_features(discriminator, part) for part in images.split(batch_size)])
+    progress = TaskProgress("D features", len(images))
+    features = []
+    for part in images.split(batch_size):
+        features.append(discriminator_features(discriminator, part))
+        progress.advance(len(part))
+    progress.close()
+    features = torch.cat(features)
     raw = images.flatten(1)
     split = train_test_split(np.arange(len(labels)), test_size=test_share, random_state=seed, stratify=labels)
     train, test = split
     result = {"checkpoint": name, "images": len(labels), "classes": len(set(labels)), "test_images": len(test),
               "feature_dims": features.shape[1], "pixel_dims": raw.shape[1]}  # fmt: skip
+    fits = TaskProgress("linear SVMs fitted", 2, unit="fits")
     for kind, matrix in (("discriminator_features", features.numpy()), ("raw_pixels", raw.numpy())):
+        fits.advance(0)  # shows the bar before the first fit, which takes most of the time
         result[f"{kind}_accuracy"] = round(svm_accuracy(matrix[train], labels[train], matrix[test], labels[test],
                                                         seed), 4)  # fmt: skip
+        fits.advance()
+    fits.close()
     return result
 
 

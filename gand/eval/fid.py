@@ -34,8 +34,12 @@ class Reference:
 
 @torch.no_grad()
 def inception_outputs(network: FIDInception, batches: Iterator[torch.Tensor], count: int,
-                      device: torch.device) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(features N x 2048, logits N x 1008) for the first `count` images of `batches` (each in [-1, 1])."""
+                      device: torch.device, task: str | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(features N x 2048, logits N x 1008) for the first `count` images of `batches` (each in [-1, 1]); with a
+    `task` name, progress on stderr (a bar at a terminal, else log lines)."""
+    from gand.observability.progress import TaskProgress
+
+    progress = TaskProgress(task, count) if task else None
     features, logits, seen = [], [], 0
     for images in batches:
         images = images[: count - seen].to(device)
@@ -43,8 +47,12 @@ def inception_outputs(network: FIDInception, batches: Iterator[torch.Tensor], co
         features.append(pool.double().cpu().numpy())
         logits.append(classes.double().cpu().numpy())
         seen += len(images)
+        if progress is not None:
+            progress.advance(len(images))
         if seen >= count:
             break
+    if progress is not None:
+        progress.close()
     if seen < count:
         raise ValueError(f"asked for {count} images, the source gave {seen}")
     return np.concatenate(features), np.concatenate(logits)
@@ -85,7 +93,7 @@ def scores(real: Reference, fake_features: np.ndarray, fake_logits: np.ndarray,
 
 
 def reference(network: FIDInception, weights_id: str, data_path: str, resolution: int, count: int,
-              device: torch.device, batch_size: int = 50) -> Reference:  # fmt: skip
+              device: torch.device, batch_size: int = 50, progress: bool = False) -> Reference:  # fmt: skip
     """The dataset's reference features at `resolution` (the first `count` in key order), cached."""
     from gand.data.manifest import read_manifest
     from gand.storage import Store
@@ -97,7 +105,8 @@ def reference(network: FIDInception, weights_id: str, data_path: str, resolution
     if cached is not None:
         return cached
     log.info("reference_statistics", dataset=data_path, resolution=resolution, images=count)
-    features, _ = inception_outputs(network, _real_batches(data_path, resolution, batch_size), count, device)
+    features, _ = inception_outputs(network, _real_batches(data_path, resolution, batch_size), count, device,
+                                    task="reference features (once per dataset)" if progress else None)  # fmt: skip
     buffer = io.BytesIO()
     np.savez(buffer, features=features, key=np.array(key))
     try:
@@ -153,10 +162,10 @@ def evaluate_checkpoint(location: str, count: int | None = None, metrics: tuple[
     manifest, _ = read_manifest(cfg.data.path)
     real_count = min(count, manifest.num_samples)
     real = reference(network, weights_identity(weights), cfg.data.path, cfg.data.resolution, real_count, device,
-                     batch_size)  # fmt: skip
+                     batch_size, progress=True)  # fmt: skip
     recipe = Recipe.from_config(cfg, num_classes)
     fake_features, fake_logits = inception_outputs(network, generated_batches(generator, recipe, batch_size, device),
-                                                   count, device)  # fmt: skip
+                                                   count, device, task="generated images")  # fmt: skip
     result = scores(real, fake_features, fake_logits, metrics)
     return {"checkpoint": name, "generated": count, "real": real_count, **{k: round(v, 6) for k, v in result.items()}}
 

@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import pickle
+import posixpath
 from pathlib import Path
 
 import torch
@@ -199,8 +200,11 @@ def load_inception(weights: str | None = None, device: torch.device | str = "cpu
     try:
         state = torch.load(io.BytesIO(read_weights(location)), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise DataError(f"eval.inception_weights {location}: not a plain tensor file, refused (nothing that "
-                        f"needs unpickling code is loaded): {str(err).splitlines()[0]}") from None  # fmt: skip
+        # torch's own message suggests weights_only=False, which would run code from the file: not repeated here.
+        raise DataError(f"FID Inception weights (--weights / eval.inception_weights) {location}: not a file of plain "
+                        "tensors (damaged, not a PyTorch file, or one that needs code to load) "
+                        f"({type(err).__name__}), refused without running anything from it. Use the published file "
+                        f"{posixpath.basename(WEIGHTS_URL)} (README: Evaluation)") from None  # fmt: skip
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(f"eval.inception_weights {location}: expected a state dict of tensors")
     state = {name: tensor for name, tensor in state.items() if not name.endswith("num_batches_tracked")}

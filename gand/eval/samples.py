@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,6 +121,36 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def labelled_png(pixels: np.ndarray, cell: int, title: str | None = None, column_labels: list[str] | None = None,
+                 row_labels: list[str] | None = None, padding: int = 2) -> bytes:  # fmt: skip
+    """A `grid_pixels` grid (H x W x C uint8, square cells of `cell` px plus `padding`) with a title line above,
+    a label above each column and one left of each row, on white; small cells are enlarged (nearest neighbour) to
+    at least 64 px so that the labels fit."""
+    from PIL import ImageDraw, ImageFont
+
+    scale = max(1, math.ceil(64 / cell))
+    image = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).convert("RGB")
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    font = ImageFont.load_default(size=12)
+    top = (18 if title else 0) + (16 if column_labels else 0)
+    left = (max(font.getlength(label) for label in row_labels) + 8) if row_labels else 0
+    canvas = Image.new("RGB", (image.width + int(left), image.height + top + 2), "white")
+    canvas.paste(image, (int(left), top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 2), title, fill="black", font=font)
+    step = (cell + padding) * scale
+    for index, label in enumerate(column_labels or []):
+        centre = left + padding * scale + index * step + cell * scale / 2
+        draw.text((centre - font.getlength(label) / 2, top - 15), label, fill="black", font=font)
+    for index, label in enumerate(row_labels or []):
+        middle = top + padding * scale + index * step + cell * scale / 2
+        draw.text((4, middle - 7), label, fill="black", font=font)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def load_generator(location: str, use_ema: bool = True):
     """A run's generator (its EMA when there is one), its config, class count and checkpoint name.
 
@@ -191,34 +222,48 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
     from gand.storage import Store
     from gand.train.steps import Recipe
 
-    generator, cfg, num_classes, _ = load_generator(location)
+    generator, cfg, num_classes, checkpoint = load_generator(location)
     recipe = Recipe.from_config(cfg, num_classes)
     if class_index is not None and not (recipe.sample_classes and 0 <= class_index < num_classes):
         allowed = f"0..{num_classes - 1}" if recipe.sample_classes else "none: this generator is not conditional"
         raise ConfigError(f"--class {class_index}: allowed {allowed}")
     latent_dim, store, written = cfg.model.latent_dim, Store(out), []
 
-    def render(name: str, z: torch.Tensor, columns: int | None = None, classes: torch.Tensor | None = None) -> None:
+    def render(name: str, z: torch.Tensor, columns: int | None = None, classes: torch.Tensor | None = None,
+               **labels: Any) -> None:  # fmt: skip
         if recipe.sample_classes and classes is None:
             classes = torch.full((len(z),), class_index or 0, dtype=torch.long)
         with sampling_mode(generator, recipe):
             images = generate(generator, z, classes)
-        store.write_bytes(name, grid_png(images, columns=columns, value_range=recipe.value_range))
+        pixels = grid_pixels(images, columns=columns, value_range=recipe.value_range)
+        store.write_bytes(name, labelled_png(pixels, images.shape[-1], **labels) if labels else png_bytes(pixels))
         written.append(name)
 
-    grid_classes = None
+    grid_classes, grid_labels, grid_columns = None, {}, None
     if recipe.sample_classes:
-        grid_classes = (torch.full((count,), class_index, dtype=torch.long) if class_index is not None
-                        else torch.arange(count) % num_classes)  # fmt: skip
-    render("grid.png", torch.stack([seeded_latent(seed + i, latent_dim) for i in range(count)]), None, grid_classes)
+        class_names = _class_names(location, checkpoint) or [str(index) for index in range(num_classes)]
+        if class_index is not None:
+            grid_classes = torch.full((count,), class_index, dtype=torch.long)
+            grid_labels = {"title": f"class {class_index}: {class_names[class_index]}"}
+        else:  # one column per class, labelled
+            grid_classes, grid_columns = torch.arange(count) % num_classes, num_classes
+            grid_labels = {"column_labels": [name[:12] for name in class_names]}
+    latents = torch.stack([seeded_latent(seed + i, latent_dim) for i in range(count)])
+    render("grid.png", latents, grid_columns, grid_classes, **grid_labels)
     if interpolate_steps:
         if interpolate_steps < 2:
             raise ConfigError(f"--interpolate needs at least 2 steps (got {interpolate_steps})")
         walk = seeds or [seed, seed + 1]
+        if len(walk) < 2:
+            raise ConfigError(f"--seeds {','.join(map(str, walk))}: a walk goes between seeds; give at least two, "
+                              "e.g. --seeds 3,17 (without --seeds: --seed and the next one)")  # fmt: skip
         for a, b in itertools.pairwise(walk):
             za, zb = seeded_latent(a, latent_dim), seeded_latent(b, latent_dim)
-            render(f"interpolate-linear-{a}-{b}.png", lerp(za, zb, interpolate_steps), interpolate_steps)
-            render(f"interpolate-spherical-{a}-{b}.png", slerp(za, zb, interpolate_steps), interpolate_steps)
+            fractions = [f"{t:.2g}" for t in torch.linspace(0, 1, interpolate_steps).tolist()]
+            for kind, walk_latents in (("linear", lerp(za, zb, interpolate_steps)),
+                                       ("spherical", slerp(za, zb, interpolate_steps))):  # fmt: skip
+                render(f"interpolate-{kind}-{a}-{b}.png", walk_latents, interpolate_steps,
+                       title=f"{kind} walk from seed {a} to seed {b}", column_labels=fractions)  # fmt: skip
     if arithmetic:
         parsed = parse_arithmetic(arithmetic)
         means = group_means(parsed, latent_dim)
@@ -228,8 +273,19 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
         jitter = torch.Generator().manual_seed(seed)
         variants = [result + 0.25 * torch.randn(latent_dim, generator=jitter) for _ in range(len(parsed.terms))]
         rows = [*(means[name] for _, name in parsed.terms), result, *variants, result]
-        render("arithmetic.png", torch.stack(rows), len(parsed.terms) + 1)
+        signs = [("" if index == 0 and sign > 0 else "+ " if sign > 0 else "- ") + name
+                 for index, (sign, name) in enumerate(parsed.terms)]  # fmt: skip
+        render("arithmetic.png", torch.stack(rows), len(parsed.terms) + 1, title=arithmetic.split(":")[-1].strip(),
+               column_labels=[*signs, "= result"], row_labels=["means", "+ noise"])  # fmt: skip
     return written
+
+
+def _class_names(location: str, checkpoint: str) -> list[str] | None:
+    """The class names a checkpoint was trained with (None when it kept none)."""
+    from gand.storage import Store
+
+    store_url, _ = checkpoint_location(location)
+    return json.loads(Store(store_url).read_bytes(f"{checkpoint}/state.json")).get("class_names")
 
 
 def plot_run(location: str, out: str | None = None, smooth: int | None = None) -> dict:

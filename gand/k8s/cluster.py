@@ -3,7 +3,9 @@ run's objects, and report on a run. Rendering the objects is gand.k8s.render's j
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from gand.errors import ConfigError, GandError
@@ -29,6 +31,21 @@ def _client():
     return kubernetes
 
 
+@contextlib.contextmanager
+def _reachable(kubernetes: Any) -> Iterator[None]:
+    """A server that cannot be reached (refused, DNS, TLS, timeouts: urllib3's errors) is one message."""
+    import urllib3
+
+    try:
+        yield
+    except urllib3.exceptions.HTTPError as err:
+        host = kubernetes.client.Configuration.get_default_copy().host
+        reason = getattr(err, "reason", None) or err
+        raise ClusterError(f"cannot reach the Kubernetes API server at {host}: {type(reason).__name__}: "
+                           f"{str(reason).split(': ', 1)[-1][:200]}; check `kubectl cluster-info`, KUBECONFIG and "
+                           "the current context, or use --dry-run to print the objects") from None  # fmt: skip
+
+
 def create_objects(objects: list[dict[str, Any]], namespace: str, server_dry_run: bool = False) -> list[str]:
     """Create each object; with server_dry_run the API server validates and admits them but stores nothing.
     Returns one line per object."""
@@ -38,8 +55,9 @@ def create_objects(objects: list[dict[str, Any]], namespace: str, server_dry_run
     for obj in objects:
         kind, name = obj["kind"], obj["metadata"]["name"]
         try:
-            kubernetes.utils.create_from_dict(api, obj, namespace=namespace,
-                                              **({"dry_run": "All"} if server_dry_run else {}))  # fmt: skip
+            with _reachable(kubernetes):
+                kubernetes.utils.create_from_dict(api, obj, namespace=namespace,
+                                                  **({"dry_run": "All"} if server_dry_run else {}))  # fmt: skip
         except kubernetes.utils.FailToCreateError as failed:
             reasons = "; ".join(_api_message(err) for err in failed.api_exceptions)
             raise ClusterError(f"could not create {kind} {namespace}/{name}: {reasons}") from None
@@ -60,7 +78,8 @@ def run_status(run: str, namespace: str) -> str:
     job_name = run if run.startswith("gand-") else f"gand-{run}"
     batch, core = kubernetes.client.BatchV1Api(), kubernetes.client.CoreV1Api()
     try:
-        job = batch.read_namespaced_job(job_name, namespace)
+        with _reachable(kubernetes):
+            job = batch.read_namespaced_job(job_name, namespace)
     except kubernetes.client.ApiException as err:
         if err.status == 404:
             raise ClusterError(f"no Job {namespace}/{job_name}; `kubectl get jobs -n {namespace}` lists them") from None

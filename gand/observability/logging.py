@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 from structlog.stdlib import ProcessorFormatter
@@ -51,8 +51,9 @@ def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> di
 
 
 def configure_logging(rank: int | None = None, is_main: bool = True, log_file: Path | None = None,
-                      run_name: str | None = None) -> None:  # fmt: skip
-    """Route structlog and the standard library's logging to stdout (and a JSON-lines file, if given).
+                      run_name: str | None = None, stream: IO[str] | None = None) -> None:  # fmt: skip
+    """Route structlog and the standard library's logging to `stream` (default stdout; stderr for the verbs whose
+    stdout is their result, e.g. `gand eval > scores.json`), and to a JSON-lines file, if given.
 
     Ranks other than the main one report warnings and errors only. `rank` and `run_name`, when given, are bound
     to every line from here on, library lines included.
@@ -77,8 +78,9 @@ def configure_logging(rank: int | None = None, is_main: bool = True, log_file: P
     foreign = [structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder(), *shared]
     json_renderer = structlog.processors.JSONRenderer(sort_keys=False)
     console = log_format() == "console"
-    stdout_renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if console else json_renderer
-    handlers: list[logging.Handler] = [_handler(logging.StreamHandler(sys.stdout), stdout_renderer, foreign)]
+    stream = stream or sys.stdout
+    stream_renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty()) if console else json_renderer
+    handlers: list[logging.Handler] = [_handler(logging.StreamHandler(stream), stream_renderer, foreign)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(_handler(logging.FileHandler(log_file, encoding="utf-8"), json_renderer, foreign))

@@ -21,7 +21,9 @@ def _serve(registry: CollectorRegistry, port: int):
     try:
         server, _ = start_http_server(port, registry=registry)
     except OSError as err:  # a busy port must not stop training or packing
-        log.warning("metrics_port_unavailable", port=port, error=str(err))
+        log.warning("metrics_port_unavailable", port=port, error=str(err), effect="running without /metrics",
+                    fix=f"choose a free port: metrics.port=<port> for gand train, --metrics-port <port> for gand "
+                    f"daemon (0 picks any free port; `ss -ltnp 'sport = :{port}'` shows what holds it)")  # fmt: skip
         return None
     log.info("metrics_serving", port=server.server_port, path="/metrics")
     return server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import IO
@@ -23,6 +24,17 @@ class ProgressReporter:
         self._last_draw = 0.0
         self._last_log = self.started
         self._drawn = False
+        self._handlers = [h for h in logging.getLogger().handlers if getattr(h, "gand", False)] if self.tty else []
+        for handler in self._handlers:  # a warning (a skipped image) goes above the bar, not through it
+            handler.addFilter(self._clear_bar)
+
+    def _clear_bar(self, _record: logging.LogRecord) -> bool:
+        if self._drawn:
+            self.stream.write("\r\033[K")  # erase the bar's line; the next update draws it under the log line
+            self.stream.flush()
+            self._drawn = False
+            self._last_draw = 0.0
+        return True
 
     def __call__(self, done: int, total: int, report) -> None:
         now = time.monotonic()
@@ -54,9 +66,56 @@ class ProgressReporter:
         self._drawn = True
 
     def close(self) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self._clear_bar)
         if self._drawn:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class TaskProgress:
+    """Progress of one long task in `total` units (images, probes): a bar on stderr at a terminal, else a
+    `progress` log line every `log_seconds` and at the end. `advance(n)` after each piece of work; `close()`."""
+
+    def __init__(self, task: str, total: int, unit: str = "images", stream: IO[str] | None = None,
+                 log_seconds: float = 5.0):  # fmt: skip
+        self.task, self.total, self.unit = task, max(total, 1), unit
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.log_seconds = log_seconds
+        self.done = 0
+        self.started = self._last = time.monotonic()
+        self._drawn = False
+
+    def advance(self, count: int = 1) -> None:
+        self.done = min(self.total, self.done + count)
+        now = time.monotonic()
+        finished = self.done >= self.total
+        if self.tty and (now - self._last >= 0.1 or finished):
+            self._last = now
+            self._draw()
+        elif not self.tty and (now - self._last >= self.log_seconds or finished):
+            self._last = now
+            log.info("progress", task=self.task, done=self.done, total=self.total, unit=self.unit,
+                     eta_seconds=self._eta())  # fmt: skip
+
+    def _eta(self) -> int | None:
+        elapsed = time.monotonic() - self.started
+        return round(elapsed / self.done * (self.total - self.done)) if self.done else None
+
+    def _draw(self) -> None:
+        filled = int(BAR_WIDTH * self.done / self.total)
+        eta = self._eta()
+        self.stream.write(f"\r{self.task} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {self.done}/{self.total} "
+                          f"{self.unit}" + (f"  eta {eta}s " if eta is not None else " "))  # fmt: skip
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
 
 
 def pack_summary(report) -> str:
@@ -71,14 +130,21 @@ def pack_summary(report) -> str:
     manifest = report.manifest
     if manifest is not None:
         lines.append(
-            f"dataset: {manifest.num_samples} images, generation {manifest.generation}, {manifest.parts} parts"
-            + (f", {len(manifest.class_names)} classes" if manifest.class_names else "")
+            f"dataset: {plural(manifest.num_samples, 'image')}, generation {manifest.generation}, "
+            f"{plural(manifest.parts, 'part')}"
+            + (f", {plural(len(manifest.class_names), 'class', 'classes')}" if manifest.class_names else "")
         )
         for res in manifest.resolutions:
             shards = manifest.shards_at(res)
             size = sum(shard.bytes for shard in shards)
-            lines.append(f"  {res:>4} px  {len(shards):>5} shards  {_human_bytes(size):>10}")
+            lines.append(f"  {res:>4} px  {len(shards):>5} {'shard ' if len(shards) == 1 else 'shards'}  "
+                         f"{_human_bytes(size):>10}")  # fmt: skip
     return "\n".join(lines)
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """`1 part`, `2 parts`, `1 class`, `3 classes`."""
+    return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
 
 
 def _human_bytes(count: float) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import signal
 import socket
@@ -113,6 +114,11 @@ def run_cpu_ranks(ranks: int, module: str, args: Sequence[str]) -> int:
     return launch_ranks(module, args, ranks, main_address="127.0.0.1", main_port=free_port())
 
 
+class _NotOurSignalHandlers(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to register signal handlers" not in record.getMessage()
+
+
 def launch_ranks(module: str, args: Sequence[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
                  main_address: str = "127.0.0.1", main_port: int = 29500) -> int:  # fmt: skip
     """Start `nproc_per_node` processes of `python -m module args` on this node, as part of `nnodes` nodes whose
@@ -132,7 +138,10 @@ def launch_ranks(module: str, args: Sequence[str], nproc_per_node: int, nnodes: 
     if not Path("/proc").is_dir():  # ranks cannot be found to forward signals to: torch's agent handles them
         _run_agent(config, module, args, outcome)
     else:
-        # In a thread, torch's agent leaves the signal handlers alone (it installs its own only in the main thread).
+        # In a thread, torch's agent leaves the signal handlers alone (it installs its own only in the main thread)
+        # and warns that it could not install them ("could lead to orphaned worker processes"): gand knows, because
+        # it forwards the signals itself and every rank dies with this process (PR_SET_PDEATHSIG). Quieted.
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_NotOurSignalHandlers())
         agent = threading.Thread(target=_run_agent, args=(config, module, args, outcome), name="gand-rank-agent")
         forwarder = _SignalForwarder()
         forwarder.install()

@@ -108,6 +108,10 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     # -- build everything ----------------------------------------------------------------------------------
     manifest, _ = read_manifest(cfg.data.path)
     num_classes = check_dataset(manifest, cfg)
+    if cfg.train.batch_size * engine.world_size > manifest.num_samples:
+        log.warning("batch_larger_than_dataset", batch_images=cfg.train.batch_size * engine.world_size,
+                    dataset_images=manifest.num_samples, effect="every batch repeats images: an epoch is shorter "
+                    "than a step", fix="lower train.batch_size or add images")  # fmt: skip
     generator, discriminator, opt_g, opt_d = build_networks(cfg, engine, num_classes)  # set up after a resume
     recipe = Recipe.from_config(cfg, num_classes)
     fixed_noise, fixed_classes = _fixed_sample_inputs(cfg, recipe)
@@ -245,6 +249,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
             set_learning_rates(_base_learning_rates(cfg, g, d), guard.lr_scale)
     control.interrupt_waits(lambda: feed.waiting)
     window = Throughput(state.images_seen)
+    first_step = state.step
     finite = FiniteWatch()
     rollbacks = 0
     saved_step = state.step
@@ -252,7 +257,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     try:
         while state.step < cfg.train.max_steps:
             train_d = state.step % schedule.d_every == 0
-            log_step = _due(state.step + 1, cfg.train.log_every_steps, cfg.train.max_steps)
+            # The first step of every start is logged too: a CPU run of CAN-256 takes minutes to its first
+            # log_every_steps, and the first step (warm-up, compilation) is the one that shows the run is alive.
+            log_step = _due(state.step + 1, cfg.train.log_every_steps, cfg.train.max_steps) or state.step == first_step
             report = StepReport(
                 detailed=log_step,  # health statistics cost a little: logging steps only
                 # the k-th, 2k-th, ... D update (also when D trains every d_every-th step)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,8 +96,8 @@ class Components:
     notes: list[str] = field(default_factory=list)
 
 
-def measure(cfg: GandConfig, num_classes: int, device: torch.device,
-            options: tuple[str, ...] = CHECKPOINTING) -> Components:  # fmt: skip
+def measure(cfg: GandConfig, num_classes: int, device: torch.device, options: tuple[str, ...] = CHECKPOINTING,
+            progress: Any = None) -> Components:  # fmt: skip
     """What one rank holds for `cfg` on `device`, probed for each checkpointing option in `options` (all of them
     for a plan; one is enough to predict a single setting, and each GPU probe builds and trains the networks)."""
     from gand.train.engine import resolve_precision
@@ -115,6 +116,8 @@ def measure(cfg: GandConfig, num_classes: int, device: torch.device,
         sizes = (max(1, micro // 2), micro)  # where the peak really is: extrapolating from 2 and 4 was far off
         for option in options:
             peaks = [max(_gpu_peaks(cfg, num_classes, option, size).values()) for size in sizes]
+            if progress is not None:
+                progress.advance()
             slope = (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]) if sizes[1] > sizes[0] else 0.0
             components.per_image[option] = round(slope)
             components.fixed[option] = round(peaks[1] - slope * sizes[1])  # measured: includes `static`
@@ -126,6 +129,8 @@ def measure(cfg: GandConfig, num_classes: int, device: torch.device,
         for option in options:
             components.per_image[option] = _saved_per_image(cfg, num_classes, option)
             components.fixed[option] = static + cast_cache
+            if progress is not None:
+                progress.advance()
         components.notes.append("a CPU estimate: activations counted from autograd's saved tensors, no allocator "
                                 "overheads (cuDNN workspaces, fragmentation); against the allocator on one H200 "
                                 f"it was {CPU_ESTIMATE_ERROR}. Run gand plan on the GPU for "
@@ -191,8 +196,16 @@ class Plan:
     best: Setting | None
 
 
-def make_plan(cfg: GandConfig, num_classes: int, budget_bytes: int, ranks: int, device: torch.device) -> Plan:
-    components = measure(cfg, num_classes, device)
+def make_plan(cfg: GandConfig, num_classes: int, budget_bytes: int, ranks: int, device: torch.device,
+              show_progress: bool = False) -> Plan:  # fmt: skip
+    """Every setting's predicted peak and relative speed, and the fastest that fits `budget_bytes`; with
+    `show_progress`, one progress step per probe on stderr (a probe of CAN-256 takes tens of seconds on a CPU)."""
+    from gand.observability.progress import TaskProgress
+
+    progress = TaskProgress(f"probing {cfg.model.arch} memory", len(CHECKPOINTING), "probes") if show_progress else None
+    components = measure(cfg, num_classes, device, progress=progress)
+    if progress is not None:
+        progress.close()
     rows = [(s, predict(components, s, ranks), relative_speed(s)) for s in candidates(cfg.train.batch_size, ranks)]
     fitting = sorted((r for r in rows if r[1] <= budget_bytes), key=lambda r: (-r[2], r[1]))
     too_big = sorted((r for r in rows if r[1] > budget_bytes), key=lambda r: r[1])

@@ -39,7 +39,10 @@ def last_json(stdout: str) -> dict:
 def test_gand_eval_scores_a_run_and_caches_the_reference(trained_run, weights, packed):
     first = gand("eval", str(trained_run), "--n", "24", "--weights", weights, "--batch", "12")
     assert first.returncode == 0, first.stderr[-3000:]
-    scores = last_json(first.stdout)
+    scores = json.loads(first.stdout)  # stdout is the scores alone (`gand eval RUN > scores.json`); logs: stderr
+    assert '"reference_statistics"' in first.stderr
+    progress = [json.loads(line) for line in first.stderr.splitlines() if '"progress"' in line]
+    assert {(p["task"], p["done"]) for p in progress} >= {("generated images", 24)}
     assert scores["checkpoint"].startswith("ckpt-") and scores["generated"] == 24 and scores["real"] == 24
     assert {"fid", "kid_mean", "kid_std", "is_mean", "is_std"} <= scores.keys()
     assert all(math.isfinite(scores[name]) for name in ("fid", "kid_mean", "is_mean"))
@@ -52,7 +55,7 @@ def test_gand_eval_scores_a_run_and_caches_the_reference(trained_run, weights, p
     newest = sorted((trained_run / "checkpoints").glob("ckpt-*"))[-1]
     again = gand("eval", str(newest), "--n", "24", "--weights", weights, "--batch", "12", "--metrics", "fid")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert '"reference_statistics"' not in again.stdout
+    assert '"reference_statistics"' not in again.stderr and '"generated images"' in again.stderr
     assert last_json(again.stdout)["fid"] == pytest.approx(scores["fid"], rel=1e-9)
     assert "kid_mean" not in last_json(again.stdout)
 
@@ -120,8 +123,11 @@ def test_gand_sample_writes_grid_walks_and_arithmetic_with_the_right_shapes(trai
                        "interpolate-linear-2-9.png", "interpolate-spherical-2-9.png", "arithmetic.png"]  # fmt: skip
     tile = 32 + 2  # 32 px images with 2 px padding
     assert Image.open(out / "grid.png").size == (3 * tile + 2, 2 * tile + 2)  # 6 images: 3 x 2
-    assert Image.open(out / "interpolate-linear-2-9.png").size == (5 * tile + 2, tile + 2)  # one strip of 5
-    assert Image.open(out / "arithmetic.png").size == (4 * tile + 2, 2 * tile + 2)  # 3 terms + result, 2 rows
+    # Walks and arithmetic are labelled: cells enlarged x2 (to 64 px) under a 34 px band of title and column labels.
+    labels = 18 + 16 + 2
+    assert Image.open(out / "interpolate-linear-2-9.png").size == (2 * (5 * tile + 2), 2 * (tile + 2) + labels)
+    arithmetic = Image.open(out / "arithmetic.png").size  # 3 terms + result, 2 rows, row labels on the left
+    assert arithmetic[1] == 2 * (2 * tile + 2) + labels and arithmetic[0] > 2 * (4 * tile + 2)
     again = gand("sample", str(trained_run), "--out", str(tmp_path / "again"), "--n", "6", "--seed", "3")
     assert again.returncode == 0
     assert (tmp_path / "again" / "grid.png").read_bytes() == (out / "grid.png").read_bytes()  # seeded: repeatable
@@ -133,7 +139,8 @@ def test_gand_sample_writes_grid_walks_and_arithmetic_with_the_right_shapes(trai
 def test_gand_features_compares_d_features_with_raw_pixels(trained_run, packed, tmp_path):
     result = gand("features", str(trained_run), "--data", str(packed))
     assert result.returncode == 0, result.stderr[-3000:]
-    report = last_json(result.stdout)
+    report = json.loads(result.stdout)
+    assert '"D features"' in result.stderr and '"linear SVMs fitted"' in result.stderr  # progress, on stderr
     assert report["classes"] == 4 and report["images"] == 45 and report["test_images"] == 14
     assert report["pixel_dims"] == 3 * 32 * 32 and report["feature_dims"] > 0
     for kind in ("discriminator_features_accuracy", "raw_pixels_accuracy"):
@@ -152,7 +159,7 @@ def test_gand_plot_draws_the_runs_history_from_its_checkpoint(trained_run):
     result = gand("plot", str(trained_run))
     assert result.returncode == 0, result.stderr[-3000:]
     report = last_json(result.stdout)
-    assert report["points"] == 2  # log_every_steps 2 over 4 steps
+    assert report["points"] == 3  # steps 1 (a run's first step is always logged), 2 and 4: log_every_steps 2
     assert report["written"] == [
         "discriminator.png",
         "gradient-norms.png",

@@ -340,8 +340,9 @@ def test_jpeg_draft_decoding_keeps_quality(tmp_path):
 def test_upscale_is_opt_in(tmp_path):
     src = tmp_path / "src"
     save(Image.new("RGB", (40, 40)), src / "small.png")
-    refused = pack(str(src), str(tmp_path / "a"), options(resolutions=(32, 64)))
-    assert refused.manifest.num_samples == 0 and refused.manifest.skipped == {"too_small": 1}
+    with pytest.raises(ConfigError, match=r"every file in .* was skipped \(too_small: 1\)"):
+        pack(str(src), str(tmp_path / "a"), options(resolutions=(32, 64)))
+    assert not (tmp_path / "a" / "manifest.json").exists()  # nothing recorded: a looser pack takes the file
     allowed = pack(str(src), str(tmp_path / "b"), options(resolutions=(32, 64), upscale=True))
     assert allowed.manifest.num_samples == 1
 
