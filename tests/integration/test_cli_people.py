@@ -225,3 +225,14 @@ def test_walks_arithmetic_and_class_grids_are_labelled(tmp_path, small_run, pack
     assert gand("sample", str(tmp_path / "acgan" / "run"), "--out", str(grid_out), "--n", "8").returncode == 0
     grid = Image.open(grid_out / "grid.png")
     assert grid.width >= 4 * 64  # one column per class (4 styles), each 64 px or more
+
+
+def test_pack_warnings_print_above_the_progress_bar_not_through_it(tmp_path, demo_raw):
+    code, text = on_terminal("pack", str(demo_raw), str(tmp_path / "p"), "--resolutions", "32", "--min-side", "128",
+                             "--workers", "1")  # fmt: skip
+    assert code == 0, text[-2000:]
+    starts = [text.rfind("{", 0, index) for index in range(len(text)) if text.startswith('"image_skipped"', index)]
+    assert len(starts) == 3  # the demo's three thumbnails
+    for start in starts:  # each warning begins on an erased line (the bar is drawn again under it), never after it
+        assert text[:start].endswith("\x1b[K"), repr(text[max(0, start - 120) : start])
+    assert "[##############################] 48/48" in text

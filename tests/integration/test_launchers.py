@@ -69,6 +69,9 @@ def test_sigterm_to_gand_launch_with_two_ranks_commits_and_exits_75(tmp_path, pa
     manifest = committed_manifest(tmp_path / "run")
     assert manifest["world_size"] == 2 and manifest["step"] == stops[0]["step"]
     assert all_gone(live.proc.pid, config, 5)
+    # torch's agent runs in a thread (gand forwards the signals itself): its "could not register signal handlers"
+    # warning would only alarm the user, so it is quieted.
+    assert "Failed to register signal handlers" not in live.output
 
 
 @pytest.mark.parametrize("processes", [1, 2])
