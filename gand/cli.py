@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -241,7 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except OSError as err:  # the machine said no: a read-only or full disk, a permission; never a traceback
-        message, exit_code = _os_error_message(err)
+        explained = _os_error_message(err)
+        if explained is None or os.environ.get("GAND_DEBUG"):
+            raise  # not a situation gand has words for (or asked for): the traceback is the useful report
+        message, exit_code = explained
         print(f"error: {message}", file=sys.stderr)
         return exit_code
     except KeyboardInterrupt:
@@ -267,22 +271,33 @@ def _scores_text(result: dict) -> str:
             f"{result['real']} real images)")  # fmt: skip
 
 
-def _os_error_message(err: OSError) -> tuple[str, int]:
-    """A person's message for an operating-system error (the file, the reason, what to do) and its exit code:
-    2 where the command named a place gand cannot use, 1 where running again later may work."""
+def _os_error_message(err: OSError) -> tuple[str, int] | None:
+    """A person's message for an operating-system error that names a file (the file, the reason, what to do) and
+    its exit code: 2 where the command named a place gand cannot use, 1 where running again later may work. None
+    for anything else (no errno, no file, or an errno without advice), which is shown as it is."""
     import errno
 
-    where = f"{err.filename}: " if err.filename else ""
-    reason = err.strerror or str(err)
-    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"{where}{reason}; choose a location this user can write to (a folder argument, --out, run.dir "
-                "or checkpoint.url), or change its permissions", 2)  # fmt: skip
+    if err.errno is None or not err.filename:
+        return None
+    where, reason = f"{err.filename}: ", err.strerror or str(err)
+    if err.errno == errno.EROFS:
+        return (f"{where}{reason}; choose a location on a writable file system (a folder argument, --out, run.dir "
+                "or checkpoint.url)", 2)  # fmt: skip
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return (f"{where}{reason}; check its permissions, or choose a location this user can read and write (a "
+                "folder argument, --out, run.dir or checkpoint.url)", 2)  # fmt: skip
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"{where}{reason}; free some space or choose another location, then run the same command again "
                 "(nothing half-written was kept)", 1)  # fmt: skip
-    if err.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST):
-        return f"{where}{reason}; give a folder path that is not (inside) a file", 2
-    return f"{where}{reason}", 1
+    if err.errno == errno.ENOENT:
+        return f"{where}{reason}; check the path", 2
+    if err.errno == errno.EISDIR:
+        return f"{where}{reason}: a folder where a file was expected", 2
+    if err.errno == errno.ENOTDIR:
+        return f"{where}{reason}: part of the path is a file where a folder was expected", 2
+    if err.errno == errno.ENAMETOOLONG:
+        return f"{where}{reason}; choose a shorter path", 2
+    return None
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -33,21 +33,44 @@ class StrictModel(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """`train.max_steps=true` must not train for 1 step: pydantic reads true as 1 where a number is wanted."""
-        if isinstance(value, bool) and info.field_name is not None:
-            kinds = _leaf_types(cls.model_fields[info.field_name].annotation)
-            if bool not in kinds and kinds & {int, float}:
-                raise ValueError("expected a number, not a boolean")
+        """`train.max_steps=true` must not train for 1 step, nor `data.channels: true` in grayscale, nor
+        `betas: [true, 0.9]` with beta1 = 1: pydantic reads true as 1 where a number is wanted."""
+        if info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool):
+            kinds = _scalar_types(annotation)
+        elif isinstance(value, (list, tuple)) and any(isinstance(item, bool) for item in value):
+            kinds = _item_types(annotation)
+        else:
+            return value
+        if bool not in kinds and kinds & {int, float}:
+            raise ValueError("expected a number, not a boolean")
         return value
 
 
-def _leaf_types(annotation: Any) -> set[Any]:
-    """The plain types a field annotation admits (`int | None` -> {int, NoneType}; lists and literals: none)."""
-    if get_origin(annotation) is None:
+def _scalar_types(annotation: Any) -> set[Any]:
+    """The plain types a field admits as a single value (`int | None` -> {int, NoneType}; `Literal[1, 3]` ->
+    {int}; containers: none)."""
+    origin = get_origin(annotation)
+    if origin is None:
         return {annotation}
-    if get_origin(annotation) in (Literal, list, tuple, dict):
+    if origin is Literal:
+        return {type(choice) for choice in get_args(annotation)}
+    if origin in (list, tuple, dict, set):
         return set()
-    return {leaf for argument in get_args(annotation) for leaf in _leaf_types(argument)}
+    return {leaf for argument in get_args(annotation) for leaf in _scalar_types(argument)}
+
+
+def _item_types(annotation: Any) -> set[Any]:
+    """The plain types a list or tuple field admits as items (`tuple[float, float] | None` -> {float})."""
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set):
+        return {leaf for argument in get_args(annotation) if argument is not Ellipsis
+                for leaf in _scalar_types(argument)}  # fmt: skip
+    if origin is None or origin is Literal:
+        return set()
+    return {leaf for argument in get_args(annotation) for leaf in _item_types(argument)}
 
 
 class RunConfig(StrictModel):

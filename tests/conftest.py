@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,25 @@ def run_command(args: list[str], timeout: float = 300, env: dict | None = None) 
 
 def gand(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return run_command([sys.executable, "-m", "gand.cli", *args], timeout=timeout, env=env)
+
+
+def on_terminal(*args: str) -> tuple[int, str]:
+    """Run `gand ARGS` with stdout and stderr on a pseudo-terminal, as a person at a shell sees it."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "gand.cli", *args], stdout=terminal, stderr=terminal,
+                               cwd=REPO, env={**os.environ, "GAND_LOG_FORMAT": "json"})  # fmt: skip
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return process.wait(timeout=120), b"".join(chunks).decode(errors="replace")
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ import os
 import posixpath
 import re
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -191,8 +192,10 @@ def pack(
         _pack_items(writer, report, state, new_items, new_skips, class_names, options, stop, on_progress, publisher)
     except BaseException as error:
         writer.abort(error)  # a full disk or a stop mid-part: no half-written shard stays behind
-        if isinstance(error, OSError) and error.filename is None:  # a failed write names no file: name DEST
-            raise OSError(error.errno, error.strerror, redact(dest)) from error
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            # A failed write names no file: name where it was written (a remote DEST stages shards locally).
+            where = dest if store.is_local else f"{tempfile.gettempdir()} (staging for {redact(dest)})"
+            raise OSError(error.errno, error.strerror, where) from error
         raise
     report.stopped = stop is not None and stop.is_set()
     if require_images and report.files and not report.packed and not state.parts and not report.stopped:

@@ -205,6 +205,9 @@ def checkpoint_location(location: str) -> tuple[str, str | None]:
     return trimmed, None
 
 
+MAX_LABELLED_CLASSES = 16  # a conditional grid gets one labelled column per class up to this many classes
+
+
 def write_samples(location: str, out: str, count: int = 64, class_index: int | None = None, seed: int = 0,
                   interpolate_steps: int = 0, seeds: list[int] | None = None,
                   arithmetic: str | None = None) -> list[str]:  # fmt: skip
@@ -245,9 +248,12 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
         if class_index is not None:
             grid_classes = torch.full((count,), class_index, dtype=torch.long)
             grid_labels = {"title": f"class {class_index}: {class_names[class_index]}"}
-        else:  # one column per class, labelled
-            grid_classes, grid_columns = torch.arange(count) % num_classes, num_classes
-            grid_labels = {"column_labels": [name[:12] for name in class_names]}
+        elif num_classes <= MAX_LABELLED_CLASSES:  # one column per class, labelled
+            grid_classes, grid_columns = torch.arange(count) % num_classes, min(num_classes, count)
+            grid_labels = {"column_labels": [name[:12] for name in class_names[:grid_columns]]}
+        else:  # too many classes for a column each: classes 0, 1, 2, ... row by row
+            grid_classes = torch.arange(count) % num_classes
+            grid_labels = {"title": f"classes 0, 1, 2, ... of {num_classes}, row by row"}
     latents = torch.stack([seeded_latent(seed + i, latent_dim) for i in range(count)])
     render("grid.png", latents, grid_columns, grid_classes, **grid_labels)
     if interpolate_steps:

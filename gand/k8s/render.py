@@ -101,10 +101,11 @@ def check_options(options: SubmitOptions) -> None:
         raise ConfigError(f"--spot: {options.spot!r} is not allowed; use one of {', '.join(SPOT)}")
     if not re.fullmatch(DNS_LABEL, options.namespace):
         raise ConfigError(f"--namespace: {options.namespace!r} is not a Kubernetes namespace name")
-    for flag, value in (("--queue", options.queue), ("--priority-class", options.priority_class)):
-        if value is not None and not (len(value) <= 253 and re.fullmatch(DNS_SUBDOMAIN, value)):
-            raise ConfigError(f"{flag}: {value!r} is not a Kubernetes object name (lower-case letters, digits, "
-                              "'-' and '.', starting and ending with a letter or digit)")  # fmt: skip
+    # The queue name is also a label value (at most 63 characters); a PriorityClass name may have 253.
+    for flag, value, limit in (("--queue", options.queue, 63), ("--priority-class", options.priority_class, 253)):
+        if value is not None and not (len(value) <= limit and re.fullmatch(DNS_SUBDOMAIN, value)):
+            raise ConfigError(f"{flag}: {value!r} is not a Kubernetes object name (at most {limit} lower-case "
+                              "letters, digits, '-' and '.', starting and ending with a letter or digit)")  # fmt: skip
 
 
 def check_config_for_cluster(cfg: GandConfig) -> None:

@@ -84,7 +84,8 @@ class TaskProgress:
         self.tty = self.stream.isatty()
         self.log_seconds = log_seconds
         self.done = 0
-        self.started = self._last = time.monotonic()
+        self.started = time.monotonic()
+        self._last = float("-inf")  # the first advance shows itself at once (advance(0) before slow work)
         self._drawn = False
 
     def advance(self, count: int = 1) -> None:

@@ -5,12 +5,18 @@ starts the trackers (`init_trackers`) and writes to them (`Accelerator.log`, eac
 writes, at logging steps only, from the numbers the log line already read back (a `LoggedStep`): trackers add no
 host-device synchronisation. The same scalars go to Prometheus (`gand.observability.metrics`).
 
-A run keeps one tracker run across preemptions: its id is stored in the checkpoint (`tracking_run_id`), so W&B
-resumes it (`resume="allow"`), and TensorBoard's writer purges the events logged after the resumed step (they
-belong to training that the resume does again).
+A tracker is never the reason a run fails once it trains: a tracker that cannot start on a resume (a W&B outage
+while a preempted Job restarts), or that fails while logging, is logged as a warning and switched off; training goes
+on. Only the first start of a run, which a person has just typed, turns a tracker that cannot start into a config
+error (exit 2).
+
+A run keeps one tracker run across preemptions: the ids are stored in the checkpoint (`tracking_run_ids`). W&B
+resumes its run (`resume="allow"`) and MLflow its run id. Re-trained steps after a resume keep their data: W&B
+drops any step below the run's last one, so gand logs W&B against its own `train/step` axis; TensorBoard's writer
+purges the events after the resumed step (they belong to training that the resume does again).
 
 Credentials come from the trackers' own environment variables (WANDB_API_KEY, MLFLOW_TRACKING_URI, ...); gand
-never reads, logs or stores them. Tests run W&B with WANDB_MODE=offline.
+never reads, logs or stores them, and errors pass through `redact`. Tests run W&B with WANDB_MODE=offline.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import structlog
 
 from gand.errors import ConfigError
 from gand.observability.report import NETWORK_TAGS, LoggedStep
+from gand.storage import redact
 
 log = structlog.get_logger("gand.tracking")
 
@@ -41,15 +48,27 @@ PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
     "swanlab": (("swanlab",), "swanlab"),
     "trackio": (("trackio",), "trackio"),
 }
+STEP_AXIS = "train/step"  # W&B's x-axis: gand's step, which goes back after a resume or a roll-back
+IMAGE_LISTS = ("wandb", "swanlab")  # trackers whose log_images take a list of images per key; others take one
+
+
+def local_directory(directory: str) -> str:
+    """`tracking.dir` as a local path: `file://` stripped; other URLs are a ConfigError (trackers write local files;
+    their own settings send data elsewhere)."""
+    if directory.startswith("file://"):
+        return directory.removeprefix("file://")
+    if "://" in directory:
+        raise ConfigError(f"tracking.dir: {redact(directory)} is not a local directory; trackers write local files "
+                          "(set tracking.dir, or run.dir, to a local path)")  # fmt: skip
+    return directory
 
 
 def check_tracking(log_with: Iterable[str], directory: str | None) -> None:
     """Raise ConfigError (exit 2) naming each tracker in `tracking.log_with` whose package is missing (Accelerate
     would drop it with a warning, and the user would find an empty dashboard hours later), or a tracking directory
-    that is not on this machine (trackers write local files; their own settings send them elsewhere)."""
-    if directory is not None and "://" in directory and not directory.startswith("file://"):
-        raise ConfigError(f"tracking.dir: {directory} is not a local directory; trackers write local files "
-                          "(set tracking.dir, or run.dir, to a local path)")  # fmt: skip
+    that is not on this machine."""
+    if directory is not None:
+        local_directory(directory)
     missing = [name for name in log_with if not any(importlib.util.find_spec(pkg) for pkg in PACKAGES[name][0])]
     if missing:
         installs = " ".join(PACKAGES[name][1] for name in missing)
@@ -92,68 +111,151 @@ def step_scalars(logged: LoggedStep, extra: Mapping[str, float] | None = None) -
 
 
 class Trackers:
-    """The run's trackers on rank 0 (None elsewhere: see `start`)."""
+    """The run's trackers on rank 0 (None elsewhere: see `start`). Every call is guarded: a tracker that raises is
+    logged once and dropped, and training goes on."""
 
     def __init__(self, accelerator: Any, images: bool):
         self._accelerator = accelerator
         self._images = images
 
     @classmethod
-    def start(cls, engine: Any, cfg: Any, run_id: str, resumed_step: int | None) -> Trackers | None:
-        """Start the configured trackers on the main rank and store the config as hyperparameters. `run_id` names
-        the tracker run (kept in checkpoints); `resumed_step` is the step a resume continues from, or None."""
+    def start(cls, engine: Any, cfg: Any, run_ids: Mapping[str, str], resumed_step: int | None) -> Trackers | None:
+        """Start the configured trackers on the main rank and store the config as hyperparameters. `run_ids` are
+        the tracker runs to continue (from the checkpoint; W&B's is made up front, see `new_run_ids`);
+        `resumed_step` is the step a resume continues from, or None for the run's first start."""
         if not cfg.tracking.log_with or not engine.is_main:
             return None
-        run_name = cfg.tracking.run_name or cfg.run.name
-        wandb_kwargs = {"name": run_name, "id": run_id, "dir": cfg.tracking_dir}
-        if os.environ.get("WANDB_MODE", "online") not in ("offline", "dryrun", "disabled"):
-            # Offline, W&B cannot resume (it asks for a login): each process writes its own offline-run-*-<id>
-            # directory under the same id, and `wandb sync` uploads them in order.
-            wandb_kwargs["resume"] = "allow"
-        init_kwargs: dict[str, dict[str, Any]] = {"wandb": wandb_kwargs, "mlflow": {"run_name": run_name}}
-        if resumed_step is not None:  # events logged after the resumed step are trained again: replace them
-            init_kwargs["tensorboard"] = {"purge_step": resumed_step + 1}
         accelerator = engine.accelerator
         try:
             accelerator.init_trackers(cfg.tracking.project or cfg.run.name, config=flat_config(cfg.snapshot()),
-                                      init_kwargs={name: init_kwargs[name] for name in cfg.tracking.log_with
-                                                   if name in init_kwargs})  # fmt: skip
-        except Exception as error:  # a tracker's own message (no login, bad URI) is the useful part
-            raise ConfigError(
-                f"tracking.log_with: {', '.join(cfg.tracking.log_with)} could not start: "
-                f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}; "
-                "see the tracker's own settings (e.g. WANDB_API_KEY or WANDB_MODE=offline), or remove tracking.log_with"
-            ) from None
-        log.info("trackers_started", trackers=list(cfg.tracking.log_with), run_id=run_id,
+                                      init_kwargs=_init_kwargs(cfg, run_ids, resumed_step))  # fmt: skip
+            for tracker in accelerator.trackers:
+                if tracker.name == "wandb":
+                    tracker.run.define_metric(STEP_AXIS)
+                    tracker.run.define_metric("*", step_metric=STEP_AXIS)
+        except Exception as error:  # the tracker's own message (no login, a server down) is the useful part
+            _finish_quietly(accelerator)
+            first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            problem = f"{type(error).__name__}: {redact(first_line)}"
+            if resumed_step is None:  # a person just typed this: tell them now
+                raise ConfigError(
+                    f"tracking.log_with: {', '.join(cfg.tracking.log_with)} could not start: {problem}; see the "
+                    "tracker's own settings (e.g. WANDB_API_KEY, or WANDB_MODE=offline), or remove tracking.log_with"
+                ) from None
+            log.warning("trackers_unavailable", trackers=list(cfg.tracking.log_with), error=problem,
+                        effect="training resumes without trackers; the metrics and logs go on")  # fmt: skip
+            return None
+        log.info("trackers_started", trackers=list(cfg.tracking.log_with), run_ids=dict(run_ids),
                  directory=cfg.tracking_dir, resumed_step=resumed_step)  # fmt: skip
         return cls(accelerator, cfg.tracking.images)
 
+    def run_ids(self) -> dict[str, str]:
+        """The tracker runs this process writes to, by tracker: what a resume continues (kept in checkpoints)."""
+        ids = {}
+        for tracker in self._accelerator.trackers:
+            if tracker.name == "wandb":
+                ids["wandb"] = tracker.run.id
+            elif tracker.name == "mlflow" and getattr(tracker, "active_run", None) is not None:
+                ids["mlflow"] = tracker.active_run.info.run_id
+        return ids
+
     def log_step(self, step: int, logged: LoggedStep, extra: Mapping[str, float] | None = None) -> None:
-        self._accelerator.log(step_scalars(logged, extra), step=step)
+        self._log(step, step_scalars(logged, extra))
 
     def log_scores(self, step: int, scores: Mapping[str, float]) -> None:
         """Evaluation scores (FID, KID, IS) under eval/*."""
-        self._accelerator.log({f"eval/{name}": value for name, value in scores.items()}, step=step)
+        self._log(step, {f"eval/{name}": value for name, value in scores.items()})
 
     def log_grid(self, step: int, pixels: np.ndarray) -> None:
         """The fixed-noise sample grid: H x W x C uint8 (C = 1 or 3), as `samples/grid`."""
         if not self._images:
             return
-        batch = pixels[None] if pixels.ndim == 3 else pixels[None, ..., None]  # 1 x H x W x C
-        for tracker in self._accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.log_images({"samples/grid": batch}, step=step, dataformats="NHWC")
-            elif hasattr(tracker, "log_images"):
-                tracker.log_images({"samples/grid": list(batch)}, step=step)
+        image = pixels if pixels.ndim == 3 else pixels[..., None]
+        for tracker in list(self._accelerator.trackers):
+            if not hasattr(tracker, "log_images"):
+                continue
+            with self._guard(tracker):
+                if tracker.name == "tensorboard":
+                    tracker.log_images({"samples/grid": image[None]}, step=step, dataformats="NHWC")
+                elif tracker.name == "wandb":  # against gand's step axis, like the scalars
+                    import wandb
+
+                    tracker.log({"samples/grid": [wandb.Image(image)], STEP_AXIS: step})
+                elif tracker.name in IMAGE_LISTS:
+                    tracker.log_images({"samples/grid": [image]}, step=step)
+                else:  # aim, clearml, ...: one image per key
+                    tracker.log_images({"samples/grid": image}, step=step)
+
+    def _log(self, step: int, values: dict[str, float]) -> None:
+        for tracker in list(self._accelerator.trackers):
+            with self._guard(tracker):
+                if tracker.name == "wandb":  # W&B drops steps below its last: gand's step is a metric instead
+                    tracker.log({**values, STEP_AXIS: step})
+                else:
+                    tracker.log(values, step=step)
+
+    def _guard(self, tracker: Any):
+        return _TrackerGuard(self._accelerator, tracker)
 
     def close(self) -> None:
         """Flush and close every tracker (W&B finishes its run; a resume opens it again). Not
-        `Accelerator.end_training`: that also destroys the process group, which the other ranks still use."""
-        for tracker in self._accelerator.trackers:
+        `Accelerator.end_training`: that also destroys the process group, which the other ranks still use. A
+        tracker that fails to close is logged; the run's own outcome (its exit code) stands."""
+        _finish_quietly(self._accelerator)
+
+
+class _TrackerGuard:
+    """A tracker call that raises is logged once and the tracker dropped: a full disk under TensorBoard's files or a
+    tracker's server going away must not end days of training."""
+
+    def __init__(self, accelerator: Any, tracker: Any):
+        self.accelerator, self.tracker = accelerator, tracker
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, _traceback) -> bool:
+        if error is None or not isinstance(error, Exception):
+            return False
+        log.warning("tracker_failed", tracker=self.tracker.name,
+                    error=f"{type(error).__name__}: {redact(str(error))[:300]}",
+                    effect="this tracker is switched off for the rest of the process; training goes on")  # fmt: skip
+        if self.tracker in self.accelerator.trackers:
+            self.accelerator.trackers.remove(self.tracker)
+        return True
+
+
+def _finish_quietly(accelerator: Any) -> None:
+    for tracker in list(accelerator.trackers):
+        try:
             tracker.finish()
-        self._accelerator.trackers = []
+        except Exception as error:
+            log.warning("tracker_close_failed", tracker=tracker.name,
+                        error=f"{type(error).__name__}: {redact(str(error))[:300]}")  # fmt: skip
+    accelerator.trackers = []
 
 
-def new_run_id() -> str:
-    """A tracker run id for a new run: 32 hex digits."""
-    return uuid.uuid4().hex
+def _init_kwargs(cfg: Any, run_ids: Mapping[str, str], resumed_step: int | None) -> dict[str, dict[str, Any]]:
+    """Per-tracker arguments: names, the runs to continue, and TensorBoard's purge of re-trained steps."""
+    run_name = cfg.tracking.run_name or cfg.run.name
+    wandb: dict[str, Any] = {"name": run_name, "id": run_ids["wandb"], "dir": local_directory(cfg.tracking_dir)}
+    if os.environ.get("WANDB_MODE", "online") not in ("offline", "dryrun", "disabled"):
+        # Offline, W&B cannot resume (it asks for a login): each process writes its own offline-run-*-<id>
+        # directory under the same id, for `wandb sync`.
+        wandb["resume"] = "allow"
+    mlflow: dict[str, Any] = {"run_name": run_name}
+    if "mlflow" in run_ids:
+        mlflow["run_id"] = run_ids["mlflow"]
+    # Events from an earlier process after the step this one starts from are training it does again (or, on a
+    # first start after --fresh, a discarded run's): TensorBoard drops them.
+    tensorboard = {"purge_step": (resumed_step or 0) + 1}
+    kwargs = {"wandb": wandb, "mlflow": mlflow, "tensorboard": tensorboard}
+    return {name: kwargs[name] for name in cfg.tracking.log_with if name in kwargs}
+
+
+def new_run_ids(saved: Mapping[str, str] | None) -> dict[str, str]:
+    """The tracker run ids to use: the checkpoint's, and a new W&B id (32 hex digits) when there is none; other
+    trackers make their own ids, stored after they start."""
+    ids = dict(saved or {})
+    ids.setdefault("wandb", uuid.uuid4().hex)
+    return ids

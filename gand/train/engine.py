@@ -36,7 +36,7 @@ from gand.errors import ConfigError
 from gand.observability.health import gradient_stats
 from gand.observability.logging import route_library_logs
 from gand.observability.report import NetworkReport
-from gand.observability.trackers import check_tracking
+from gand.observability.trackers import check_tracking, local_directory
 from gand.train.launch import free_port
 from gand.train.memory import as_channels_last, checkpoint_blocks, to_channels_last
 
@@ -101,7 +101,8 @@ class Engine:
         # (gand.observability.trackers starts them on the main rank).
         log_with = list(tracking.log_with) if tracking is not None and tracking.log_with else None
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", log_with=log_with,
-                                       project_dir=tracking_dir if log_with else None)  # fmt: skip
+                                       project_dir=local_directory(tracking_dir) if log_with and tracking_dir
+                                       else None)  # fmt: skip
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes

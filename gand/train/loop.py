@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from gand.observability.health import DominanceWindow, sample_diversity
 from gand.observability.logging import configure_logging
 from gand.observability.metrics import TrainingMetrics
 from gand.observability.report import HostNumbers, StepReport
-from gand.observability.trackers import Trackers, new_run_id
+from gand.observability.trackers import Trackers, new_run_ids
 from gand.storage import Store, is_local, redact
 from gand.train.control import FiniteWatch, RunControl, StopNow, StopWhileWaiting, count_due
 from gand.train.engine import Engine, Trained, build_engine, deepspeed_safe_globals, lost_a_peer
@@ -209,8 +210,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         metrics.watch_notices(section.preemption_notice)
     if resumed is not None:
         metrics.record_resume(state.step, steps_lost)
-    tracking_run_id = (resumed.state.get("tracking_run_id") if resumed is not None else None) or new_run_id()
-    trackers = Trackers.start(engine, cfg, tracking_run_id, state.step if resumed is not None else None)
+    tracking_run_ids = new_run_ids(resumed.state.get("tracking_run_ids") if resumed is not None else None)
     dominance = DominanceWindow()
     evaluator = Evaluator(cfg, recipe, engine.device) if cfg.eval.every_kimg and engine.is_main else None
     eval_every_images = max(1, round(cfg.eval.every_kimg * 1000)) if cfg.eval.every_kimg else None
@@ -248,6 +248,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         if guard.lr_scale != 1.0:  # a resume restores the config's learning rates: the guard's scale again
             set_learning_rates(_base_learning_rates(cfg, g, d), guard.lr_scale)
     control.interrupt_waits(lambda: feed.waiting)
+    trackers = Trackers.start(engine, cfg, tracking_run_ids, state.step if resumed is not None else None)
+    if trackers is not None:
+        tracking_run_ids.update(trackers.run_ids())  # MLflow's id exists once its run has started
     window = Throughput(state.images_seen)
     first_step = state.step
     finite = FiniteWatch()
@@ -343,7 +346,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                 saving, scores = True, None
             if saving:
                 snapshot = _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes,
-                                 history, scores, manifest.class_names, recipe, guard, tracking_run_id)  # fmt: skip
+                                 history, scores, manifest.class_names, recipe, guard, tracking_run_ids)  # fmt: skip
                 control.saved()
                 saved_step = state.step
                 if snapshot is not None:
@@ -366,12 +369,14 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         if engine.world_size == 1 and state.step > saved_step and safe:
             _save(checkpoints, engine, g, d, ema, fixed_noise, fixed_classes, state, cfg, num_classes, history,
                   class_names=manifest.class_names, recipe=recipe, guard=guard,
-                  tracking_run_id=tracking_run_id)  # fmt: skip
+                  tracking_run_ids=tracking_run_ids)  # fmt: skip
             stop_after_signal(checkpoints, control, metrics, state, log)
         stop_without_saving(checkpoints, control, metrics, state, log)
     finally:
-        if trackers is not None:
-            trackers.close()  # flushed on every way out: a preempted run's last scalars are not lost
+        # Flushed on every way out (a preempted run's last scalars are not lost), except a second stop signal,
+        # which means "now": W&B's own exit hook finishes its run then.
+        if trackers is not None and not isinstance(sys.exc_info()[1], StopNow):
+            trackers.close()
 
     engine.close()  # the last collective; from here each rank only waits for its own uploads
     uploaded = wait_for_uploads(checkpoints, control, cfg.checkpoint.upload_timeout_seconds)
@@ -618,7 +623,8 @@ def _evaluate(evaluator, engine: Engine, g: Trained, ema, state: TrainState, his
 def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise, fixed_classes, state, cfg,
           num_classes, history: LossHistory, scores: dict[str, float] | None = None,
           class_names: list[str] | None = None, recipe: Recipe | None = None,
-          guard: CollapseGuard | None = None, tracking_run_id: str | None = None) -> Snapshot | None:  # fmt: skip
+          guard: CollapseGuard | None = None,
+          tracking_run_ids: dict[str, str] | None = None) -> Snapshot | None:  # fmt: skip
     weights = {"generator": engine.consolidated_state_dict(g), "discriminator": engine.consolidated_state_dict(d)}
     if ema is not None:
         weights["generator_ema"] = ema.model.state_dict()
@@ -642,7 +648,7 @@ def _save(checkpoints, engine: Engine, g: Trained, d: Trained, ema, fixed_noise,
             "num_classes": num_classes,
             "class_names": class_names[:num_classes] if class_names else None,  # a resume checks their order
             "gand_version": __version__,
-            "tracking_run_id": tracking_run_id,  # the tracker run a resume continues (W&B id)
+            "tracking_run_ids": tracking_run_ids,  # the tracker runs a resume continues (W&B, MLflow)
         },
         rank_state=rank_state,
         history=history.to_state(),

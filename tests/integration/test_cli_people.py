@@ -3,9 +3,7 @@ files, bad input, output meant for people at a terminal and for programs elsewhe
 
 import json
 import os
-import pty
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import yaml
 from PIL import Image
 
 from gand.train.planner import CHECKPOINTING
-from tests.conftest import REPO, free_port, gand, tiny_config
+from tests.conftest import REPO, free_port, gand, on_terminal, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -140,25 +138,6 @@ def test_bad_input_is_refused_or_warned_about(tmp_path, demo_raw, packed, small_
     assert warning["batch_images"] == 64 and warning["dataset_images"] < 64
 
 
-def on_terminal(*args: str) -> tuple[int, str]:
-    """Run `gand ARGS` with stdout and stderr on a pseudo-terminal, as a person at a shell sees it."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "gand.cli", *args], stdout=terminal, stderr=terminal,
-                               cwd=REPO, env={**os.environ, "GAND_LOG_FORMAT": "json"})  # fmt: skip
-    os.close(terminal)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # the terminal closed: the process ended
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(controller)
-    return process.wait(timeout=120), b"".join(chunks).decode(errors="replace")
-
-
 def test_results_are_text_at_a_terminal_and_json_elsewhere(tmp_path, small_run):
     code, text = on_terminal("plot", str(small_run), "--out", str(tmp_path / "plots"))
     assert code == 0 and f"logged points -> {tmp_path / 'plots'}: " in text and "losses.png" in text
@@ -236,3 +215,20 @@ def test_pack_warnings_print_above_the_progress_bar_not_through_it(tmp_path, dem
     for start in starts:  # each warning begins on an erased line (the bar is drawn again under it), never after it
         assert text[:start].endswith("\x1b[K"), repr(text[max(0, start - 120) : start])
     assert "[##############################] 48/48" in text
+
+
+def test_operating_system_errors_get_advice_only_where_gand_has_some(tmp_path):
+    import errno
+
+    from gand.cli import _os_error_message
+
+    assert _os_error_message(OSError(errno.ENOSPC, "No space left on device", "/data/p"))[1] == 1
+    assert _os_error_message(OSError(errno.EACCES, "Permission denied", "/etc/x"))[0].startswith(
+        "/etc/x: Permission denied; check its permissions"
+    )
+    assert _os_error_message(OSError(errno.ENOENT, "No such file or directory", "/nope"))[1] == 2
+    assert _os_error_message(OSError(errno.ECONNRESET, "Connection reset", "/x")) is None  # shown as it is
+    assert _os_error_message(OSError("no errno, no file")) is None
+    assert _os_error_message(TimeoutError()) is None
+    folder = gand("train", str(tmp_path))  # a folder given as the config file
+    assert folder.returncode == 2 and "Traceback" not in folder.stderr

@@ -14,7 +14,7 @@ import torch
 from gand.errors import DataError
 from gand.eval.fid import random_inception
 from gand.eval.inception import CACHE_DIR, WEIGHTS_URL, load_inception
-from tests.conftest import gand, tiny_config
+from tests.conftest import gand, on_terminal, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +58,8 @@ def test_gand_eval_scores_a_run_and_caches_the_reference(trained_run, weights, p
     assert '"reference_statistics"' not in again.stderr and '"generated images"' in again.stderr
     assert last_json(again.stdout)["fid"] == pytest.approx(scores["fid"], rel=1e-9)
     assert "kid_mean" not in last_json(again.stdout)
+    code, text = on_terminal("eval", str(trained_run), "--n", "24", "--weights", weights, "--batch", "12")
+    assert code == 0 and f"FID {scores['fid']:.4g}" in text and "(24 generated vs 24 real images)" in text
 
 
 def test_eval_errors_name_the_problem(trained_run, weights, tmp_path):
@@ -141,6 +143,8 @@ def test_gand_features_compares_d_features_with_raw_pixels(trained_run, packed, 
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert '"D features"' in result.stderr and '"linear SVMs fitted"' in result.stderr  # progress, on stderr
+    code, text = on_terminal("features", str(trained_run), "--data", str(packed))
+    assert code == 0 and "linear SVM on 14 held-out images of 4 classes: D's features" in text
     assert report["classes"] == 4 and report["images"] == 45 and report["test_images"] == 14
     assert report["pixel_dims"] == 3 * 32 * 32 and report["feature_dims"] > 0
     for kind in ("discriminator_features_accuracy", "raw_pixels_accuracy"):

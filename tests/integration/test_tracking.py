@@ -16,9 +16,9 @@ def events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def saved_run_id(run_dir: Path) -> str:
+def saved_run_ids(run_dir: Path) -> dict[str, str]:
     newest = sorted((run_dir / "checkpoints").glob("ckpt-*"))[-1]
-    return json.loads((newest / "state.json").read_text())["tracking_run_id"]
+    return json.loads((newest / "state.json").read_text())["tracking_run_ids"]
 
 
 def test_tensorboard_gets_scalars_and_sample_grids_and_a_resume_continues_the_run(tmp_path, packed):
@@ -31,7 +31,7 @@ def test_tensorboard_gets_scalars_and_sample_grids_and_a_resume_continues_the_ru
     assert second.returncode == 0, second.stderr
     started = [e for e in events(first.stdout) + events(second.stdout) if e["event"] == "trackers_started"]
     assert [e["resumed_step"] for e in started] == [None, 4]
-    assert started[0]["run_id"] == started[1]["run_id"] == saved_run_id(tmp_path / "run")
+    assert started[0]["run_ids"] == started[1]["run_ids"] == saved_run_ids(tmp_path / "run")
 
     board = EventAccumulator(str(tmp_path / "run" / "tracking" / "tiny"), size_guidance={"images": 0, "scalars": 0})
     board.Reload()
@@ -47,6 +47,16 @@ def test_tensorboard_gets_scalars_and_sample_grids_and_a_resume_continues_the_ru
     assert [round(event.value, 4) for event in board.Scalars("loss/g")][:4] == [e["loss_g"] for e in logged]
     grids = board.Images("samples/grid")
     assert [grid.step for grid in grids] == [2, 4, 6] and (grids[0].width, grids[0].height) == (4 * 34 + 2,) * 2
+
+    # The resumed writer starts with TensorBoard's purge marker at the first step it trains: events an earlier
+    # process logged from there on (steps trained again after a preemption) are dropped by every reader.
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    files = sorted((tmp_path / "run" / "tracking" / "tiny").glob("events.out.tfevents.*"))
+    markers = [[(event.step, event.session_log.status) for event in EventFileLoader(str(path)).Load()
+                if event.HasField("session_log")] for path in files]  # fmt: skip
+    assert markers == [[(1, SessionLog.START)], [(5, SessionLog.START)]]
 
 
 def wandb_records(path: Path):
@@ -85,7 +95,7 @@ def test_wandb_offline_runs_keep_one_run_id_across_a_resume_and_credentials_stay
     assert second.returncode == 0, second.stderr
 
     run_dir = tmp_path / "run"
-    run_id = saved_run_id(run_dir)
+    run_id = saved_run_ids(run_dir)["wandb"]
     files = sorted((run_dir / "tracking" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(files) == 2, sorted(p.name for p in (run_dir / "tracking" / "wandb").iterdir())
     steps, keys = [], set()
@@ -95,9 +105,11 @@ def test_wandb_offline_runs_keep_one_run_id_across_a_resume_and_credentials_stay
             if kind == "run":
                 assert record.run.run_id == run_id
             elif kind == "history":
-                steps.append(record.history.step.num)
-                keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
-    assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6]
+                items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+                if "loss/g" in items:  # gand's step axis: W&B would drop steps below its own last one
+                    steps.append(int(items["train/step"]))
+                keys |= set(items)
+    assert steps == [1, 2, 3, 4, 5, 6]  # each logged step once, in order, across the two processes
     assert {"loss/g", "loss/d", "health/d_real", "lr/g"} <= keys and any(k.startswith("samples/grid") for k in keys)
 
     # gand's own outputs never hold the tracker's credentials.
@@ -106,6 +118,56 @@ def test_wandb_offline_runs_keep_one_run_id_across_a_resume_and_credentials_stay
     for path in [run_dir / "train.jsonl", *(run_dir / "checkpoints").rglob("*")]:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_tracker_that_cannot_start_on_a_resume_is_a_warning_and_training_goes_on(tmp_path, packed):
+    config = tiny_config(tmp_path, packed, train={"max_steps": 4})
+    assert gand("train", str(config), "train.max_steps=2").returncode == 0
+    env = {"WANDB_MODE": "online", "HOME": str(tmp_path), "WANDB_SILENT": "true", "WANDB_API_KEY": ""}
+    resumed = gand("train", str(config), "tracking.log_with=wandb", env=env)  # a preempted Job restarting
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    warning = next(e for e in events(resumed.stdout) if e["event"] == "trackers_unavailable")
+    assert "training resumes without trackers" in warning["effect"]
+    assert [e["step"] for e in events(resumed.stdout) if e["event"] == "train_step"] == [3, 4]
+
+
+def test_a_tracker_that_fails_while_logging_is_switched_off():
+    from gand.observability.trackers import Trackers
+
+    class Broken:  # a tracker whose server went away: every call raises
+        name = "broken"
+
+        def log(self, values, step=None):
+            raise ConnectionError("server at https://user:secret@tracker.example closed the connection")
+
+        def finish(self):
+            raise ConnectionError("still gone")
+
+    class Working:
+        name = "working"
+
+        def __init__(self):
+            self.logged = []
+
+        def log(self, values, step=None):
+            self.logged.append((step, values))
+
+        def finish(self):
+            self.logged.append("finished")
+
+    class Accelerator:
+        def __init__(self, trackers):
+            self.trackers = trackers
+
+    working = Working()
+    accelerator = Accelerator([Broken(), working])
+    trackers = Trackers(accelerator, images=False)
+    trackers.log_scores(10, {"fid": 40.0})
+    trackers.log_scores(20, {"fid": 30.0})
+    assert [tracker.name for tracker in accelerator.trackers] == ["working"]  # dropped after its first failure
+    assert working.logged == [(10, {"eval/fid": 40.0}), (20, {"eval/fid": 30.0})]
+    trackers.close()
+    assert working.logged[-1] == "finished" and accelerator.trackers == []
 
 
 def test_a_tracker_that_is_not_installed_or_cannot_start_is_a_config_error(tmp_path, packed):
