@@ -11,7 +11,7 @@ DEMO_RAW    ?= data/demo/raw
 DEMO_PACKED ?= data/demo/packed
 DEMO_N      ?= 2000
 
-.PHONY: demo test bench tools lint format clean-demo
+.PHONY: demo test test-fast bench tools lint format clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ demo: $(VENV)/.installed $(DEMO_PACKED)/manifest.json
 ## make test: the whole suite, unit and integration (installs Prometheus + promtool for the metrics tests)
 test: $(VENV)/.installed-test tools
 	$(BIN)/python -m pytest
+
+## make test-fast: the unit tests only (in-process, no external tools, no `gand` subprocesses): a few minutes
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/unit -q
 
 ## make bench: every benchmark, CPU-sized (under 11 minutes on 2 cores): tables, and JSON in bench/results/
 ## (bench/memory.py measures GPU memory; on a CPU machine it prints the planner's predictions. Numbers: docs/benchmarks.md)

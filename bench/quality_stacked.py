@@ -155,14 +155,14 @@ def sample(run_dir: Path, count: int) -> tuple[np.ndarray, dict]:
     """`count` images from the run's last commit as N x 3 x 32 x 32 uint8, as `gand sample` draws them, and what
     trained it: minutes, steps and kimg of that commit."""
     from gand.eval.samples import generate, load_generator, sampling_mode
-    from gand.train.steps import Recipe
+    from gand.models import Sampling
 
     generator, cfg, num_classes, name = load_generator(str(run_dir / "checkpoints"))
     state = json.loads((run_dir / "checkpoints" / name / "state.json").read_text())["train"]
     minutes_file = run_dir / "bench-minutes.txt"
     trained = {"minutes": float(minutes_file.read_text()) if minutes_file.exists() else None,
                "steps": state["step"], "kimg": round(state["images_seen"] / 1000, 1)}  # fmt: skip
-    recipe = Recipe.from_config(cfg, num_classes)
+    recipe = Sampling.from_config(cfg, num_classes)
     torch.manual_seed(1234)
     batches = []
     with torch.no_grad(), sampling_mode(generator, recipe):

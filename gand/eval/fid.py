@@ -151,7 +151,7 @@ def evaluate_checkpoint(location: str, count: int | None = None, metrics: tuple[
     from gand.data.manifest import read_manifest
     from gand.eval.inception import load_inception
     from gand.eval.samples import load_generator
-    from gand.train.steps import Recipe
+    from gand.models import Sampling
 
     generator, cfg, num_classes, name = load_generator(location)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -163,7 +163,7 @@ def evaluate_checkpoint(location: str, count: int | None = None, metrics: tuple[
     real_count = min(count, manifest.num_samples)
     real = reference(network, weights_identity(weights), cfg.data.path, cfg.data.resolution, real_count, device,
                      batch_size, progress=True)  # fmt: skip
-    recipe = Recipe.from_config(cfg, num_classes)
+    recipe = Sampling.from_config(cfg, num_classes)
     fake_features, fake_logits = inception_outputs(network, generated_batches(generator, recipe, batch_size, device),
                                                    count, device, task="generated images")  # fmt: skip
     result = scores(real, fake_features, fake_logits, metrics)

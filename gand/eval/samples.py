@@ -168,7 +168,7 @@ def load_networks(location: str, use_ema: bool = True):
     from gand.checkpoint.manager import UNUSABLE, CheckpointManager, SingleProcess
     from gand.config import validate_config
     from gand.errors import DataError
-    from gand.models import build_models, spec_from_config
+    from gand.models import build_from_config
 
     store_url, name = checkpoint_location(location)
     manager = CheckpointManager(store_url, SingleProcess())
@@ -181,8 +181,7 @@ def load_networks(location: str, use_ema: bool = True):
     name, weights, state = found
     cfg = validate_config(state["config"], source=f"{name}/state.json")
     num_classes = int(state["num_classes"])
-    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
-    generator, discriminator = build_models(cfg.model.arch, spec)
+    generator, discriminator = build_from_config(cfg, num_classes)
     key = "generator_ema" if use_ema and "generator_ema" in weights else "generator"
     generator.load_state_dict(weights[key])  # consolidated fp32, whatever ZeRO stage wrote it
     discriminator.load_state_dict(weights["discriminator"])
@@ -222,11 +221,11 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
         seeded_latent,
         slerp,
     )
+    from gand.models import Sampling
     from gand.storage import Store
-    from gand.train.steps import Recipe
 
     generator, cfg, num_classes, checkpoint = load_generator(location)
-    recipe = Recipe.from_config(cfg, num_classes)
+    recipe = Sampling.from_config(cfg, num_classes)
     if class_index is not None and not (recipe.sample_classes and 0 <= class_index < num_classes):
         allowed = f"0..{num_classes - 1}" if recipe.sample_classes else "none: this generator is not conditional"
         raise ConfigError(f"--class {class_index}: allowed {allowed}")

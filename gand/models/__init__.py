@@ -90,6 +90,36 @@ def from_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1
     return images.float().mul_((high - low) / 255.0).add_(low)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How to draw from a generator: its latent size, whether and from how many classes it takes labels, and the
+    value range of its images. Training's `Recipe` and evaluation both read it, so evaluation needs no trainer."""
+
+    latent_dim: int
+    num_classes: int  # classes G is conditioned on (or the class head predicts); 0 = none
+    sample_classes: bool  # whether generated images get class labels (AC-GAN, auxiliary class losses)
+    value_range: tuple[float, float]
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int) -> Sampling:
+        """From a GandConfig (passed in, so models never import the config)."""
+        conditional = MODELS[cfg.model.arch].conditional or cfg.loss.class_mode == "auxiliary"
+        return cls(cfg.model.latent_dim, num_classes, conditional, value_range(cfg.model.g_output))
+
+    def latent(self, count: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`count` latents N(0, I) (count x latent_dim, float32) and, for a conditional G, uniform class labels
+        (count, int64); None otherwise."""
+        z = torch.randn(count, self.latent_dim, device=device)
+        classes = torch.randint(0, self.num_classes, (count,), device=device) if self.sample_classes else None
+        return z, classes
+
+
+def build_from_config(cfg, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """G and D for a GandConfig's model section at its data resolution and channels."""
+    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
+    return build_models(cfg.model.arch, spec)
+
+
 def build_models(arch: str, spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
     generator, discriminator = MODELS[arch].build(spec)
     if spec.spectral_norm in ("g", "both"):

@@ -212,7 +212,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         metrics.record_resume(state.step, steps_lost)
     tracking_run_ids = new_run_ids(resumed.state.get("tracking_run_ids") if resumed is not None else None)
     dominance = DominanceWindow()
-    evaluator = Evaluator(cfg, recipe, engine.device) if cfg.eval.every_kimg and engine.is_main else None
+    evaluator = Evaluator(cfg, recipe.sampling, engine.device) if cfg.eval.every_kimg and engine.is_main else None
     eval_every_images = max(1, round(cfg.eval.every_kimg * 1000)) if cfg.eval.every_kimg else None
     schedule = cfg.schedule
     images_per_batch = cfg.train.batch_size * engine.world_size

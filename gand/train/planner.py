@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from gand.config import GandConfig, MemoryConfig
-from gand.models import MODELS, build_models, spec_from_config
+from gand.models import MODELS, build_from_config
 from gand.train.memory import checkpoint_blocks
 
 GIB = 1024**3
@@ -103,8 +103,7 @@ def measure(cfg: GandConfig, num_classes: int, device: torch.device, options: tu
     from gand.train.engine import resolve_precision
 
     cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)[0]})
-    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
-    g, d = build_models(cfg.model.arch, spec)
+    g, d = build_from_config(cfg, num_classes)
     params = {"g": _bytes(g.parameters()), "d": _bytes(d.parameters())}
     optimizer = {name: params[name] * _state_tensors(opt) for name, opt in (("g", cfg.optim.g), ("d", cfg.optim.d))}
     ema = params["g"] if cfg.ema.half_life_kimg else 0
@@ -302,8 +301,7 @@ def _saved_per_image(cfg: GandConfig, num_classes: int, option: str) -> int:
     """Activations per image at the larger of the two phases, from autograd's saved tensors."""
     from gand.train.steps import Recipe
 
-    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
-    g, d = build_models(cfg.model.arch, spec)
+    g, d = build_from_config(cfg, num_classes)
     if option in ("g", "both"):
         checkpoint_blocks(g)
     if option in ("d", "both"):

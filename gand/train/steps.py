@@ -15,7 +15,7 @@ from gand.augment import AdaptiveAugment, augment
 from gand.config import GandConfig
 from gand.data.loader import DataPosition
 from gand.losses import ADVERSARIAL_LOSSES, LeCamAnchors, Objective, gradient_penalty, zero_centred_penalty
-from gand.models import MODELS, build_models, from_uint8, spec_from_config, value_range
+from gand.models import Sampling, build_from_config, from_uint8
 from gand.observability.health import discriminator_outputs
 from gand.observability.report import NetworkReport, StepReport
 from gand.train.engine import Engine, Trained
@@ -52,16 +52,16 @@ class Recipe:
             lecam_weight=loss.lecam_weight,
             lecam=LeCamAnchors() if loss.lecam_weight else None,
         )
-        sample_classes = MODELS[cfg.model.arch].conditional or loss.class_mode == "auxiliary"
+        sampling = Sampling.from_config(cfg, num_classes)
         return cls(
             objective=objective,
             augment_policy=tuple(cfg.augment.policy),
             gradient_penalty=loss.gradient_penalty,
             weight_clip=loss.weight_clip,
-            latent_dim=cfg.model.latent_dim,
+            latent_dim=sampling.latent_dim,
             num_classes=num_classes,
-            sample_classes=sample_classes,
-            value_range=value_range(cfg.model.g_output),
+            sample_classes=sampling.sample_classes,
+            value_range=sampling.value_range,
             critic=loss.adversarial in ("wasserstein", "rpgan"),  # RpGAN's logits mean something only as gaps
             ada=AdaptiveAugment(cfg.augment.target, cfg.augment.speed_kimg * 1000) if cfg.augment.target else None,
             r1_gamma=loss.r1_gamma,
@@ -69,10 +69,12 @@ class Recipe:
             penalty_every=loss.penalty_every,
         )
 
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.latent_dim, self.num_classes, self.sample_classes, self.value_range)
+
     def latent(self, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = torch.randn(count, self.latent_dim, device=device)
-        classes = torch.randint(0, self.num_classes, (count,), device=device) if self.sample_classes else None
-        return z, classes
+        return self.sampling.latent(count, device)
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """DiffAugment with the config's policy: always, or with adaptive augmentation's current probability."""
@@ -169,8 +171,7 @@ def _add(totals: dict[str, torch.Tensor], parts: dict[str, torch.Tensor], pieces
 # -- the step functions on their own (the planner, benches and GPU tests use them without the loop) ------------
 def build_networks(cfg: GandConfig, engine: Engine, num_classes: int) -> tuple[nn.Module, nn.Module, Any, Any]:
     """G and D (pure modules) from the config, on the engine's device, and their optimizers: (G, D, G's, D's)."""
-    spec = spec_from_config(cfg.model, cfg.data.resolution, cfg.data.channels, num_classes)
-    generator, discriminator = build_models(cfg.model.arch, spec)
+    generator, discriminator = build_from_config(cfg, num_classes)
     engine.place(generator, discriminator)  # fused optimizers need their parameters on the device
     opt_g = build_optimizer(generator.parameters(), cfg.optim.g, fused=engine.fused_optimizers)
     opt_d = build_optimizer(discriminator.parameters(), cfg.optim.d, fused=engine.fused_optimizers)

@@ -5,7 +5,7 @@ import yaml
 
 from gand.config import GandConfig, load_config
 from gand.errors import ConfigError
-from tests.conftest import REPO, gand
+from tests.conftest import REPO
 
 
 def write(tmp_path: Path, config: dict) -> Path:
@@ -111,22 +111,6 @@ def test_file_problems_are_config_errors(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     assert isinstance(load_config(path), GandConfig)
-
-
-def test_cli_exits_2_with_message_and_no_traceback(tmp_path):
-    path = write(tmp_path, {"data": {"path": "d", "resolution": 2000}})
-    result = gand("train", str(path), "model.width=-1")
-    assert result.returncode == 2
-    assert "data.resolution" in result.stderr
-    assert "model.width" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_cli_usage_errors_exit_2(tmp_path):
-    result = gand("pack", str(tmp_path), str(tmp_path / "out"), "--resolutions", "2000")
-    assert result.returncode == 2
-    assert "--resolutions" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_snapshot_carries_no_credentials(tmp_path):

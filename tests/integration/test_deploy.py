@@ -19,6 +19,8 @@ import yaml
 from gand.k8s.render import SPOT, SPOT_NOTICE, SubmitOptions, render_run
 from tests.conftest import REPO, gand
 
+pytestmark = pytest.mark.integration  # external tools: kubernetes-validate, node, kubectl, promtool
+
 KUBERNETES_VERSION = "1.32.0"  # podFailurePolicy is GA from 1.31
 CRD_KINDS = {"PodMonitor", "PrometheusRule"}
 KUEUE_SCHEMAS = {"LocalQueue": REPO / "tests" / "k8s" / "kueue-localqueue-v1beta1.schema.json"}

@@ -2,9 +2,12 @@
 
 import subprocess
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration  # an external tool: promtool
 
 RULES = REPO / "deploy" / "prometheus"
 

@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.integration  # an external tool: ruff
 RUFF = Path(sys.executable).parent / "ruff"
 
 
@@ -20,13 +21,3 @@ def test_ruff(command):
         [ruff, *command, "gand", "tests", "bench", "deploy"], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_the_docs_link_nothing_outside_the_repository():
-    """A clone holds the repository alone: links to ../shared or other checkouts lead nowhere for its readers."""
-    import re
-
-    for name in ("README.md", "ARCHITECTURE.md", "docs/benchmarks.md"):
-        text = (REPO / name).read_text()
-        outside = re.findall(r"(?:\]\(|`)\.\./[^)`\s]*", text)
-        assert not outside, f"{name} links outside the repository: {outside}"
