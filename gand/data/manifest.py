@@ -17,6 +17,7 @@ import json
 import posixpath
 import re
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -129,7 +130,10 @@ def publish_generation(store: Store, manifest: PackedManifest) -> None:
     store.write_bytes(MANIFEST_NAME, data)  # the pointer readers follow
 
 
-def read_record(store: Store, relpath: str, model: type[BaseModel], remedy: str) -> BaseModel:
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+
+def read_record(store: Store, relpath: str, model: type[RecordT], remedy: str) -> RecordT:
     """A JSON record of the dataset (a manifest, a part record) parsed as `model`; a damaged one (cut short, edited,
     from another version) is a DataError naming the file and `remedy`. FileNotFoundError passes through."""
     raw = store.read_bytes(relpath)

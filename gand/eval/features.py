@@ -61,12 +61,12 @@ def compare_on_dataset(location: str, data_path: str, test_share: float = 0.3, s
     # D sees what G makes: [-1, 1] or [0, 1]
     images = from_uint8(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2), _value_range(cfg))
     progress = TaskProgress("D features", len(images))
-    features = []
+    parts = []
     for part in images.split(batch_size):
-        features.append(discriminator_features(discriminator, part))
+        parts.append(discriminator_features(discriminator, part))
         progress.advance(len(part))
     progress.close()
-    features = torch.cat(features)
+    features = torch.cat(parts)
     raw = images.flatten(1)
     split = train_test_split(np.arange(len(labels)), test_size=test_share, random_state=seed, stratify=labels)
     train, test = split

@@ -130,7 +130,7 @@ def labelled_png(pixels: np.ndarray, cell: int, title: str | None = None, column
 
     scale = max(1, math.ceil(64 / cell))
     image = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).convert("RGB")
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     font = ImageFont.load_default(size=12)
     top = (18 if title else 0) + (16 if column_labels else 0)
     left = (max(font.getlength(label) for label in row_labels) + 8) if row_labels else 0
