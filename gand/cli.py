@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except OSError as err:  # the machine said no: a read-only or full disk, a permission; never a traceback
         explained = _os_error_message(err)
-        if explained is None or os.environ.get("GAND_DEBUG"):
+        if explained is None or os.environ.get("GAND_DEBUG", "").lower() in ("1", "true", "yes"):
             raise  # not a situation gand has words for (or asked for): the traceback is the useful report
         message, exit_code = explained
         print(f"error: {message}", file=sys.stderr)
@@ -277,22 +277,26 @@ def _os_error_message(err: OSError) -> tuple[str, int] | None:
     for anything else (no errno, no file, or an errno without advice), which is shown as it is."""
     import errno
 
-    if err.errno is None or not err.filename:
+    if err.errno is None:
         return None
-    where, reason = f"{err.filename}: ", err.strerror or str(err)
+    where, reason = (f"{err.filename}: " if err.filename else ""), err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):  # a failed write often names no file
+        return (f"{where}{reason}; free some space or choose another location, then run the same command again "
+                "(nothing half-written was kept)", 1)  # fmt: skip
+    if not err.filename:
+        return None
     if err.errno == errno.EROFS:
         return (f"{where}{reason}; choose a location on a writable file system (a folder argument, --out, run.dir "
                 "or checkpoint.url)", 2)  # fmt: skip
     if err.errno in (errno.EACCES, errno.EPERM):
         return (f"{where}{reason}; check its permissions, or choose a location this user can read and write (a "
                 "folder argument, --out, run.dir or checkpoint.url)", 2)  # fmt: skip
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"{where}{reason}; free some space or choose another location, then run the same command again "
-                "(nothing half-written was kept)", 1)  # fmt: skip
-    if err.errno == errno.ENOENT:
-        return f"{where}{reason}; check the path", 2
+    if err.errno == errno.ENOENT:  # 1, not 2: a file that vanished mid-run is worth a retry
+        return f"{where}{reason}; check the path", 1
     if err.errno == errno.EISDIR:
         return f"{where}{reason}: a folder where a file was expected", 2
+    if err.errno == errno.EEXIST:
+        return f"{where}{reason}: a file where a folder was expected; give a folder path", 2
     if err.errno == errno.ENOTDIR:
         return f"{where}{reason}: part of the path is a file where a folder was expected", 2
     if err.errno == errno.ENAMETOOLONG:

@@ -39,6 +39,13 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+def redact_text(text: str) -> str:
+    """Free text (an error message) with every URL in it redacted: `https://user:token@host/x` -> `https://host/x`."""
+    if "://" not in text or "@" not in text:
+        return text
+    return " ".join(redact(word) if "://" in word else word for word in text.split(" "))
+
+
 class Store:
     """Files under one root URL. Paths given to methods are relative to the root and use '/'."""
 

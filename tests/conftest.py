@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,8 +90,11 @@ def on_terminal(*args: str) -> tuple[int, str]:
     process = subprocess.Popen([sys.executable, "-m", "gand.cli", *args], stdout=terminal, stderr=terminal,
                                cwd=REPO, env={**os.environ, "GAND_LOG_FORMAT": "json"})  # fmt: skip
     os.close(terminal)
-    chunks = []
-    while True:
+    chunks, deadline = [], time.monotonic() + 180
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 1.0)
+        if not ready:
+            continue
         try:
             chunk = os.read(controller, 4096)
         except OSError:  # the terminal closed: the process ended
@@ -98,7 +103,9 @@ def on_terminal(*args: str) -> tuple[int, str]:
             break
         chunks.append(chunk)
     os.close(controller)
-    return process.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+    if process.poll() is None and time.monotonic() >= deadline:
+        process.kill()
+    return process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
 
 
 def free_port() -> int:

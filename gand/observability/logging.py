@@ -16,7 +16,7 @@ import structlog
 from structlog.stdlib import ProcessorFormatter
 
 from gand.errors import ConfigError
-from gand.storage import redact
+from gand.storage import redact_text
 
 FORMAT_VARIABLE = "GAND_LOG_FORMAT"
 FORMATS = ("json", "console")
@@ -45,8 +45,8 @@ def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> di
     for key, value in event_dict.items():
         if any(word in key.lower() for word in SECRET_KEY_WORDS):
             event_dict[key] = REDACTED
-        elif isinstance(value, str) and "://" in value and "@" in value:
-            event_dict[key] = " ".join(redact(word) if "://" in word else word for word in value.split(" "))
+        elif isinstance(value, str):
+            event_dict[key] = redact_text(value)
     return event_dict
 
 

@@ -32,7 +32,7 @@ import structlog
 
 from gand.errors import ConfigError
 from gand.observability.report import NETWORK_TAGS, LoggedStep
-from gand.storage import redact
+from gand.storage import redact, redact_text
 
 log = structlog.get_logger("gand.tracking")
 
@@ -119,10 +119,12 @@ class Trackers:
         self._images = images
 
     @classmethod
-    def start(cls, engine: Any, cfg: Any, run_ids: Mapping[str, str], resumed_step: int | None) -> Trackers | None:
+    def start(cls, engine: Any, cfg: Any, run_ids: Mapping[str, str], resumed_step: int | None,
+              restarted: bool = False) -> Trackers | None:  # fmt: skip
         """Start the configured trackers on the main rank and store the config as hyperparameters. `run_ids` are
         the tracker runs to continue (from the checkpoint; W&B's is made up front, see `new_run_ids`);
-        `resumed_step` is the step a resume continues from, or None for the run's first start."""
+        `resumed_step` is the step a resume continues from (None: no checkpoint yet); `restarted` says the run ran
+        before (a resume, or a restart before its first commit), where a tracker that cannot start is a warning."""
         if not cfg.tracking.log_with or not engine.is_main:
             return None
         accelerator = engine.accelerator
@@ -136,8 +138,8 @@ class Trackers:
         except Exception as error:  # the tracker's own message (no login, a server down) is the useful part
             _finish_quietly(accelerator)
             first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-            problem = f"{type(error).__name__}: {redact(first_line)}"
-            if resumed_step is None:  # a person just typed this: tell them now
+            problem = f"{type(error).__name__}: {redact_text(first_line)}"
+            if not restarted:  # the run's first start: a person just typed this, tell them now
                 raise ConfigError(
                     f"tracking.log_with: {', '.join(cfg.tracking.log_with)} could not start: {problem}; see the "
                     "tracker's own settings (e.g. WANDB_API_KEY, or WANDB_MODE=offline), or remove tracking.log_with"
@@ -218,7 +220,7 @@ class _TrackerGuard:
         if error is None or not isinstance(error, Exception):
             return False
         log.warning("tracker_failed", tracker=self.tracker.name,
-                    error=f"{type(error).__name__}: {redact(str(error))[:300]}",
+                    error=f"{type(error).__name__}: {redact_text(str(error))[:300]}",
                     effect="this tracker is switched off for the rest of the process; training goes on")  # fmt: skip
         if self.tracker in self.accelerator.trackers:
             self.accelerator.trackers.remove(self.tracker)
@@ -231,7 +233,7 @@ def _finish_quietly(accelerator: Any) -> None:
             tracker.finish()
         except Exception as error:
             log.warning("tracker_close_failed", tracker=tracker.name,
-                        error=f"{type(error).__name__}: {redact(str(error))[:300]}")  # fmt: skip
+                        error=f"{type(error).__name__}: {redact_text(str(error))[:300]}")  # fmt: skip
     accelerator.trackers = []
 
 

@@ -131,10 +131,12 @@ def launch_ranks(module: str, args: Sequence[str], nproc_per_node: int, nnodes: 
     """
     from torch.distributed.launcher.api import LaunchConfig
 
-    if nproc_per_node > 1 and "OMP_NUM_THREADS" not in os.environ:
+    if nproc_per_node > 1 and not os.environ.get("OMP_NUM_THREADS"):
         # Each rank would otherwise start one intra-op thread per core, N ranks fighting over the same cores;
-        # torchrun's command line sets 1 and warns about it. gand knows the node: its cores shared out.
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc_per_node))
+        # torchrun's command line sets 1 and warns about it. gand knows the node: its cores (those this process
+        # may run on) shared out.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc_per_node))
         log.info("threads_per_rank", omp_num_threads=int(os.environ["OMP_NUM_THREADS"]), ranks=nproc_per_node)
     config = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id="gand",
                           rdzv_backend="static", rdzv_endpoint=f"{main_address}:{main_port}",

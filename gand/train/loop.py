@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -210,7 +209,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         metrics.watch_notices(section.preemption_notice)
     if resumed is not None:
         metrics.record_resume(state.step, steps_lost)
-    tracking_run_ids = new_run_ids(resumed.state.get("tracking_run_ids") if resumed is not None else None)
+    tracking_run_ids = new_run_ids(_saved_tracking_ids(resumed))
     dominance = DominanceWindow()
     evaluator = Evaluator(cfg, recipe.sampling, engine.device) if cfg.eval.every_kimg and engine.is_main else None
     eval_every_images = max(1, round(cfg.eval.every_kimg * 1000)) if cfg.eval.every_kimg else None
@@ -248,7 +247,9 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
         if guard.lr_scale != 1.0:  # a resume restores the config's learning rates: the guard's scale again
             set_learning_rates(_base_learning_rates(cfg, g, d), guard.lr_scale)
     control.interrupt_waits(lambda: feed.waiting)
-    trackers = Trackers.start(engine, cfg, tracking_run_ids, state.step if resumed is not None else None)
+    # A restart (a resume, or a Job's pod back before its first commit) trains on if a tracker cannot start.
+    restarted = resumed is not None or previous_progress is not None
+    trackers = Trackers.start(engine, cfg, tracking_run_ids, state.step if resumed is not None else None, restarted)
     if trackers is not None:
         tracking_run_ids.update(trackers.run_ids())  # MLflow's id exists once its run has started
     window = Throughput(state.images_seen)
@@ -257,6 +258,7 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
     rollbacks = 0
     saved_step = state.step
     at_boundary = True
+    stopping_at_once = False
     try:
         while state.step < cfg.train.max_steps:
             train_d = state.step % schedule.d_every == 0
@@ -372,10 +374,13 @@ def _train(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
                   tracking_run_ids=tracking_run_ids)  # fmt: skip
             stop_after_signal(checkpoints, control, metrics, state, log)
         stop_without_saving(checkpoints, control, metrics, state, log)
+    except StopNow:
+        stopping_at_once = True
+        raise
     finally:
         # Flushed on every way out (a preempted run's last scalars are not lost), except a second stop signal,
         # which means "now": W&B's own exit hook finishes its run then.
-        if trackers is not None and not isinstance(sys.exc_info()[1], StopNow):
+        if trackers is not None and not stopping_at_once:
             trackers.close()
 
     engine.close()  # the last collective; from here each rank only waits for its own uploads
@@ -490,6 +495,14 @@ def _resumed_state(resumed: Checkpoint, engine: Engine, log) -> TrainState:
                     ranks=engine.world_size, effect="models and optimizers resume; data order and noise differ "
                     "from an uninterrupted run from here on")  # fmt: skip
     return state
+
+
+def _saved_tracking_ids(resumed: Checkpoint | None) -> dict[str, str] | None:
+    """The tracker runs a checkpoint names (early checkpoints of this version kept W&B's id alone)."""
+    if resumed is None:
+        return None
+    legacy = resumed.state.get("tracking_run_id")
+    return resumed.state.get("tracking_run_ids") or ({"wandb": legacy} if legacy else None)
 
 
 def _recipe_state_parts(recipe: Recipe | None) -> dict[str, Any]:

@@ -226,9 +226,17 @@ def test_operating_system_errors_get_advice_only_where_gand_has_some(tmp_path):
     assert _os_error_message(OSError(errno.EACCES, "Permission denied", "/etc/x"))[0].startswith(
         "/etc/x: Permission denied; check its permissions"
     )
-    assert _os_error_message(OSError(errno.ENOENT, "No such file or directory", "/nope"))[1] == 2
+    assert _os_error_message(OSError(errno.ENOENT, "No such file or directory", "/nope"))[1] == 1  # may vanish mid-run
     assert _os_error_message(OSError(errno.ECONNRESET, "Connection reset", "/x")) is None  # shown as it is
     assert _os_error_message(OSError("no errno, no file")) is None
+    assert _os_error_message(OSError(errno.ENOSPC, "No space left on device"))[1] == 1  # a failed write: no file
     assert _os_error_message(TimeoutError()) is None
     folder = gand("train", str(tmp_path))  # a folder given as the config file
     assert folder.returncode == 2 and "Traceback" not in folder.stderr
+
+
+def test_an_output_folder_that_is_a_file_is_one_message(tmp_path, small_run):
+    taken = tmp_path / "picks.png"
+    taken.write_bytes(b"not a folder")
+    result = gand("sample", str(small_run), "--out", str(taken), "--n", "4")
+    assert result.returncode == 2 and "a file where a folder was expected" in one_error(result)

@@ -159,15 +159,27 @@ def test_a_tracker_that_fails_while_logging_is_switched_off():
         def __init__(self, trackers):
             self.trackers = trackers
 
-    working = Working()
-    accelerator = Accelerator([Broken(), working])
+    class FailsToClose(Working):
+        name = "fails-to-close"
+
+        def finish(self):
+            raise OSError(28, "No space left on device")
+
+    from structlog.testing import capture_logs
+
+    working, closing = Working(), FailsToClose()
+    accelerator = Accelerator([Broken(), working, closing])
     trackers = Trackers(accelerator, images=False)
-    trackers.log_scores(10, {"fid": 40.0})
-    trackers.log_scores(20, {"fid": 30.0})
-    assert [tracker.name for tracker in accelerator.trackers] == ["working"]  # dropped after its first failure
-    assert working.logged == [(10, {"eval/fid": 40.0}), (20, {"eval/fid": 30.0})]
-    trackers.close()
+    with capture_logs() as logged:
+        trackers.log_scores(10, {"fid": 40.0})
+        trackers.log_scores(20, {"fid": 30.0})
+        assert [tracker.name for tracker in accelerator.trackers] == ["working", "fails-to-close"]  # broken: dropped
+        assert working.logged == [(10, {"eval/fid": 40.0}), (20, {"eval/fid": 30.0})]
+        trackers.close()  # one tracker failing to close does not stop the others or raise
     assert working.logged[-1] == "finished" and accelerator.trackers == []
+    failures = [entry for entry in logged if entry["event"] in ("tracker_failed", "tracker_close_failed")]
+    assert [entry["tracker"] for entry in failures] == ["broken", "fails-to-close"]
+    assert "secret" not in repr(failures) and "tracker.example" in failures[0]["error"]  # redacted, still named
 
 
 def test_a_tracker_that_is_not_installed_or_cannot_start_is_a_config_error(tmp_path, packed):

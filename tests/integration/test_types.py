@@ -19,7 +19,9 @@ def mypy_errors() -> list[str]:
     """mypy's errors as `path: message  [code]`, without line numbers (code moves; the finding is the same)."""
     result = subprocess.run([sys.executable, "-m", "mypy", "gand", "--no-error-summary", "--show-error-codes"],
                             cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert "No module named mypy" not in result.stderr, "mypy is installed by the test extras: pip install -e '.[test]'"
     assert result.returncode in (0, 1), result.stderr[-3000:]  # 2: mypy itself failed (a config error, a crash)
+    assert result.returncode == 0 or "error:" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     errors = []
     for line in result.stdout.splitlines():
         match = re.match(r"^(gand/[^:]+):\d+(?::\d+)?: error: (.*)$", line)

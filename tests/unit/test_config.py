@@ -113,6 +113,20 @@ def test_shipped_configs_validate(path):
     assert isinstance(load_config(path), GandConfig)
 
 
+@pytest.mark.parametrize("overrides", [["train.max_steps=true"], ["data.channels=true"], ["optim.g.betas=[true, 0.9]"],
+                                       ["burn_in.lr=[false, 1e-4]"], ["loss.real_labels=[true, 1.0]"]])  # fmt: skip
+def test_booleans_are_not_numbers_anywhere(tmp_path, overrides):
+    path = write(tmp_path, {"data": {"path": "d"}})
+    with pytest.raises(ConfigError, match="expected a number, not a boolean"):
+        load_config(path, overrides)
+
+
+def test_booleans_stay_booleans(tmp_path):
+    path = write(tmp_path, {"data": {"path": "d"}})
+    cfg = load_config(path, ["model.d_batch_norm=false", "tracking.images=false", "memory.channels_last=true"])
+    assert cfg.model.d_batch_norm is False and cfg.tracking.images is False and cfg.memory.channels_last is True
+
+
 def test_snapshot_carries_no_credentials(tmp_path):
     path = write(tmp_path, {"data": {"path": "https://user:secret@example.com/set/manifest.json"}})
     cfg = load_config(path, ["checkpoint.url=s3://KEY:SECRET@bucket/run"])
