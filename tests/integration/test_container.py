@@ -17,7 +17,7 @@ from gand.checkpoint.manager import MANIFEST
 from gand.k8s.render import CONFIG_DIR, CONFIG_FILE, SubmitOptions, render_run
 from tests.conftest import REPO, free_port, gand, tiny_config
 from tests.integration.preempt import Live, newest_valid
-from tests.unit.test_deploy import policy_action
+from tests.integration.test_deploy import policy_action
 
 pytestmark = pytest.mark.integration
 
