@@ -29,10 +29,7 @@ class Recipe:
     augment_policy: tuple[str, ...]
     gradient_penalty: float
     weight_clip: float | None
-    latent_dim: int
-    num_classes: int  # classes G is conditioned on / the class head predicts; 0 = none
-    sample_classes: bool  # whether generated images get class labels (AC-GAN)
-    value_range: tuple[float, float]
+    sampling: Sampling  # latent size, class sampling, value range: the models' contract, shared with evaluation
     critic: bool = False  # a Wasserstein critic: its outputs have no zero point (health statistics need to know)
     ada: AdaptiveAugment | None = None  # adaptive augmentation's state (mutable: p moves during training)
     r1_gamma: float = 0.0
@@ -52,16 +49,12 @@ class Recipe:
             lecam_weight=loss.lecam_weight,
             lecam=LeCamAnchors() if loss.lecam_weight else None,
         )
-        sampling = Sampling.from_config(cfg, num_classes)
         return cls(
             objective=objective,
             augment_policy=tuple(cfg.augment.policy),
             gradient_penalty=loss.gradient_penalty,
             weight_clip=loss.weight_clip,
-            latent_dim=sampling.latent_dim,
-            num_classes=num_classes,
-            sample_classes=sampling.sample_classes,
-            value_range=sampling.value_range,
+            sampling=Sampling.from_config(cfg, num_classes),
             critic=loss.adversarial in ("wasserstein", "rpgan"),  # RpGAN's logits mean something only as gaps
             ada=AdaptiveAugment(cfg.augment.target, cfg.augment.speed_kimg * 1000) if cfg.augment.target else None,
             r1_gamma=loss.r1_gamma,
@@ -70,8 +63,22 @@ class Recipe:
         )
 
     @property
-    def sampling(self) -> Sampling:
-        return Sampling(self.latent_dim, self.num_classes, self.sample_classes, self.value_range)
+    def latent_dim(self) -> int:
+        return self.sampling.latent_dim
+
+    @property
+    def num_classes(self) -> int:
+        """Classes G is conditioned on / the class head predicts; 0 = none."""
+        return self.sampling.num_classes
+
+    @property
+    def sample_classes(self) -> bool:
+        """Whether generated images get class labels (AC-GAN)."""
+        return self.sampling.sample_classes
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return self.sampling.value_range
 
     def latent(self, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.sampling.latent(count, device)
