@@ -37,13 +37,14 @@ from gand.config import load_config
 from gand.data.loader import ImageLoader
 from gand.data.manifest import check_dataset, read_manifest
 from gand.observability.curves import LossHistory
-from gand.observability.health import DominanceWindow, discriminator_outputs
+from gand.observability.health import discriminator_outputs
 from gand.observability.metrics import TrainingMetrics
 from gand.observability.report import NetworkReport, StepReport
 from gand.train.control import FiniteWatch
 from gand.train.engine import build_engine
 from gand.train.feed import DeviceFeed
-from gand.train.loop import Throughput, _host_numbers
+from gand.train.periodic import StepLog
+from gand.train.snapshot import Networks
 from gand.train.state import TrainState
 from gand.train.steps import Recipe, setup_networks, train_step
 
@@ -108,12 +109,14 @@ class Harness:
         self.g, self.d = setup_networks(cfg, self.engine, num_classes)
         self.recipe = Recipe.from_config(cfg, num_classes)
         self.batch_size = cfg.train.batch_size
-        batches = ImageLoader(cfg.data.path, cfg.data.resolution, cfg.train.batch_size, seed=0,
-                              workers=cfg.data.workers, num_classes=num_classes).batches()  # fmt: skip
-        self.feed = DeviceFeed(batches, self.engine.device, self.engine.channels_last)
+        loader = ImageLoader(cfg.data.path, cfg.data.resolution, cfg.train.batch_size, seed=0,
+                             workers=cfg.data.workers, num_classes=num_classes)  # fmt: skip
+        self.feed = DeviceFeed(loader.batches(), self.engine.device, self.engine.channels_last)
         self.metrics = TrainingMetrics(cfg.metrics.port, "bench")
-        self.dominance, self.history, self.finite = DominanceWindow(), LossHistory(), FiniteWatch()
-        self.state, self.window = TrainState(), Throughput(0)
+        self.history, self.finite, self.state = LossHistory(), FiniteWatch(), TrainState()
+        nets = Networks(self.g, self.d, None, torch.zeros(1, cfg.model.latent_dim), None)  # no EMA, no grid
+        self.step_log = StepLog(cfg, self.engine, nets, self.recipe, self.feed, loader, self.metrics, None,
+                                self.history, self.state)  # fmt: skip
         self.stop = threading.Event()
 
     def block(self, steps: int, with_stats: bool) -> float:
@@ -146,7 +149,7 @@ class Harness:
 
     def record(self, report: StepReport) -> None:
         """The loop's logging-step bookkeeping after the statistics are gathered."""
-        host = _host_numbers(self.state, self.window, self.feed, self.engine, self.g, self.d, self.dominance)
+        host = self.step_log.host_numbers(self.state)
         logged = report.read(self.engine.mean_across_ranks, self.engine.world_size, host)
         self.metrics.record_step(logged)
         self.history.record_step(logged)

@@ -371,8 +371,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "train":
         from gand.config import load_config
         from gand.observability.logging import configure_logging
-        from gand.train.engine import shutdown_distributed
-        from gand.train.launch import follow_launcher, requested_cpu_ranks, run_cpu_ranks
+        from gand.train.launch import follow_launcher, requested_cpu_ranks, run_cpu_ranks, shutdown_distributed
         from gand.train.loop import train
 
         configure_logging()

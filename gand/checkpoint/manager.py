@@ -29,7 +29,7 @@ import json
 import pickle
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -128,6 +128,7 @@ class CheckpointManager:
         self.pinned: set[str] = set()  # kept by retention too: the collapse guard's best checkpoint
         self.sequence = 0
         self._last_snapshot: str | None = None
+        self._saved_images: dict[str, int] = {}  # checkpoint name -> images seen, for upload results
         self._results: list[UploadResult] = []  # synchronous mode's results, handed out by poll()
         self._commits_seen: list[str] = []  # committed checkpoints this process listed, wrote or saw appear
         self.unusable: dict[str, list[str]] = {}  # committed checkpoints discovery could not use, and why
@@ -179,6 +180,7 @@ class CheckpointManager:
         token = self.collective.gather_objects(secrets.token_hex(8))[0]  # rank 0's, on every rank
         self.sequence += 1
         self._last_snapshot = name
+        self._saved_images[name] = images_seen
         snapshot = Snapshot(name, images_seen, step, self.sequence, token, files, scores=dict(scores or {}))
         snapshot.stall_seconds = time.perf_counter() - started
         if self.uploader is not None:
@@ -194,8 +196,9 @@ class CheckpointManager:
         """Uploads finished since the last call (on rank 0: commits; elsewhere: this rank's files)."""
         if self.uploader is None:
             results, self._results = self._results, []
-            return results
-        return self.uploader.poll()
+        else:
+            results = self.uploader.poll()
+        return [replace(result, images_seen=self._saved_images.get(result.name)) for result in results]
 
     def wait(self, timeout_seconds: float | None = None) -> bool:
         """Until every snapshot handed over so far is uploaded (or has failed); False on timeout."""

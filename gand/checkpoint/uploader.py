@@ -125,6 +125,7 @@ class UploadResult:
     seconds: float
     error: str | None = None
     permanent: bool = False  # the error was one retrying cannot cure (no space, no permission)
+    images_seen: int | None = None  # the checkpoint's image count (filled in by the checkpoint manager)
 
 
 class Uploader:

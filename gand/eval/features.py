@@ -52,7 +52,8 @@ def compare_on_dataset(location: str, data_path: str, test_share: float = 0.3, s
     from gand.eval.samples import load_networks
     from gand.observability.progress import TaskProgress
 
-    _, discriminator, cfg, _, name = load_networks(location)
+    loaded = load_networks(location)
+    discriminator, cfg, name = loaded.discriminator, loaded.cfg, loaded.name
     discriminator.eval()
     _, pixels, labels = zip(*ordered_samples(data_path, cfg.data.resolution, cfg.data.channels), strict=True)
     labels = np.array(labels)

@@ -8,12 +8,16 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+if TYPE_CHECKING:
+    from gand.checkpoint.contents import SavedRun
 
 CALIBRATION_LATENTS = 512  # seeded latents whose BatchNorm statistics sampling uses
 CALIBRATION_CHUNK = 64
@@ -158,13 +162,26 @@ def load_generator(location: str, use_ema: bool = True):
     checkpoint (`.../ckpt-000000012800`). Built from the config snapshot stored in the checkpoint, so nothing but
     the checkpoint is needed.
     """
-    generator, _, cfg, num_classes, name = load_networks(location, use_ema)
-    return generator, cfg, num_classes, name
+    loaded = load_networks(location, use_ema)
+    return loaded.generator, loaded.cfg, loaded.num_classes, loaded.name
 
 
-def load_networks(location: str, use_ema: bool = True):
+@dataclass
+class LoadedNetworks:
+    """A checkpoint's networks, built from its own config snapshot, in eval mode's hands (no optimizer state)."""
+
+    generator: nn.Module  # the EMA generator when the checkpoint has one and it was asked for
+    discriminator: nn.Module
+    cfg: Any  # GandConfig, validated from the checkpoint's state.json
+    num_classes: int
+    name: str  # the checkpoint's name (ckpt-<images seen>)
+    saved: SavedRun  # the rest of state.json: class names, counters
+
+
+def load_networks(location: str, use_ema: bool = True) -> LoadedNetworks:
     """Generator (EMA when there is one), discriminator, config, class count and checkpoint name; see
-    load_generator for `location`."""
+    load_generator for `location`. Raises DataError when there is no usable checkpoint there."""
+    from gand.checkpoint.contents import DISCRIMINATOR, SavedRun, sampling_weights
     from gand.checkpoint.manager import UNUSABLE, CheckpointManager, SingleProcess
     from gand.config import validate_config
     from gand.errors import DataError
@@ -179,13 +196,13 @@ def load_networks(location: str, use_ema: bool = True):
     if found is None:
         raise DataError(f"no committed checkpoint under {location}")
     name, weights, state = found
-    cfg = validate_config(state["config"], source=f"{name}/state.json")
-    num_classes = int(state["num_classes"])
+    saved = SavedRun.from_state(state)
+    cfg = validate_config(saved.config, source=f"{name}/state.json")
+    num_classes = int(saved.num_classes or 0)
     generator, discriminator = build_from_config(cfg, num_classes)
-    key = "generator_ema" if use_ema and "generator_ema" in weights else "generator"
-    generator.load_state_dict(weights[key])  # consolidated fp32, whatever ZeRO stage wrote it
-    discriminator.load_state_dict(weights["discriminator"])
-    return generator, discriminator, cfg, num_classes, name
+    generator.load_state_dict(sampling_weights(weights, use_ema))  # consolidated fp32, whatever ZeRO stage wrote it
+    discriminator.load_state_dict(weights[DISCRIMINATOR])
+    return LoadedNetworks(generator, discriminator, cfg, num_classes, name, saved)
 
 
 def checkpoint_location(location: str) -> tuple[str, str | None]:
@@ -224,7 +241,8 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
     from gand.models import Sampling
     from gand.storage import Store
 
-    generator, cfg, num_classes, checkpoint = load_generator(location)
+    loaded = load_networks(location)
+    generator, cfg, num_classes = loaded.generator, loaded.cfg, loaded.num_classes
     recipe = Sampling.from_config(cfg, num_classes)
     if class_index is not None and not (recipe.sample_classes and 0 <= class_index < num_classes):
         allowed = f"0..{num_classes - 1}" if recipe.sample_classes else "none: this generator is not conditional"
@@ -243,7 +261,7 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
 
     grid_classes, grid_labels, grid_columns = None, {}, None
     if recipe.sample_classes:
-        class_names = _class_names(location, checkpoint) or [str(index) for index in range(num_classes)]
+        class_names = loaded.saved.class_names or [str(index) for index in range(num_classes)]
         if class_index is not None:
             grid_classes = torch.full((count,), class_index, dtype=torch.long)
             grid_labels = {"title": f"class {class_index}: {class_names[class_index]}"}
@@ -285,19 +303,12 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
     return written
 
 
-def _class_names(location: str, checkpoint: str) -> list[str] | None:
-    """The class names a checkpoint was trained with (None when it kept none)."""
-    from gand.storage import Store
-
-    store_url, _ = checkpoint_location(location)
-    return json.loads(Store(store_url).read_bytes(f"{checkpoint}/state.json")).get("class_names")
-
-
 def plot_run(location: str, out: str | None = None, smooth: int | None = None) -> dict:
     """`gand plot`: the run's history from its newest (or a named) checkpoint, as PNG charts under `out`; `smooth`
     is the moving average's window in logged points (None: a 25th of the points, 1: off)."""
     import posixpath
 
+    from gand.checkpoint.contents import SavedRun
     from gand.checkpoint.manager import CheckpointManager, SingleProcess
     from gand.errors import ConfigError, DataError
     from gand.observability.curves import LossHistory, run_charts
@@ -312,7 +323,7 @@ def plot_run(location: str, out: str | None = None, smooth: int | None = None) -
         raise DataError(f"{name} was written before gand kept histories in checkpoints; nothing to plot")
     history = LossHistory.from_state(state)
     checkpoints = Store(store_url)
-    run_name = json.loads(checkpoints.read_bytes(f"{name}/state.json"))["config"]["run"]["name"]
+    run_name = SavedRun.from_state(json.loads(checkpoints.read_bytes(f"{name}/state.json"))).run_name
     if out is None:  # beside the checkpoints when they are local, else here
         parent = posixpath.dirname(store_url.rstrip("/"))
         out = posixpath.join(parent, "plots") if checkpoints.is_local else f"{run_name}-plots"

@@ -199,7 +199,8 @@ class TrainingMetrics:
             return
         self.commits.inc()
         self.checkpoint_time.set(time.time())
-        self.checkpoint_images.set(int(result.name.removeprefix("ckpt-")))
+        if result.images_seen is not None:
+            self.checkpoint_images.set(result.images_seen)
         self.upload_seconds.observe(result.seconds)
 
     def record_uploads(self, pending: int, failed_attempts_total: int, abandoned: int = 0) -> None:

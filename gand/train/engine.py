@@ -16,12 +16,11 @@ The loop talks to `Trained` networks through a few verbs: call, accumulate, back
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from gand.observability.health import gradient_stats
 from gand.observability.logging import route_library_logs
 from gand.observability.report import NetworkReport
 from gand.observability.trackers import check_tracking, local_directory
-from gand.train.launch import free_port
+from gand.train.launch import ensure_process_group_variables
 from gand.train.memory import as_channels_last, checkpoint_blocks, to_channels_last
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,7 +79,6 @@ class Trained:
     optimizer: Any
     scaler: torch.amp.GradScaler | None = None
     skipped: torch.Tensor | int = 0  # fp16 steps skipped because of inf/nan gradients (a device counter)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def skipped_steps(self) -> int:
@@ -108,8 +106,8 @@ class Engine:
         self.world_size = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         micro = self.memory.micro_batch or batch_size
-        self.micro_batch = micro
-        self.micro_batches = batch_size // micro
+        self.micro_batch_size = micro
+        self.accumulation_steps = batch_size // micro
         self.precision, reason = resolve_precision(precision, self.device)
         self._autocast_dtype = AUTOCAST_DTYPES[self.precision]
         if precision == "auto":
@@ -192,7 +190,7 @@ class Engine:
                 yield
 
     def backward(self, net: Trained, loss: torch.Tensor) -> None:
-        loss = loss / self.micro_batches  # the update is the mean over the whole batch
+        loss = loss / self.accumulation_steps  # the update is the mean over the whole batch
         if net.scaler is not None:
             net.scaler.scale(loss).backward()
         else:
@@ -264,19 +262,21 @@ class Engine:
             return {key: value.detach().float().cpu() if value.is_floating_point() else value.detach().cpu()
                     for key, value in module.state_dict().items()}  # fmt: skip
 
-    def trainer_state(self, net: Trained) -> tuple[dict[str, Any], bool]:
-        """What to save to resume this network's optimisation, and whether each rank holds its own part."""
+    def optimizer_state(self, net: Trained) -> tuple[dict[str, Any], bool]:
+        """What to save to resume this network's optimisation (optimizer, loss scaler, skipped steps), and whether
+        each rank holds its own part."""
         state = {"optimizer": net.optimizer.state_dict(), "skipped_steps": net.skipped_steps}
         if net.scaler is not None:
             state["scaler"] = net.scaler.state_dict()
         return state, False
 
-    def restore(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        """Weights, optimiser and scaler state into a network already set up: resume, and roll-back after NaN."""
+    def load_network(self, net: Trained, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> None:
+        """Consolidated weights and `optimizer_state()`'s state into a network already set up: every way back to a
+        checkpoint (resume, roll-back after NaN, the collapse guard's) comes through here."""
         net.module.load_state_dict(weights)
-        self.load(net, weights, state)
+        self._load_optimizer_state(net, optimizer_state)
 
-    def load(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    def _load_optimizer_state(self, net: Trained, state: dict[str, Any]) -> None:
         """The optimiser and scaler state (after setup)."""
         with configured_hyperparameters(net):
             net.optimizer.load_state_dict(state["optimizer"])
@@ -339,29 +339,6 @@ def configured_hyperparameters(net: Trained) -> Iterator[None]:
                      changed={k: {"saved": str(a), "now": str(b)} for k, (a, b) in changed.items()})  # fmt: skip
 
 
-# What a collective raises when a peer process is gone: gloo's socket errors and NCCL's remote-error text.
-# Timeouts are left out on purpose: a hang that comes back after every restart is more likely a bug, and it
-# should count against the Job's backoffLimit rather than restart forever.
-PEER_LOST_MARKERS = ("connection reset by peer", "connection closed by peer", "broken pipe", "remote process exited")
-
-
-def lost_a_peer(error: BaseException) -> bool:
-    """True when `error` is a collective failing because another rank is gone, not a fault of this process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return False
-    if torch.distributed.get_world_size() < 2 or not isinstance(error, RuntimeError):
-        return False
-    text = str(error).lower()
-    from_a_collective = isinstance(error, torch.distributed.DistError) or "gloo" in text or "nccl" in text
-    return from_a_collective and any(marker in text for marker in PEER_LOST_MARKERS)
-
-
-def shutdown_distributed() -> None:
-    """Destroy the process group, if any: at the very end of a process that trained."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 # -- DeepSpeed ZeRO ------------------------------------------------------------------------------------------------
 class DeepSpeedEngine(Engine):
     """G and D as two DeepSpeed engines (ZeRO 1-3, optional CPU offload), on Accelerate's process group."""
@@ -371,7 +348,7 @@ class DeepSpeedEngine(Engine):
 
     def __init__(self, precision: str, memory: MemoryConfig, batch_size: int, tracking: TrackingConfig | None = None,
                  tracking_dir: str | None = None):  # fmt: skip
-        _ensure_process_group_variables()
+        ensure_process_group_variables()
         super().__init__(precision, memory, batch_size, tracking, tracking_dir)
         self.channels_last = False  # DeepSpeed's flat parameter buffers are contiguous (MemoryConfig refuses true)
         refuse_zero_without_ranks(memory, self.world_size)
@@ -386,7 +363,7 @@ class DeepSpeedEngine(Engine):
         self._apply_memory_savers(generator, discriminator)
         trained = []
         for name, module, optimizer in (("generator", generator, opt_g), ("discriminator", discriminator, opt_d)):
-            config = deepspeed_config(self.memory, self.precision, self.micro_batch, self.micro_batches,
+            config = deepspeed_config(self.memory, self.precision, self.micro_batch_size, self.accumulation_steps,
                                       cuda=self.device.type == "cuda",
                                       parameters=sum(p.numel() for p in module.parameters()))  # fmt: skip
             optimizer = self._host_optimizer(optimizer)
@@ -401,8 +378,8 @@ class DeepSpeedEngine(Engine):
             "deepspeed_ready",
             zero_stage=self.memory.zero_stage,
             precision=self.precision,
-            micro_batch=self.micro_batch,
-            accumulation=self.micro_batches,
+            micro_batch_size=self.micro_batch_size,
+            accumulation_steps=self.accumulation_steps,
             offload_optimizer=self.memory.offload_optimizer,
             offload_params=self.memory.offload_params,
         )
@@ -477,21 +454,21 @@ class DeepSpeedEngine(Engine):
             working = getattr(param, "ds_tensor", None)
             (working if working is not None else param).clamp_(-bound, bound)
 
-    def trainer_state(self, net: Trained) -> tuple[dict[str, Any], bool]:
+    def optimizer_state(self, net: Trained) -> tuple[dict[str, Any], bool]:
         state: dict[str, Any] = {"optimizer": net.optimizer.state_dict(), "skipped_steps": net.skipped_steps}
         scaler = self._scaler(net)
         if scaler is not None:
             state["scaler"] = scaler.state_dict()  # not part of DeepSpeed's own optimizer state
         return state, True  # ZeRO partitions optimizer state: every rank saves its own
 
-    def restore(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    def load_network(self, net: Trained, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> None:
         # Parameters come back from the optimiser's fp32 master partitions (load_from_fp32_weights); buffers
         # (BatchNorm statistics) are not partitioned, so they load into the module directly.
         buffers = {name for name, _ in net.module.named_buffers()}
         net.module.load_state_dict({k: v for k, v in weights.items() if k in buffers}, strict=False)
-        self.load(net, weights, state)
+        self._load_optimizer_state(net, optimizer_state)
 
-    def load(self, net: Trained, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    def _load_optimizer_state(self, net: Trained, state: dict[str, Any]) -> None:
         partitions = [None] * self.world_size
         partitions[self.rank] = state["optimizer"]
         # load_from_fp32_weights: the saved fp32 master partition, not the working copy, becomes the weights
@@ -532,7 +509,7 @@ def bucket_elements(parameters: int) -> int:
     return int(max(2**20, min(500_000_000, parameters)))
 
 
-def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch: int, accumulation: int,
+def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch_size: int, accumulation_steps: int,
                      cuda: bool, parameters: int | None = None) -> dict[str, Any]:  # fmt: skip
     """The DeepSpeed config gand passes to one network's engine: the memory.* settings over an optional tuning JSON,
     with bucket sizes from the network's `parameters` unless the JSON sets them."""
@@ -560,8 +537,8 @@ def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch: int, acc
         zero["offload_param"] = {"device": "cpu", "pin_memory": cuda}
     config.update(
         {
-            "train_micro_batch_size_per_gpu": micro_batch,
-            "gradient_accumulation_steps": accumulation,
+            "train_micro_batch_size_per_gpu": micro_batch_size,
+            "gradient_accumulation_steps": accumulation_steps,
             "zero_optimization": zero,
             "zero_allow_untested_optimizer": True,  # gand's own Adam / RMSprop / SGD
             "zero_force_ds_cpu_optimizer": False,  # offload works with them too (DeepSpeedCPUAdam is faster)
@@ -576,14 +553,6 @@ def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch: int, acc
         if config.get(section, {}).get("enabled"):
             raise ConfigError(f"memory.deepspeed_config: leave {section!r} out; gand sets precision (see README)")
     return config
-
-
-def _ensure_process_group_variables() -> None:
-    """A single process run with ZeRO (e.g. optimizer offload on one GPU) still needs a process group."""
-    if "WORLD_SIZE" in os.environ:
-        return
-    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())})  # fmt: skip
 
 
 def build_engine(precision: str, memory: MemoryConfig, batch_size: int, tracking: TrackingConfig | None = None,
@@ -621,9 +590,3 @@ def deepspeed_safe_globals() -> list[type]:
     except ImportError:
         return []
     return [LossScaler, ZeroStageEnum, fragment_address]
-
-
-def load_state_bytes(data: bytes) -> Any:
-    """torch.load(weights_only=True), allowing only DeepSpeed's plain state classes besides tensors and containers."""
-    with torch.serialization.safe_globals(deepspeed_safe_globals()):
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")

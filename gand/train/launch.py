@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+import torch
 
 from gand.processes import children, command_line, die_with_parent
 
@@ -241,3 +242,35 @@ class _SignalForwarder:
 def rank_processes() -> list[int]:
     """The PIDs of this process's children that are ranks (they carry torch elastic's run id)."""
     return children(os.getpid(), with_variable="TORCHELASTIC_RUN_ID")
+
+
+# -- the process group, and losing a peer -----------------------------------------------------------------
+def ensure_process_group_variables() -> None:
+    """A single process run with ZeRO (e.g. optimizer offload on one GPU) still needs a process group."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())})  # fmt: skip
+
+
+# What a collective raises when a peer process is gone: gloo's socket errors and NCCL's remote-error text.
+# Timeouts are left out on purpose: a hang that comes back after every restart is more likely a bug, and it
+# should count against the Job's backoffLimit rather than restart forever.
+PEER_LOST_MARKERS = ("connection reset by peer", "connection closed by peer", "broken pipe", "remote process exited")
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """True when `error` is a collective failing because another rank is gone, not a fault of this process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    if torch.distributed.get_world_size() < 2 or not isinstance(error, RuntimeError):
+        return False
+    text = str(error).lower()
+    from_a_collective = isinstance(error, torch.distributed.DistError) or "gloo" in text or "nccl" in text
+    return from_a_collective and any(marker in text for marker in PEER_LOST_MARKERS)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group, if any: at the very end of a process that trained."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -63,8 +63,8 @@ MICRO_BATCH_HALF_EFFICIENCY = 4  # a pass of this many images runs at about half
 
 @dataclass(frozen=True)
 class Setting:
-    micro_batch: int
-    accumulation: int
+    micro_batch_size: int
+    accumulation_steps: int
     checkpointing: str
     zero_stage: int
     offload_optimizer: str = "none"
@@ -72,7 +72,7 @@ class Setting:
 
     def overrides(self) -> list[str]:
         return [
-            f"memory.micro_batch={self.micro_batch}",
+            f"memory.micro_batch={self.micro_batch_size}",
             f"memory.grad_checkpointing={self.checkpointing}",
             f"memory.zero_stage={self.zero_stage}",
             f"memory.offload_optimizer={self.offload_optimizer}",
@@ -155,7 +155,7 @@ def predict(components: Components, setting: Setting, ranks: int) -> int:
     if setting.offload_params == "cpu":
         saved += params / ranks
     added = zero_buckets(components) if setting.zero_stage >= 1 else 0
-    return round(fixed - saved + added + components.per_image[setting.checkpointing] * setting.micro_batch)
+    return round(fixed - saved + added + components.per_image[setting.checkpointing] * setting.micro_batch_size)
 
 
 def zero_buckets(components: Components) -> int:
@@ -170,7 +170,7 @@ def zero_buckets(components: Components) -> int:
 def relative_speed(setting: Setting) -> float:
     speed = SPEED["checkpointing"][setting.checkpointing] * SPEED["zero_stage"][setting.zero_stage]
     speed *= SPEED["offload_optimizer"][setting.offload_optimizer] * SPEED["offload_params"][setting.offload_params]
-    return speed * setting.micro_batch / (setting.micro_batch + MICRO_BATCH_HALF_EFFICIENCY)
+    return speed * setting.micro_batch_size / (setting.micro_batch_size + MICRO_BATCH_HALF_EFFICIENCY)
 
 
 def candidates(batch_size: int, ranks: int) -> list[Setting]:
@@ -231,7 +231,7 @@ def format_plan(plan: Plan, cfg: GandConfig, shown: int = 8) -> str:
     for setting, peak, speed in plan.rows[:shown]:
         offload = f"{setting.offload_optimizer}/{setting.offload_params}"
         fits = "yes" if peak <= plan.budget else "no"
-        lines.append(f"{setting.micro_batch:>5} {setting.accumulation:>5} {setting.checkpointing:>5} "
+        lines.append(f"{setting.micro_batch_size:>5} {setting.accumulation_steps:>5} {setting.checkpointing:>5} "
                      f"{setting.zero_stage:>4} {offload:>9} {_gib(peak):>10} {speed:>6.2f}  {fits}")  # fmt: skip
     lines.append("")
     if plan.best is None:

@@ -98,13 +98,14 @@ def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe,
     """Real images towards "real", generated ones towards "fake" (plus class/style terms and penalties).
 
     `batch` holds uint8 images already on the device; they become the model's value range here. The batch is split
-    into engine.micro_batches pieces whose gradients add up to the whole batch's; BatchNorm normalises each piece
+    into engine.accumulation_steps pieces whose gradients add up to the whole batch's; BatchNorm normalises each piece
     with its own statistics, as it would on a smaller batch. The loss terms go into `report.discriminator`; on a
     detailed (logging) step also D's outputs on the first piece and its gradient statistics. Nothing is read back
     from the device. Returns `report.discriminator`.
     """
     real_all = recipe.model_input(batch.images)
-    pieces = list(zip(real_all.chunk(engine.micro_batches), batch.labels.chunk(engine.micro_batches), strict=True))
+    steps = engine.accumulation_steps
+    pieces = list(zip(real_all.chunk(steps), batch.labels.chunk(steps), strict=True))
     net = report.discriminator = NetworkReport()
     for index, (real, labels) in enumerate(pieces):
         with engine.accumulate(d, last=index == len(pieces) - 1):
@@ -145,7 +146,7 @@ def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, cou
     on the device, `count` images) is then run through the frozen D as well, in the same micro-batches.
     """
     net = report.generator = NetworkReport()
-    pieces = engine.micro_batches
+    pieces = engine.accumulation_steps
     sizes = [count // pieces + (index < count % pieces) for index in range(pieces)]
     real_pieces: list[torch.Tensor | None] = [None] * pieces
     if recipe.objective.adversarial.relativistic:

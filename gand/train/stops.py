@@ -14,7 +14,7 @@ from gand.checkpoint.lease import LeaseHeld, LeaseLost, RunLease
 from gand.checkpoint.manager import CheckpointManager, checkpoint_name
 from gand.checkpoint.uploader import UploadResult
 from gand.config import GandConfig
-from gand.errors import ConfigError, DataError, GandError, Preempted, StorageError
+from gand.errors import ConfigError, DataError, GandError, PeerLost, Preempted, StorageError
 from gand.observability.metrics import TrainingMetrics
 from gand.storage import redact
 from gand.train.control import RunControl
@@ -204,3 +204,34 @@ def wait_for_uploads(checkpoints: CheckpointManager, control: RunControl, timeou
             return False
         if checkpoints.wait(min(0.5, left)):
             return True
+
+
+def stop_after_peer_loss(checkpoints: CheckpointManager, error: RuntimeError, log) -> NoReturn:
+    """Another node vanished (a spot preemption past its grace, a crash) in the middle of a collective. Its
+    checkpoint cannot commit without the lost ranks' parts, so there is nothing to wait for: exit 75 (Kubernetes
+    restarts the Job without counting a failure) when this run has a commit to resume from, else 1."""
+    first_line = str(error).splitlines()[0][:300]
+    known = commit_to_resume_from(checkpoints)
+    exit_code = PeerLost.exit_code if known else StorageError.exit_code
+    log.warning("peer_lost", error=first_line, last_commit=known, exit_code=exit_code)
+    message = f"another rank stopped in the middle of a collective ({first_line}); "
+    if known is None:
+        raise StorageError(message + "no committed checkpoint of this run was found") from None
+    raise PeerLost(message + f"run the same command to resume from {known}") from None
+
+
+def finish_uploads(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics, state: TrainState,
+                   cfg: GandConfig, log) -> None:  # fmt: skip
+    """The end of a run that reached train.max_steps: its final checkpoint commits, or StorageError (exit 1: the
+    same command resumes from the last commit)."""
+    uploaded = wait_for_uploads(checkpoints, control, cfg.checkpoint.upload_timeout_seconds)
+    final = [r for r in report_uploads(checkpoints, metrics, log) if r.name == checkpoint_name(state.images_seen)]
+    log.info("train_done", step=state.step, images_seen=state.images_seen, run_dir=redact(cfg.run_dir))
+    metrics.close()
+    if not uploaded or any(not result.committed for result in final):
+        waited = cfg.checkpoint.upload_timeout_seconds if control.stop_signal is None else cfg.checkpoint.grace_seconds
+        problem = final[-1].error if final else f"not finished after {waited:g} s"
+        raise StorageError(
+            f"training reached step {state.step}, but its checkpoint could not be uploaded to "
+            f"{redact(cfg.checkpoint_url)} ({problem}); the same command resumes from the last commit"
+        )

@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 
 from gand.config import load_config
-from gand.train.engine import shutdown_distributed
-from gand.train.launch import requested_cpu_ranks, run_cpu_ranks
+from gand.train.launch import requested_cpu_ranks, run_cpu_ranks, shutdown_distributed
 from gand.train.loop import train
 
 REPO = Path(__file__).resolve().parents[2]

@@ -56,7 +56,7 @@ def test_accumulated_micro_batches_give_the_whole_batch_update():
         from gand.train.engine import Trained
 
         net = Trained("d", net_model, net_model, optimizer)
-        pieces = list(zip(x.chunk(engine.micro_batches), y.chunk(engine.micro_batches), strict=True))
+        pieces = list(zip(x.chunk(engine.accumulation_steps), y.chunk(engine.accumulation_steps), strict=True))
         for index, (xs, ys) in enumerate(pieces):
             with engine.accumulate(net, last=index == len(pieces) - 1):
                 engine.backward(net, nn.functional.mse_loss(net(xs), ys))
@@ -119,7 +119,7 @@ def test_checkpointing_replays_the_rng_only_where_a_block_draws_random_numbers()
 
 def test_deepspeed_config_from_memory_settings(tmp_path):
     memory = MemoryConfig(zero_stage=3, offload_optimizer="cpu", offload_params="cpu", micro_batch=16)
-    config = deepspeed_config(memory, "bf16", micro_batch=16, accumulation=4, cuda=True)
+    config = deepspeed_config(memory, "bf16", micro_batch_size=16, accumulation_steps=4, cuda=True)
     assert config["train_micro_batch_size_per_gpu"] == 16 and config["gradient_accumulation_steps"] == 4
     assert config["zero_optimization"]["stage"] == 3
     assert config["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}

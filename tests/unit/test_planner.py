@@ -51,7 +51,7 @@ def test_predict_divides_state_by_zero_stage_and_offload():
 
 def test_candidates_respect_what_deepspeed_allows():
     settings = candidates(batch_size=8, ranks=1)
-    assert {s.micro_batch * s.accumulation for s in settings} == {8}
+    assert {s.micro_batch_size * s.accumulation_steps for s in settings} == {8}
     assert all(s.offload_optimizer == "cpu" for s in settings if s.zero_stage)  # ZeRO alone on one rank: pointless
     assert all(s.zero_stage == 3 for s in settings if s.offload_params == "cpu")
     assert any(s.zero_stage == 2 and s.offload_optimizer == "none" for s in candidates(batch_size=8, ranks=2))
