@@ -43,7 +43,7 @@ from gand.observability.report import NetworkReport, StepReport
 from gand.train.control import FiniteWatch
 from gand.train.engine import build_engine
 from gand.train.feed import DeviceFeed
-from gand.train.periodic import StepLog
+from gand.train.periodic import Outputs, StepLog
 from gand.train.snapshot import Networks
 from gand.train.state import TrainState
 from gand.train.steps import Recipe, setup_networks, train_step
@@ -115,8 +115,8 @@ class Harness:
         self.metrics = TrainingMetrics(cfg.metrics.port, "bench")
         self.history, self.finite, self.state = LossHistory(), FiniteWatch(), TrainState()
         nets = Networks(self.g, self.d, None, torch.zeros(1, cfg.model.latent_dim), None)  # no EMA, no grid
-        self.step_log = StepLog(cfg, self.engine, nets, self.recipe, self.feed, loader, self.metrics, None,
-                                self.history, self.state)  # fmt: skip
+        outputs = Outputs(self.metrics, None, self.history)
+        self.step_log = StepLog(cfg, self.engine, nets, self.recipe, self.feed, loader, outputs, self.state)
         self.stop = threading.Event()
 
     def block(self, steps: int, with_stats: bool) -> float:

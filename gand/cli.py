@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gand import __version__
 from gand.errors import ConfigError, GandError
@@ -305,177 +305,219 @@ def _os_error_message(err: OSError) -> tuple[str, int] | None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.verb == "demo-data":
-        from gand.data.demo import generate_landscapes, write_digits
-        from gand.observability.logging import configure_logging
+    handler = VERBS.get(args.verb)
+    if handler is None:
+        raise ConfigError(f"unknown command {args.verb!r}")
+    return handler(args)
 
-        configure_logging(stream=sys.stderr)  # stdout is the result
 
-        if args.n is not None and args.n < 1:
-            raise ConfigError(f"--n must be at least 1 (got {args.n})")
-        if args.kind == "digits":
-            if args.n is not None:  # writing 1,797 when 5 were asked for would surprise
-                raise ConfigError(f"--n {args.n}: --kind digits writes all 1,797 of scikit-learn's scans; --n is "
-                                  "for --kind landscapes (pick a subset with `gand pack --exclude`)")  # fmt: skip
-            summary = write_digits(args.dest)
-        else:
-            summary = generate_landscapes(args.dest, count=args.n or 2000, seed=args.seed)
-        _emit(
-            summary,
-            f"wrote {summary['images']} images to {summary['dest']}: "
-            + ", ".join(
-                f"{name} {count}"
-                for name, count in (summary.get("per_style") or summary.get("per_class") or {}).items()
-            ),
-        )
+def _demo_data(args: argparse.Namespace) -> int:
+    from gand.data.demo import generate_landscapes, write_digits
+    from gand.observability.logging import configure_logging
+
+    configure_logging(stream=sys.stderr)  # stdout is the result
+
+    if args.n is not None and args.n < 1:
+        raise ConfigError(f"--n must be at least 1 (got {args.n})")
+    if args.kind == "digits":
+        if args.n is not None:  # writing 1,797 when 5 were asked for would surprise
+            raise ConfigError(f"--n {args.n}: --kind digits writes all 1,797 of scikit-learn's scans; --n is "
+                              "for --kind landscapes (pick a subset with `gand pack --exclude`)")  # fmt: skip
+        summary = write_digits(args.dest)
+    else:
+        summary = generate_landscapes(args.dest, count=args.n or 2000, seed=args.seed)
+    _emit(
+        summary,
+        f"wrote {summary['images']} images to {summary['dest']}: "
+        + ", ".join(
+            f"{name} {count}" for name, count in (summary.get("per_style") or summary.get("per_class") or {}).items()
+        ),
+    )
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from gand.data.pack import pack
+    from gand.observability.logging import configure_logging
+    from gand.observability.progress import ProgressReporter, pack_summary
+
+    configure_logging()
+    progress = ProgressReporter()
+    try:
+        report = pack(args.src, args.dest, _pack_options(args), on_progress=progress)
+    finally:
+        progress.close()
+    print(pack_summary(report), file=sys.stderr)
+    return 0
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from gand.data.daemon import run_daemon
+    from gand.observability.logging import configure_logging
+
+    configure_logging()
+    return run_daemon(args.src, args.dest, _pack_options(args), args.interval, args.metrics_port, args.max_polls)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import torch
+
+    from gand.config import load_config
+    from gand.observability.logging import configure_logging
+    from gand.train.planner import class_count, format_plan, make_plan, parse_size
+
+    configure_logging(stream=sys.stderr)  # stdout is the plan
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        budget = parse_size(args.gpu_mem)
+    except ValueError as err:
+        raise ConfigError(f"--gpu-mem: {err}") from None
+    if args.ranks < 1:
+        raise ConfigError(f"--ranks must be at least 1 (got {args.ranks})")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    plan = make_plan(cfg, class_count(cfg, args.classes), budget, args.ranks, device, show_progress=True)
+    print(format_plan(plan, cfg))
+    return 0 if plan.best is not None else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gand.config import load_config
+    from gand.observability.logging import configure_logging
+    from gand.train.launch import follow_launcher, requested_cpu_ranks, run_cpu_ranks, shutdown_distributed
+    from gand.train.loop import train
+
+    configure_logging()
+    follow_launcher()  # under `accelerate launch`, a launcher that goes is a SIGTERM: save and exit
+    cfg = load_config(args.config, args.overrides)  # validate once, before any rank starts
+    ranks = requested_cpu_ranks()
+    if ranks > 1:
+        return run_cpu_ranks(ranks, "gand.train", [args.config, *args.overrides, *(["--fresh"] * args.fresh)])
+    try:
+        train(cfg, fresh=args.fresh)
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+
+    from gand.config import load_config
+    from gand.observability.logging import configure_logging
+    from gand.train.launch import free_port, launch_ranks
+
+    configure_logging()
+    load_config(args.config, args.overrides)  # a bad config fails here, once, with exit code 2
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        raise ConfigError("--nproc-per-node and --nnodes must be at least 1")
+    node_rank = args.node_rank if args.node_rank is not None else int(os.environ.get("JOB_COMPLETION_INDEX", 0))
+    port = args.main_port or (free_port() if args.nnodes == 1 else 29500)
+    return launch_ranks("gand.train", [args.config, *args.overrides], args.nproc_per_node, args.nnodes,
+                        node_rank, args.main_address, port)  # fmt: skip
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from gand.eval.fid import evaluate_checkpoint
+    from gand.observability.logging import configure_logging
+
+    configure_logging(stream=sys.stderr)  # stdout is the scores: `gand eval RUN > scores.json`
+    if args.n is not None and args.n < 10:
+        raise ConfigError(f"--n must be at least 10 (got {args.n})")
+    metrics = tuple(name.strip().lower() for name in args.metrics.split(",") if name.strip())
+    result = evaluate_checkpoint(args.run, args.n, metrics, args.weights, args.batch)
+    _emit(result, _scores_text(result))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from gand.eval.samples import write_samples
+    from gand.observability.logging import configure_logging
+    from gand.observability.progress import plural
+
+    configure_logging(stream=sys.stderr)  # stdout is the result
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1 (got {args.n})")
+    try:
+        seeds = [int(part) for part in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds: expected integers such as 3,17,42 (got {args.seeds!r})") from None
+    written = write_samples(args.run, args.out, args.n, args.class_index, args.seed, args.interpolate, seeds,
+                            args.arithmetic)  # fmt: skip
+    _emit({"out": args.out, "written": written}, f"wrote {plural(len(written), 'PNG file')} to {args.out}: "
+          + ", ".join(written))  # fmt: skip
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from gand.eval.features import compare_on_dataset
+    from gand.observability.logging import configure_logging
+
+    configure_logging(stream=sys.stderr)  # stdout is the result
+
+    if not 0 < args.test_share < 1:
+        raise ConfigError(f"--test-share must be between 0 and 1 (got {args.test_share})")
+    result = compare_on_dataset(args.run, args.data, args.test_share)
+    _emit(result, f"{result['checkpoint']}: linear SVM on {result['test_images']} held-out images of "
+          f"{result['classes']} classes: D's features {result['discriminator_features_accuracy']:.1%} "
+          f"({result['feature_dims']} dims), raw pixels {result['raw_pixels_accuracy']:.1%} "
+          f"({result['pixel_dims']} dims)")  # fmt: skip
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from gand.eval.samples import plot_run
+    from gand.observability.logging import configure_logging
+
+    configure_logging(stream=sys.stderr)  # stdout is the result
+
+    result = plot_run(args.run, args.out, args.smooth)
+    _emit(result, f"{result['checkpoint']}: {result['points']} logged points -> {result['out']}: "
+          + ", ".join(result["written"]))  # fmt: skip
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from gand.config import load_config
+    from gand.k8s.render import SubmitOptions, render_run, to_yaml
+
+    cfg = load_config(args.config, args.overrides)
+    options = SubmitOptions(image=args.image, gpus=args.gpus, nodes=args.nodes, spot=args.spot,
+                            namespace=args.namespace, queue=args.queue,
+                            priority_class=args.priority_class)  # fmt: skip
+    objects = render_run(cfg, options)
+    if args.dry_run:
+        print(to_yaml(objects), end="")
         return 0
-    if args.verb == "pack":
-        from gand.data.pack import pack
-        from gand.observability.logging import configure_logging
-        from gand.observability.progress import ProgressReporter, pack_summary
+    from gand.k8s.cluster import create_objects
 
-        configure_logging()
-        progress = ProgressReporter()
-        try:
-            report = pack(args.src, args.dest, _pack_options(args), on_progress=progress)
-        finally:
-            progress.close()
-        print(pack_summary(report), file=sys.stderr)
-        return 0
-    if args.verb == "daemon":
-        from gand.data.daemon import run_daemon
-        from gand.observability.logging import configure_logging
+    for line in create_objects(objects, options.namespace):
+        print(line)
+    return 0
 
-        configure_logging()
-        return run_daemon(args.src, args.dest, _pack_options(args), args.interval, args.metrics_port, args.max_polls)
-    if args.verb == "plan":
-        import torch
 
-        from gand.config import load_config
-        from gand.observability.logging import configure_logging
-        from gand.train.planner import class_count, format_plan, make_plan, parse_size
+def _status(args: argparse.Namespace) -> int:
+    from gand.k8s.cluster import run_status
 
-        configure_logging(stream=sys.stderr)  # stdout is the plan
+    print(run_status(args.run, args.namespace))
+    return 0
 
-        cfg = load_config(args.config, args.overrides)
-        try:
-            budget = parse_size(args.gpu_mem)
-        except ValueError as err:
-            raise ConfigError(f"--gpu-mem: {err}") from None
-        if args.ranks < 1:
-            raise ConfigError(f"--ranks must be at least 1 (got {args.ranks})")
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        plan = make_plan(cfg, class_count(cfg, args.classes), budget, args.ranks, device, show_progress=True)
-        print(format_plan(plan, cfg))
-        return 0 if plan.best is not None else 1
-    if args.verb == "train":
-        from gand.config import load_config
-        from gand.observability.logging import configure_logging
-        from gand.train.launch import follow_launcher, requested_cpu_ranks, run_cpu_ranks, shutdown_distributed
-        from gand.train.loop import train
 
-        configure_logging()
-        follow_launcher()  # under `accelerate launch`, a launcher that goes is a SIGTERM: save and exit
-        cfg = load_config(args.config, args.overrides)  # validate once, before any rank starts
-        ranks = requested_cpu_ranks()
-        if ranks > 1:
-            return run_cpu_ranks(ranks, "gand.train", [args.config, *args.overrides, *(["--fresh"] * args.fresh)])
-        try:
-            train(cfg, fresh=args.fresh)
-        finally:
-            shutdown_distributed()
-        return 0
-    if args.verb == "launch":
-        import os
-
-        from gand.config import load_config
-        from gand.observability.logging import configure_logging
-        from gand.train.launch import free_port, launch_ranks
-
-        configure_logging()
-        load_config(args.config, args.overrides)  # a bad config fails here, once, with exit code 2
-        if args.nproc_per_node < 1 or args.nnodes < 1:
-            raise ConfigError("--nproc-per-node and --nnodes must be at least 1")
-        node_rank = args.node_rank if args.node_rank is not None else int(os.environ.get("JOB_COMPLETION_INDEX", 0))
-        port = args.main_port or (free_port() if args.nnodes == 1 else 29500)
-        return launch_ranks("gand.train", [args.config, *args.overrides], args.nproc_per_node, args.nnodes,
-                            node_rank, args.main_address, port)  # fmt: skip
-    if args.verb == "eval":
-        from gand.eval.fid import evaluate_checkpoint
-        from gand.observability.logging import configure_logging
-
-        configure_logging(stream=sys.stderr)  # stdout is the scores: `gand eval RUN > scores.json`
-        if args.n is not None and args.n < 10:
-            raise ConfigError(f"--n must be at least 10 (got {args.n})")
-        metrics = tuple(name.strip().lower() for name in args.metrics.split(",") if name.strip())
-        result = evaluate_checkpoint(args.run, args.n, metrics, args.weights, args.batch)
-        _emit(result, _scores_text(result))
-        return 0
-    if args.verb == "sample":
-        from gand.eval.samples import write_samples
-        from gand.observability.logging import configure_logging
-        from gand.observability.progress import plural
-
-        configure_logging(stream=sys.stderr)  # stdout is the result
-
-        if args.n < 1:
-            raise ConfigError(f"--n must be at least 1 (got {args.n})")
-        try:
-            seeds = [int(part) for part in args.seeds.split(",")] if args.seeds else None
-        except ValueError:
-            raise ConfigError(f"--seeds: expected integers such as 3,17,42 (got {args.seeds!r})") from None
-        written = write_samples(args.run, args.out, args.n, args.class_index, args.seed, args.interpolate, seeds,
-                                args.arithmetic)  # fmt: skip
-        _emit({"out": args.out, "written": written}, f"wrote {plural(len(written), 'PNG file')} to {args.out}: "
-              + ", ".join(written))  # fmt: skip
-        return 0
-    if args.verb == "features":
-        from gand.eval.features import compare_on_dataset
-        from gand.observability.logging import configure_logging
-
-        configure_logging(stream=sys.stderr)  # stdout is the result
-
-        if not 0 < args.test_share < 1:
-            raise ConfigError(f"--test-share must be between 0 and 1 (got {args.test_share})")
-        result = compare_on_dataset(args.run, args.data, args.test_share)
-        _emit(result, f"{result['checkpoint']}: linear SVM on {result['test_images']} held-out images of "
-              f"{result['classes']} classes: D's features {result['discriminator_features_accuracy']:.1%} "
-              f"({result['feature_dims']} dims), raw pixels {result['raw_pixels_accuracy']:.1%} "
-              f"({result['pixel_dims']} dims)")  # fmt: skip
-        return 0
-    if args.verb == "plot":
-        from gand.eval.samples import plot_run
-        from gand.observability.logging import configure_logging
-
-        configure_logging(stream=sys.stderr)  # stdout is the result
-
-        result = plot_run(args.run, args.out, args.smooth)
-        _emit(result, f"{result['checkpoint']}: {result['points']} logged points -> {result['out']}: "
-              + ", ".join(result["written"]))  # fmt: skip
-        return 0
-    if args.verb == "submit":
-        from gand.config import load_config
-        from gand.k8s.render import SubmitOptions, render_run, to_yaml
-
-        cfg = load_config(args.config, args.overrides)
-        options = SubmitOptions(image=args.image, gpus=args.gpus, nodes=args.nodes, spot=args.spot,
-                                namespace=args.namespace, queue=args.queue,
-                                priority_class=args.priority_class)  # fmt: skip
-        objects = render_run(cfg, options)
-        if args.dry_run:
-            print(to_yaml(objects), end="")
-            return 0
-        from gand.k8s.cluster import create_objects
-
-        for line in create_objects(objects, options.namespace):
-            print(line)
-        return 0
-    if args.verb == "status":
-        from gand.k8s.cluster import run_status
-
-        print(run_status(args.run, args.namespace))
-        return 0
-    raise ConfigError(f"unknown command {args.verb!r}")
+# `gand <verb>` -> its handler: each validates what argparse cannot, calls one function and prints the result.
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo-data": _demo_data,
+    "pack": _pack,
+    "daemon": _daemon,
+    "plan": _plan,
+    "train": _train,
+    "launch": _launch,
+    "eval": _eval,
+    "sample": _sample,
+    "features": _features,
+    "plot": _plot,
+    "submit": _submit,
+    "status": _status,
+}
 
 
 if __name__ == "__main__":

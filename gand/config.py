@@ -415,6 +415,11 @@ class GandConfig(StrictModel):
 
 def cross_check(cfg: GandConfig) -> list[str]:
     """Problems that involve several fields, each named by the field to change."""
+    return _model_problems(cfg) + _memory_problems(cfg) + _burn_in_problems(cfg) + _watch_problems(cfg)
+
+
+def _model_problems(cfg: GandConfig) -> list[str]:
+    """The architecture against the resolution, the class head and the loss."""
     from gand.losses import ADVERSARIAL_LOSSES
     from gand.models import MODELS
 
@@ -437,13 +442,12 @@ def cross_check(cfg: GandConfig) -> list[str]:
             f"loss.real_labels/fake_labels/label_flip: soft labels apply to nonsaturating and minimax losses, "
             f"not {cfg.loss.adversarial}"
         )
-    memory = cfg.memory
-    if cfg.eval.every_kimg and memory.zero_stage == 3 and not cfg.ema.half_life_kimg:
-        problems.append("eval.every_kimg: under memory.zero_stage 3 the main rank evaluates the EMA generator; "
-                        "set ema.half_life_kimg (or evaluate afterwards with gand eval)")  # fmt: skip
-    if memory.offload_params != "none" and memory.zero_stage != 3:
-        problems.append("memory.offload_params: parameter offload needs memory.zero_stage: 3")
-    problems += _burn_in_problems(cfg)
+    return problems
+
+
+def _watch_problems(cfg: GandConfig) -> list[str]:
+    """What watches training (evaluation, the guard, adaptive augmentation) against what it needs."""
+    problems = []
     if cfg.guard.action != "off" and not cfg.eval.every_kimg:
         problems.append(f"guard.action: {cfg.guard.action} watches evaluations; set eval.every_kimg")
     if cfg.augment.target is not None and cfg.loss.adversarial in ("wasserstein", "rpgan"):
@@ -452,6 +456,17 @@ def cross_check(cfg: GandConfig) -> list[str]:
     if cfg.augment.target is not None and not cfg.augment.policy:
         problems.append("augment.target: adaptive augmentation needs transforms to apply; set augment.policy "
                         "(e.g. [color, translation, cutout])")  # fmt: skip
+    return problems
+
+
+def _memory_problems(cfg: GandConfig) -> list[str]:
+    """The memory savers against each other, the batch, the penalties and the evaluation."""
+    memory, problems = cfg.memory, []
+    if cfg.eval.every_kimg and memory.zero_stage == 3 and not cfg.ema.half_life_kimg:
+        problems.append("eval.every_kimg: under memory.zero_stage 3 the main rank evaluates the EMA generator; "
+                        "set ema.half_life_kimg (or evaluate afterwards with gand eval)")  # fmt: skip
+    if memory.offload_params != "none" and memory.zero_stage != 3:
+        problems.append("memory.offload_params: parameter offload needs memory.zero_stage: 3")
     if memory.channels_last and memory.uses_deepspeed:
         # DeepSpeed flattens each network's parameters into contiguous buffers and views them as bytes to broadcast
         # them: NHWC weights failed there ("self.stride(-1) must be 1"), on an H200 on 2026-11-30.

@@ -266,6 +266,17 @@ def decode_member(extension: str, data: bytes | memoryview, channels: int = 3) -
 def _npy_pixels(data: bytes | memoryview) -> np.ndarray:
     """Check a .npy member is uint8 H x W x 3 in C order with exactly its payload, and view it without copying."""
     view = memoryview(data).cast("B")
+    header_end, (shape, fortran_order, dtype) = _npy_header(view)
+    _check_npy_array(shape, fortran_order, dtype)
+    expected = shape[0] * shape[1] * shape[2]
+    if len(view) - header_end != expected:
+        raise ValueError(f".npy payload is {len(view) - header_end} bytes; shape {shape} needs {expected}")
+    return np.frombuffer(view, dtype=np.uint8, count=expected, offset=header_end).reshape(shape)
+
+
+def _npy_header(view: memoryview) -> tuple[int, tuple]:
+    """(where the payload starts, (shape, fortran_order, dtype)) of a .npy member, its header checked by length
+    before it is parsed."""
     if bytes(view[: len(_NPY_MAGIC)]) != _NPY_MAGIC:
         raise ValueError("not a .npy array: the magic string \\x93NUMPY is missing")
     if len(view) < len(_NPY_MAGIC) + 2:
@@ -291,6 +302,10 @@ def _npy_pixels(data: bytes | memoryview) -> np.ndarray:
         shape, fortran_order, dtype = read_header(stream)
     except (ValueError, SyntaxError, TypeError) as err:
         raise ValueError(f".npy header unreadable: {err}") from None
+    return header_end, (shape, fortran_order, dtype)
+
+
+def _check_npy_array(shape: tuple[int, ...], fortran_order: bool, dtype: np.dtype) -> None:
     if dtype.hasobject:
         raise ValueError(f".npy dtype {dtype} holds Python objects; refused (only uint8 pixels, never unpickled)")
     if dtype != np.uint8:
@@ -301,10 +316,6 @@ def _npy_pixels(data: bytes | memoryview) -> np.ndarray:
         raise ValueError(f".npy shape {shape} is empty")
     if fortran_order:
         raise ValueError(".npy array is in Fortran order, not C order")
-    expected = shape[0] * shape[1] * shape[2]
-    if len(view) - header_end != expected:
-        raise ValueError(f".npy payload is {len(view) - header_end} bytes; shape {shape} needs {expected}")
-    return np.frombuffer(view, dtype=np.uint8, count=expected, offset=header_end).reshape(shape)
 
 
 # -- perceptual hash ---------------------------------------------------------------------------------------------

@@ -281,12 +281,13 @@ def _same_everywhere(value: int) -> int:
 class ImageLoader:
     """Batches of one resolution for one rank, epoch after epoch, starting at any position."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (one loader's settings, passed by name)
         self,
         data_path: str,
         resolution: int,
         batch_size: int,
         seed: int,
+        *,
         rank: int = 0,
         world_size: int = 1,
         workers: int = 2,

@@ -218,9 +218,18 @@ def pack(
     return report
 
 
-def _pack_items(writer: PartWriter, report: PackReport, state, new_items: list, new_skips: list,
-                class_names: list[str] | None, options: PackOptions, stop: threading.Event | None,
-                on_progress: Callable[[int, int, PackReport], None] | None, publisher) -> None:  # fmt: skip
+def _pack_items(  # noqa: PLR0913 (the body of pack(), apart so that one handler can abort the open part)
+    writer: PartWriter,
+    report: PackReport,
+    state,
+    new_items: list,
+    new_skips: list,
+    class_names: list[str] | None,
+    options: PackOptions,
+    stop: threading.Event | None,
+    on_progress: Callable[[int, int, PackReport], None] | None,
+    publisher,
+) -> None:
     """Transform the new files in worker processes and write each result into the open part, or count its skip."""
     for skip in new_skips:
         _record_skip(writer, report, skip.source_id, skip.reason, "")

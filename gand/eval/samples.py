@@ -224,6 +224,20 @@ def checkpoint_location(location: str) -> tuple[str, str | None]:
 MAX_LABELLED_CLASSES = 16  # a conditional grid gets one labelled column per class up to this many classes
 
 
+def _class_grid(count: int, class_index: int | None,
+                class_names: list[str]) -> tuple[torch.Tensor, int | None, dict[str, Any]]:  # fmt: skip
+    """A conditional grid's classes (N, int64), columns and labels: one class when asked for, else a labelled column
+    per class up to MAX_LABELLED_CLASSES, else classes 0, 1, 2, ... row by row."""
+    num_classes = len(class_names)
+    if class_index is not None:
+        classes = torch.full((count,), class_index, dtype=torch.long)
+        return classes, None, {"title": f"class {class_index}: {class_names[class_index]}"}
+    if num_classes <= MAX_LABELLED_CLASSES:
+        columns = min(num_classes, count)
+        return torch.arange(count) % num_classes, columns, {"column_labels": [n[:12] for n in class_names[:columns]]}
+    return torch.arange(count) % num_classes, None, {"title": f"classes 0, 1, 2, ... of {num_classes}, row by row"}
+
+
 def write_samples(location: str, out: str, count: int = 64, class_index: int | None = None, seed: int = 0,
                   interpolate_steps: int = 0, seeds: list[int] | None = None,
                   arithmetic: str | None = None) -> list[str]:  # fmt: skip
@@ -259,18 +273,11 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
         store.write_bytes(name, labelled_png(pixels, images.shape[-1], **labels) if labels else png_bytes(pixels))
         written.append(name)
 
-    grid_classes, grid_labels, grid_columns = None, {}, None
+    grid_classes, grid_columns, grid_labels = None, None, {}
     if recipe.sample_classes:
-        class_names = loaded.saved.class_names or [str(index) for index in range(num_classes)]
-        if class_index is not None:
-            grid_classes = torch.full((count,), class_index, dtype=torch.long)
-            grid_labels = {"title": f"class {class_index}: {class_names[class_index]}"}
-        elif num_classes <= MAX_LABELLED_CLASSES:  # one column per class, labelled
-            grid_classes, grid_columns = torch.arange(count) % num_classes, min(num_classes, count)
-            grid_labels = {"column_labels": [name[:12] for name in class_names[:grid_columns]]}
-        else:  # too many classes for a column each: classes 0, 1, 2, ... row by row
-            grid_classes = torch.arange(count) % num_classes
-            grid_labels = {"title": f"classes 0, 1, 2, ... of {num_classes}, row by row"}
+        class_names = list(loaded.saved.class_names or [])[:num_classes]
+        class_names += [str(index) for index in range(len(class_names), num_classes)]  # unnamed: their indices
+        grid_classes, grid_columns, grid_labels = _class_grid(count, class_index, class_names)
     latents = torch.stack([seeded_latent(seed + i, latent_dim) for i in range(count)])
     render("grid.png", latents, grid_columns, grid_classes, **grid_labels)
     if interpolate_steps:

@@ -24,13 +24,13 @@ from gand.observability.metrics import TrainingMetrics
 from gand.observability.report import StepReport
 from gand.observability.trackers import Trackers, new_run_ids
 from gand.storage import is_local, redact
-from gand.train.control import FiniteWatch, RunControl, StopNow, StopWhileWaiting
+from gand.train.control import Decision, FiniteWatch, RunControl, StopNow, StopWhileWaiting
 from gand.train.engine import Engine, build_engine, deepspeed_safe_globals
 from gand.train.feed import DeviceBatch, DeviceFeed
 from gand.train.guard import Collapsed, CollapseGuard, set_learning_rates
 from gand.train.launch import lost_a_peer
 from gand.train.optim import GeneratorEMA
-from gand.train.periodic import Evaluation, SampleGrid, Saves, StepLog
+from gand.train.periodic import Evaluation, Outputs, SampleGrid, Saves, StepLog
 from gand.train.schedules import BurnIn
 from gand.train.snapshot import (
     Networks,
@@ -191,14 +191,15 @@ class Training:
         trackers = Trackers.start(engine, cfg, tracking_run_ids, state.step if resumed else None, start.restarted)
         if trackers is not None:
             tracking_run_ids.update(trackers.run_ids())  # MLflow's id exists once its run has started
+        outputs = Outputs(metrics, trackers, history)
         return cls(
             cfg=cfg, engine=engine, control=control, checkpoints=checkpoints, state=state, recipe=recipe, nets=nets,
             snapshots=snapshots, guard=guard, burn_in=BurnIn.from_config(cfg), progress=progress, history=history,
             metrics=metrics, trackers=trackers, feed=feed,
-            step_log=StepLog(cfg, engine, nets, recipe, feed, loader, metrics, trackers, history, state),
-            samples=SampleGrid(cfg, engine, nets, recipe, history, metrics, trackers),
-            evaluation=Evaluation(cfg, engine, nets, recipe, guard, checkpoints, history, metrics, trackers),
-            saves=Saves(snapshots, checkpoints, control, history, metrics, state), finite=FiniteWatch(),
+            step_log=StepLog(cfg, engine, nets, recipe, feed, loader, outputs, state),
+            samples=SampleGrid(cfg, engine, nets, recipe, outputs),
+            evaluation=Evaluation(cfg, engine, nets, recipe, guard, checkpoints, outputs),
+            saves=Saves(snapshots, checkpoints, control, outputs, state), finite=FiniteWatch(),
         )  # fmt: skip
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -218,10 +219,7 @@ class Training:
                 # The NaN flag is read on logging steps and before every save, the evaluation's too.
                 decision = control.decide(self.state.step, images_before, self.state.images_seen, self.finite,
                                           check=report.detailed or evaluate)  # fmt: skip
-                if decision.lease_lost:
-                    self._give_up_the_run()
-                if decision.notice:
-                    self._note_preemption_notice(log)
+                self._take_notice(decision, log)
                 saving = decision.save or (evaluate and not decision.roll_back)
                 if decision.roll_back or (saving and not weights_finite(self.engine, self.nets)):
                     self._roll_back_after_nan()
@@ -229,14 +227,7 @@ class Training:
                 if report.detailed:
                     self.step_log.write(self.state, report, schedule_fields)
                 self.samples.maybe_write(self.state, images_before, batch)
-                scores, verdict = self.evaluation.run(self.state) if evaluate else (None, None)
-                if verdict == "rollback":  # the collapsed weights are not kept: the best ones come back, commit now
-                    self._return_to_best(scores)
-                    saving, scores = True, None
-                if saving:
-                    self.saves.save(self.state, scores)
-                if verdict == "stop":
-                    self._stop_collapsed()
+                self._evaluate_and_save(evaluate, saving)
                 report_uploads(self.checkpoints, self.metrics, log)
                 if decision.stop:
                     stop_after_signal(self.checkpoints, control, self.metrics, self.state, log)
@@ -306,12 +297,15 @@ class Training:
         return images_before
 
     # -- what a step may end in ------------------------------------------------------------------------------
-    def _give_up_the_run(self) -> None:
-        self.metrics.record_lease(held=False, lost=True)
-        self.metrics.close()
-        raise LeaseLost(f"found at step {self.state.step}")
-
-    def _note_preemption_notice(self, log) -> None:
+    def _take_notice(self, decision: Decision, log) -> None:
+        """What the ranks agreed besides stop/save/roll back: the run's lease is lost (stop publishing), or a spot
+        notice came (the decision already saves now)."""
+        if decision.lease_lost:
+            self.metrics.record_lease(held=False, lost=True)
+            self.metrics.close()
+            raise LeaseLost(f"found at step {self.state.step}")
+        if not decision.notice:
+            return
         provider = self.cfg.checkpoint.preemption_notice
         notice = self.control.notices.notice if self.control.notices is not None else None
         log.warning("preemption_notice", step=self.state.step, provider=provider,
@@ -326,6 +320,18 @@ class Training:
                                          self.cfg.checkpoint.max_rollbacks, grace)  # fmt: skip
         self.history.truncate(self.state.images_seen)
         self.metrics.record_rollback()
+
+    def _evaluate_and_save(self, evaluate: bool, saving: bool) -> None:
+        """The evaluation when due and the guard's verdict on it, then the save: a collapse brings the best
+        checkpoint back and commits it now, or stops the run once this checkpoint has committed."""
+        scores, verdict = self.evaluation.run(self.state) if evaluate else (None, None)
+        if verdict == "rollback":  # the collapsed weights are not kept
+            self._return_to_best(scores)
+            saving, scores = True, None
+        if saving:
+            self.saves.save(self.state, scores)
+        if verdict == "stop":
+            self._stop_collapsed()
 
     def _return_to_best(self, scores: dict[str, float] | None) -> None:
         assert self.guard is not None

@@ -4,6 +4,7 @@ the trackers and the history), the sample grid, the evaluation (with the collaps
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -49,16 +50,25 @@ class Throughput:
         return rate
 
 
+@dataclass
+class Outputs:
+    """Where a run's numbers go besides the log: the Prometheus exporter, the trackers (None: none configured) and
+    the history that checkpoints carry and charts draw."""
+
+    metrics: TrainingMetrics
+    trackers: Trackers | None
+    history: LossHistory
+
+
 class StepLog:
     """Logging steps: the step's report read once (one collective, one copy) into the log line, the exporter, the
     trackers and the history. Nothing is read back from the device on other steps."""
 
     def __init__(self, cfg: GandConfig, engine: Engine, nets: Networks, recipe: Recipe, feed: DeviceFeed,
-                 loader: ImageLoader, metrics: TrainingMetrics, trackers: Trackers | None, history: LossHistory,
-                 state: TrainState):  # fmt: skip
+                 loader: ImageLoader, outputs: Outputs, state: TrainState):  # fmt: skip
         self.every_steps, self.max_steps = cfg.train.log_every_steps, cfg.train.max_steps
         self.engine, self.nets, self.recipe, self.feed, self.loader = engine, nets, recipe, feed, loader
-        self.metrics, self.trackers, self.history = metrics, trackers, history
+        self.metrics, self.trackers, self.history = outputs.metrics, outputs.trackers, outputs.history
         self.first_step = state.step
         self.throughput = Throughput(state.images_seen)
         self.dominance = DominanceWindow()
@@ -104,12 +114,11 @@ class StepLog:
 class SampleGrid:
     """The fixed-noise grid and the loss curve that led to it, side by side in the run's samples folder."""
 
-    def __init__(self, cfg: GandConfig, engine: Engine, nets: Networks, recipe: Recipe, history: LossHistory,
-                 metrics: TrainingMetrics, trackers: Trackers | None):  # fmt: skip
+    def __init__(self, cfg: GandConfig, engine: Engine, nets: Networks, recipe: Recipe, outputs: Outputs):
         self.every_steps, self.every_images = cfg.samples.every_steps, cfg.samples.every_images
         self.max_steps, self.run_name = cfg.train.max_steps, cfg.run.name
-        self.engine, self.nets, self.recipe, self.history = engine, nets, recipe, history
-        self.metrics, self.trackers = metrics, trackers
+        self.engine, self.nets, self.recipe = engine, nets, recipe
+        self.metrics, self.trackers, self.history = outputs.metrics, outputs.trackers, outputs.history
         self.store = Store(cfg.run_dir)
 
     def maybe_write(self, state: TrainState, images_before: int, batch: DeviceBatch) -> None:
@@ -141,14 +150,13 @@ class Evaluation:
     carries the scores and retention can keep the best."""
 
     def __init__(self, cfg: GandConfig, engine: Engine, nets: Networks, recipe: Recipe, guard: CollapseGuard | None,
-                 checkpoints: CheckpointManager, history: LossHistory, metrics: TrainingMetrics,
-                 trackers: Trackers | None):  # fmt: skip
+                 checkpoints: CheckpointManager, outputs: Outputs):  # fmt: skip
         self.every_images = max(1, round(cfg.eval.every_kimg * 1000)) if cfg.eval.every_kimg else None
         self.max_steps = cfg.train.max_steps
         on_main = self.every_images is not None and engine.is_main
         self.evaluator = Evaluator(cfg, recipe.sampling, engine.device) if on_main else None
         self.engine, self.nets, self.guard, self.checkpoints = engine, nets, guard, checkpoints
-        self.history, self.metrics, self.trackers = history, metrics, trackers
+        self.metrics, self.trackers, self.history = outputs.metrics, outputs.trackers, outputs.history
 
     def due(self, state: TrainState, images_before: int) -> bool:
         return bool(self.every_images) and count_due(state.step, images_before, state.images_seen, None,
@@ -187,10 +195,10 @@ class Evaluation:
 class Saves:
     """Checkpoints: one snapshot of everything (`Snapshots`), handed to the background upload."""
 
-    def __init__(self, snapshots: Snapshots, checkpoints: CheckpointManager, control: RunControl,
-                 history: LossHistory, metrics: TrainingMetrics, state: TrainState):  # fmt: skip
+    def __init__(self, snapshots: Snapshots, checkpoints: CheckpointManager, control: RunControl, outputs: Outputs,
+                 state: TrainState):  # fmt: skip
         self.snapshots, self.checkpoints, self.control = snapshots, checkpoints, control
-        self.history, self.metrics = history, metrics
+        self.history, self.metrics = outputs.history, outputs.metrics
         self.saved_step = state.step  # the newest step saved (or resumed from) by this process
 
     def save(self, state: TrainState, scores: dict[str, float] | None = None) -> None:
