@@ -87,11 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=64, help="images in grid.png (default 64)")
     sample.add_argument("--class", dest="class_index", type=int, default=None, help="conditional G: this class only")
     sample.add_argument("--seed", type=int, default=0, help="grid image i uses seed + i")
-    sample.add_argument("--interpolate", type=int, default=0, metavar="STEPS",
-                        help="walk STEPS points between consecutive --seeds, linear and spherical")  # fmt: skip
+    sample.add_argument(
+        "--interpolate",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="walk STEPS points between consecutive --seeds, linear and spherical",
+    )
     sample.add_argument("--seeds", default=None, help="seeds to walk between, e.g. 3,17,42 (default: seed, seed+1)")
-    sample.add_argument("--arithmetic", default=None, metavar="EXPR",
-                        help="e.g. 'smile=1,2,3 neutral=4,5,6 man=7,8,9 : smile - neutral + man'")  # fmt: skip
+    sample.add_argument(
+        "--arithmetic",
+        default=None,
+        metavar="EXPR",
+        help="e.g. 'smile=1,2,3 neutral=4,5,6 man=7,8,9 : smile - neutral + man'",
+    )
 
     features = verbs.add_parser("features", help="D as a feature extractor: linear SVM on its features vs raw pixels")
     features.add_argument("run", help="run directory, checkpoint store URL or one ckpt-... checkpoint")
@@ -101,9 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot = verbs.add_parser("plot", help="PNG charts of a run: losses, D outputs, gradients, vanishing gradients")
     plot.add_argument("run", help="run directory, checkpoint store URL or one ckpt-... checkpoint")
     plot.add_argument("--out", default=None, help="folder (or URL) for the PNGs (default: <run>/plots)")
-    plot.add_argument("--smooth", type=int, default=None, metavar="POINTS",
-                      help="moving average over this many logged points beside the raw line (1 = off; default: "
-                           "a 25th of the points)")  # fmt: skip
+    plot.add_argument(
+        "--smooth",
+        type=int,
+        default=None,
+        metavar="POINTS",
+        help="moving average over this many logged points beside the raw line (1 = off; default: a 25th of the points)",
+    )
 
     submit = verbs.add_parser("submit", help="run a config as a Kubernetes Job (spot-friendly; resumes itself)")
     submit.add_argument("config", help="YAML file; data.path and checkpoint.url must be object storage URLs")
@@ -113,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--nodes", type=int, default=1, help="pods (nodes); more than 1 makes an Indexed Job")
     submit.add_argument("--spot", default=None, help="gke, eks or aks: schedule on that provider's spot nodes")
     submit.add_argument("--namespace", default="default")
-    submit.add_argument("--queue", default=None, help="a Kueue LocalQueue: the Job is created suspended with the "
-                        "kueue.x-k8s.io/queue-name label, and Kueue starts it when the quota allows")  # fmt: skip
+    submit.add_argument(
+        "--queue",
+        default=None,
+        help="a Kueue LocalQueue: the Job is created suspended with the "
+        "kueue.x-k8s.io/queue-name label, and Kueue starts it when the quota allows",
+    )
     submit.add_argument("--priority-class", default=None, help="the pods' PriorityClass (Kueue orders by it too)")
     submit.add_argument("--dry-run", action="store_true", help="print the objects as YAML; create nothing")
 
@@ -153,9 +170,12 @@ def _add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     filters.add_argument("--min-side", type=int, default=0, help="skip images whose shortest side is smaller")
     filters.add_argument("--max-aspect", type=float, default=None, help="skip images longer than this x wide")
     filters.add_argument("--max-pixels", type=int, default=178_956_970, help="skip larger headers (bomb guard)")
-    filters.add_argument("--formats", type=_names, default=None,
-                         help="allowed source format families: jpeg (incl. MPO), png (incl. APNG), webp, gif, tiff, "
-                              "bmp, ...")  # fmt: skip
+    filters.add_argument(
+        "--formats",
+        type=_names,
+        default=None,
+        help="allowed source format families: jpeg (incl. MPO), png (incl. APNG), webp, gif, tiff, bmp, ...",
+    )
     filters.add_argument(
         "--near-duplicates",
         type=int,
@@ -265,10 +285,13 @@ def _scores_text(result: dict) -> str:
     for key, name in names.items():
         if key in result:
             spread = result.get(key.replace("_mean", "_std"))
-            shown.append(f"{name} {result[key]:.4g}" + (f" ± {spread:.2g}" if spread is not None and key != "fid"
-                                                            else ""))  # fmt: skip
-    return (f"{result['checkpoint']}: " + ", ".join(shown) + f" ({result['generated']} generated vs "
-            f"{result['real']} real images)")  # fmt: skip
+            shown.append(
+                f"{name} {result[key]:.4g}" + (f" ± {spread:.2g}" if spread is not None and key != "fid" else "")
+            )
+    return (
+        f"{result['checkpoint']}: " + ", ".join(shown) + f" ({result['generated']} generated vs "
+        f"{result['real']} real images)"
+    )
 
 
 def _os_error_message(err: OSError) -> tuple[str, int] | None:
@@ -281,16 +304,25 @@ def _os_error_message(err: OSError) -> tuple[str, int] | None:
         return None
     where, reason = (f"{err.filename}: " if err.filename else ""), err.strerror or str(err)
     if err.errno in (errno.ENOSPC, errno.EDQUOT):  # a failed write often names no file
-        return (f"{where}{reason}; free some space or choose another location, then run the same command again "
-                "(nothing half-written was kept)", 1)  # fmt: skip
+        return (
+            f"{where}{reason}; free some space or choose another location, then run the same command again "
+            "(nothing half-written was kept)",
+            1,
+        )
     if not err.filename:
         return None
     if err.errno == errno.EROFS:
-        return (f"{where}{reason}; choose a location on a writable file system (a folder argument, --out, run.dir "
-                "or checkpoint.url)", 2)  # fmt: skip
+        return (
+            f"{where}{reason}; choose a location on a writable file system (a folder argument, --out, run.dir "
+            "or checkpoint.url)",
+            2,
+        )
     if err.errno in (errno.EACCES, errno.EPERM):
-        return (f"{where}{reason}; check its permissions, or choose a location this user can read and write (a "
-                "folder argument, --out, run.dir or checkpoint.url)", 2)  # fmt: skip
+        return (
+            f"{where}{reason}; check its permissions, or choose a location this user can read and write (a "
+            "folder argument, --out, run.dir or checkpoint.url)",
+            2,
+        )
     if err.errno == errno.ENOENT:  # 1, not 2: a file that vanished mid-run is worth a retry
         return f"{where}{reason}; check the path", 1
     if err.errno == errno.EISDIR:
@@ -321,8 +353,10 @@ def _demo_data(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be at least 1 (got {args.n})")
     if args.kind == "digits":
         if args.n is not None:  # writing 1,797 when 5 were asked for would surprise
-            raise ConfigError(f"--n {args.n}: --kind digits writes all 1,797 of scikit-learn's scans; --n is "
-                              "for --kind landscapes (pick a subset with `gand pack --exclude`)")  # fmt: skip
+            raise ConfigError(
+                f"--n {args.n}: --kind digits writes all 1,797 of scikit-learn's scans; --n is "
+                "for --kind landscapes (pick a subset with `gand pack --exclude`)"
+            )
         summary = write_digits(args.dest)
     else:
         summary = generate_landscapes(args.dest, count=args.n or 2000, seed=args.seed)
@@ -412,8 +446,15 @@ def _launch(args: argparse.Namespace) -> int:
         raise ConfigError("--nproc-per-node and --nnodes must be at least 1")
     node_rank = args.node_rank if args.node_rank is not None else int(os.environ.get("JOB_COMPLETION_INDEX", 0))
     port = args.main_port or (free_port() if args.nnodes == 1 else 29500)
-    return launch_ranks("gand.train", [args.config, *args.overrides], args.nproc_per_node, args.nnodes,
-                        node_rank, args.main_address, port)  # fmt: skip
+    return launch_ranks(
+        "gand.train",
+        [args.config, *args.overrides],
+        args.nproc_per_node,
+        args.nnodes,
+        node_rank,
+        args.main_address,
+        port,
+    )
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -442,10 +483,13 @@ def _sample(args: argparse.Namespace) -> int:
         seeds = [int(part) for part in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         raise ConfigError(f"--seeds: expected integers such as 3,17,42 (got {args.seeds!r})") from None
-    written = write_samples(args.run, args.out, args.n, args.class_index, args.seed, args.interpolate, seeds,
-                            args.arithmetic)  # fmt: skip
-    _emit({"out": args.out, "written": written}, f"wrote {plural(len(written), 'PNG file')} to {args.out}: "
-          + ", ".join(written))  # fmt: skip
+    written = write_samples(
+        args.run, args.out, args.n, args.class_index, args.seed, args.interpolate, seeds, args.arithmetic
+    )
+    _emit(
+        {"out": args.out, "written": written},
+        f"wrote {plural(len(written), 'PNG file')} to {args.out}: " + ", ".join(written),
+    )
     return 0
 
 
@@ -458,10 +502,13 @@ def _features(args: argparse.Namespace) -> int:
     if not 0 < args.test_share < 1:
         raise ConfigError(f"--test-share must be between 0 and 1 (got {args.test_share})")
     result = compare_on_dataset(args.run, args.data, args.test_share)
-    _emit(result, f"{result['checkpoint']}: linear SVM on {result['test_images']} held-out images of "
-          f"{result['classes']} classes: D's features {result['discriminator_features_accuracy']:.1%} "
-          f"({result['feature_dims']} dims), raw pixels {result['raw_pixels_accuracy']:.1%} "
-          f"({result['pixel_dims']} dims)")  # fmt: skip
+    _emit(
+        result,
+        f"{result['checkpoint']}: linear SVM on {result['test_images']} held-out images of "
+        f"{result['classes']} classes: D's features {result['discriminator_features_accuracy']:.1%} "
+        f"({result['feature_dims']} dims), raw pixels {result['raw_pixels_accuracy']:.1%} "
+        f"({result['pixel_dims']} dims)",
+    )
     return 0
 
 
@@ -472,8 +519,10 @@ def _plot(args: argparse.Namespace) -> int:
     configure_logging(stream=sys.stderr)  # stdout is the result
 
     result = plot_run(args.run, args.out, args.smooth)
-    _emit(result, f"{result['checkpoint']}: {result['points']} logged points -> {result['out']}: "
-          + ", ".join(result["written"]))  # fmt: skip
+    _emit(
+        result,
+        f"{result['checkpoint']}: {result['points']} logged points -> {result['out']}: " + ", ".join(result["written"]),
+    )
     return 0
 
 
@@ -482,9 +531,15 @@ def _submit(args: argparse.Namespace) -> int:
     from gand.k8s.render import SubmitOptions, render_run, to_yaml
 
     cfg = load_config(args.config, args.overrides)
-    options = SubmitOptions(image=args.image, gpus=args.gpus, nodes=args.nodes, spot=args.spot,
-                            namespace=args.namespace, queue=args.queue,
-                            priority_class=args.priority_class)  # fmt: skip
+    options = SubmitOptions(
+        image=args.image,
+        gpus=args.gpus,
+        nodes=args.nodes,
+        spot=args.spot,
+        namespace=args.namespace,
+        queue=args.queue,
+        priority_class=args.priority_class,
+    )
     objects = render_run(cfg, options)
     if args.dry_run:
         print(to_yaml(objects), end="")

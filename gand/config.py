@@ -66,8 +66,9 @@ def _item_types(annotation: Any) -> set[Any]:
     """The plain types a list or tuple field admits as items (`tuple[float, float] | None` -> {float})."""
     origin = get_origin(annotation)
     if origin in (list, tuple, set):
-        return {leaf for argument in get_args(annotation) if argument is not Ellipsis
-                for leaf in _scalar_types(argument)}  # fmt: skip
+        return {
+            leaf for argument in get_args(annotation) if argument is not Ellipsis for leaf in _scalar_types(argument)
+        }
     if origin is None or origin is Literal:
         return set()
     return {leaf for argument in get_args(annotation) for leaf in _item_types(argument)}
@@ -451,11 +452,15 @@ def _watch_problems(cfg: GandConfig) -> list[str]:
     if cfg.guard.action != "off" and not cfg.eval.every_kimg:
         problems.append(f"guard.action: {cfg.guard.action} watches evaluations; set eval.every_kimg")
     if cfg.augment.target is not None and cfg.loss.adversarial in ("wasserstein", "rpgan"):
-        problems.append(f"augment.target: adaptive augmentation reads r_t = E[sign D(real)], which needs logits "
-                        f"with a zero point; {cfg.loss.adversarial}'s have none. Use augment.policy alone")  # fmt: skip
+        problems.append(
+            f"augment.target: adaptive augmentation reads r_t = E[sign D(real)], which needs logits "
+            f"with a zero point; {cfg.loss.adversarial}'s have none. Use augment.policy alone"
+        )
     if cfg.augment.target is not None and not cfg.augment.policy:
-        problems.append("augment.target: adaptive augmentation needs transforms to apply; set augment.policy "
-                        "(e.g. [color, translation, cutout])")  # fmt: skip
+        problems.append(
+            "augment.target: adaptive augmentation needs transforms to apply; set augment.policy "
+            "(e.g. [color, translation, cutout])"
+        )
     return problems
 
 
@@ -463,15 +468,19 @@ def _memory_problems(cfg: GandConfig) -> list[str]:
     """The memory savers against each other, the batch, the penalties and the evaluation."""
     memory, problems = cfg.memory, []
     if cfg.eval.every_kimg and memory.zero_stage == 3 and not cfg.ema.half_life_kimg:
-        problems.append("eval.every_kimg: under memory.zero_stage 3 the main rank evaluates the EMA generator; "
-                        "set ema.half_life_kimg (or evaluate afterwards with gand eval)")  # fmt: skip
+        problems.append(
+            "eval.every_kimg: under memory.zero_stage 3 the main rank evaluates the EMA generator; "
+            "set ema.half_life_kimg (or evaluate afterwards with gand eval)"
+        )
     if memory.offload_params != "none" and memory.zero_stage != 3:
         problems.append("memory.offload_params: parameter offload needs memory.zero_stage: 3")
     if memory.channels_last and memory.uses_deepspeed:
         # DeepSpeed flattens each network's parameters into contiguous buffers and views them as bytes to broadcast
         # them: NHWC weights failed there ("self.stride(-1) must be 1"), on an H200 on 2026-11-30.
-        problems.append("memory.channels_last: true is not supported with memory.zero_stage > 0 (DeepSpeed keeps "
-                        "parameters in contiguous flat buffers); leave it unset or false")  # fmt: skip
+        problems.append(
+            "memory.channels_last: true is not supported with memory.zero_stage > 0 (DeepSpeed keeps "
+            "parameters in contiguous flat buffers); leave it unset or false"
+        )
     if memory.offload_optimizer != "none" and memory.zero_stage == 0:
         problems.append("memory.offload_optimizer: optimizer offload needs memory.zero_stage 1, 2 or 3")
     if memory.micro_batch is not None and cfg.train.batch_size % memory.micro_batch:
@@ -481,8 +490,10 @@ def _memory_problems(cfg: GandConfig) -> list[str]:
         )
     for penalty in ("gradient_penalty", "r1_gamma", "r2_gamma"):
         if getattr(cfg.loss, penalty) and memory.compile:
-            problems.append(f"loss.{penalty}: torch.compile (memory.compile) cannot take the penalty's second "
-                            "derivative (double backward); set memory.compile: false")  # fmt: skip
+            problems.append(
+                f"loss.{penalty}: torch.compile (memory.compile) cannot take the penalty's second "
+                "derivative (double backward); set memory.compile: false"
+            )
         if getattr(cfg.loss, penalty) and memory.uses_deepspeed:
             problems.append(
                 f"loss.{penalty}: DeepSpeed's ZeRO optimizers cannot take the penalty's second derivative; use "
@@ -499,13 +510,17 @@ def _burn_in_problems(cfg: GandConfig) -> list[str]:
     if burn_in.scheduled and burn_in.kimg is None:
         problems.append(f"burn_in.kimg: {', '.join(burn_in.scheduled)} scheduled but no burn-in length; set kimg")
     if burn_in.gamma is not None and not (cfg.loss.r1_gamma or cfg.loss.r2_gamma):
-        problems.append("burn_in.gamma: schedules the R1/R2 weight, but both are off; set loss.r1_gamma and/or "
-                        "loss.r2_gamma (any value above 0 switches a penalty on)")  # fmt: skip
+        problems.append(
+            "burn_in.gamma: schedules the R1/R2 weight, but both are off; set loss.r1_gamma and/or "
+            "loss.r2_gamma (any value above 0 switches a penalty on)"
+        )
     if burn_in.beta2 is not None and "adam" not in (cfg.optim.g.name, cfg.optim.d.name):
         problems.append("burn_in.beta2: only Adam has a beta2; optim.g and optim.d use none")
     if burn_in.ema_half_life_kimg is not None and not cfg.ema.half_life_kimg:
-        problems.append("burn_in.ema_half_life_kimg: the EMA is off; set ema.half_life_kimg (its value after the "
-                        "burn-in is the schedule's end)")  # fmt: skip
+        problems.append(
+            "burn_in.ema_half_life_kimg: the EMA is off; set ema.half_life_kimg (its value after the "
+            "burn-in is the schedule's end)"
+        )
     for name in burn_in.scheduled:  # a penalty weight or an EMA half-life of 0 means "none yet" (R3GAN's starts)
         may_be_zero = name in ("gamma", "ema_half_life_kimg")
         if min(getattr(burn_in, name)) < 0 or (not may_be_zero and min(getattr(burn_in, name)) <= 0):

@@ -30,8 +30,9 @@ class AdversarialLoss(Protocol):
     uses_targets: bool  # whether soft/noisy/flipped label targets apply
     relativistic: bool  # whether G's loss also needs D's logits on real images (the G step runs D on them)
 
-    def discriminator(self, real: torch.Tensor, fake: torch.Tensor, real_target: torch.Tensor,
-                      fake_target: torch.Tensor) -> torch.Tensor: ...  # fmt: skip
+    def discriminator(
+        self, real: torch.Tensor, fake: torch.Tensor, real_target: torch.Tensor, fake_target: torch.Tensor
+    ) -> torch.Tensor: ...
 
     def generator(self, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -126,8 +127,15 @@ def style_ambiguity(class_logits: torch.Tensor) -> torch.Tensor:
 
 
 # -- stabilisers -----------------------------------------------------------------------------------------------
-def label_targets(count: int, low: float, high: float, flip_probability: float, flipped_low: float,
-                  flipped_high: float, device: torch.device | str) -> torch.Tensor:  # fmt: skip
+def label_targets(
+    count: int,
+    low: float,
+    high: float,
+    flip_probability: float,
+    flipped_low: float,
+    flipped_high: float,
+    device: torch.device | str,
+) -> torch.Tensor:
     """Soft/noisy targets drawn uniformly from [low, high]; with flip_probability, from the other side's range."""
     targets = torch.empty(count, device=device).uniform_(low, high)
     if flip_probability > 0:
@@ -222,8 +230,13 @@ class Objective:
     def targets_leave_unit_interval(self) -> bool:
         return min(*self.real_labels, *self.fake_labels) < 0 or max(*self.real_labels, *self.fake_labels) > 1
 
-    def discriminator(self, real_out: torch.Tensor, fake_out: torch.Tensor, real_classes: torch.Tensor,
-                      fake_classes: torch.Tensor | None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def discriminator(
+        self,
+        real_out: torch.Tensor,
+        fake_out: torch.Tensor,
+        real_classes: torch.Tensor,
+        fake_classes: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
         real_out, fake_out = real_out.float(), fake_out.float()  # autocast may hand back 16-bit logits
         count, device = real_out.shape[0], real_out.device
         real_target = label_targets(count, *self.real_labels, self.label_flip, *self.fake_labels, device)
@@ -243,8 +256,9 @@ class Objective:
             parts["style"] = self.class_weight * class_cross_entropy(real_out[:, 1:], real_classes)
         return parts
 
-    def generator(self, fake_out: torch.Tensor, fake_classes: torch.Tensor | None,
-                  real_out: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def generator(
+        self, fake_out: torch.Tensor, fake_classes: torch.Tensor | None, real_out: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """G's terms; `real_out` (D's outputs on real images, paired with `fake_out`) for relativistic losses."""
         fake_out = fake_out.float()
         real_logit = None if real_out is None else real_out.float()[:, 0].detach()  # G cannot move D(real)

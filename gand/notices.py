@@ -48,11 +48,13 @@ class Notice:
 
 
 def check_aws(endpoint: str) -> Notice | None:
-    token_request = urllib.request.Request(f"{endpoint}/latest/api/token", method="PUT",
-                                           headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"})  # fmt: skip
+    token_request = urllib.request.Request(
+        f"{endpoint}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}
+    )
     token = _read(token_request).decode()
-    request = urllib.request.Request(f"{endpoint}/latest/meta-data/spot/instance-action",
-                                     headers={"X-aws-ec2-metadata-token": token})  # fmt: skip
+    request = urllib.request.Request(
+        f"{endpoint}/latest/meta-data/spot/instance-action", headers={"X-aws-ec2-metadata-token": token}
+    )
     try:
         body = json.loads(_read(request))
     except urllib.error.HTTPError as err:
@@ -63,15 +65,17 @@ def check_aws(endpoint: str) -> Notice | None:
 
 
 def check_gcp(endpoint: str) -> Notice | None:
-    request = urllib.request.Request(f"{endpoint}/computeMetadata/v1/instance/preempted",
-                                     headers={"Metadata-Flavor": "Google"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{endpoint}/computeMetadata/v1/instance/preempted", headers={"Metadata-Flavor": "Google"}
+    )
     answer = _read(request).decode().strip().upper()
     return Notice("gcp", "instance/preempted is TRUE") if answer == "TRUE" else None
 
 
 def check_azure(endpoint: str) -> Notice | None:
-    request = urllib.request.Request(f"{endpoint}/metadata/scheduledevents?api-version=2020-07-01",
-                                     headers={"Metadata": "true"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{endpoint}/metadata/scheduledevents?api-version=2020-07-01", headers={"Metadata": "true"}
+    )
     events = json.loads(_read(request)).get("Events", [])
     preempt = [event for event in events if event.get("EventType") == "Preempt"]
     if not preempt:
@@ -106,8 +110,12 @@ class NoticeWatcher:
 
     def start(self) -> NoticeWatcher:
         self._thread.start()
-        log.info("watching_for_preemption_notices", provider=self.provider, endpoint=self.endpoint,
-                 every_seconds=self.poll_seconds)  # fmt: skip
+        log.info(
+            "watching_for_preemption_notices",
+            provider=self.provider,
+            endpoint=self.endpoint,
+            every_seconds=self.poll_seconds,
+        )
         return self
 
     def close(self) -> None:
@@ -121,8 +129,13 @@ class NoticeWatcher:
             except (OSError, ValueError) as err:  # unreachable, refused, timed out, not JSON
                 self.failed_polls += 1
                 if self.failed_polls == 1:
-                    log.warning("preemption_notice_endpoint_unreachable", provider=self.provider,
-                                endpoint=self.endpoint, error=str(err)[:200], effect="polling on")  # fmt: skip
+                    log.warning(
+                        "preemption_notice_endpoint_unreachable",
+                        provider=self.provider,
+                        endpoint=self.endpoint,
+                        error=str(err)[:200],
+                        effect="polling on",
+                    )
             else:
                 if notice is not None:
                     self.notice = notice

@@ -89,8 +89,9 @@ class RunLease:
         self._thread: threading.Thread | None = None
 
     # -- taking it -----------------------------------------------------------------------------------------------
-    def acquire(self, wait_seconds: float, retry: RetryPolicy | None = None,
-                storage_timeout_seconds: float = 120.0) -> None:  # fmt: skip
+    def acquire(
+        self, wait_seconds: float, retry: RetryPolicy | None = None, storage_timeout_seconds: float = 120.0
+    ) -> None:
         """Take the lease, waiting up to wait_seconds while another live trainer holds it.
 
         Raises LeaseHeld (exit 2) when it is still held after that; storage failures are retried (`retry`) for up to
@@ -100,9 +101,12 @@ class RunLease:
         deadline = time.monotonic() + wait_seconds
         announced = False
         if not self.store.conditional_writes:
-            log.warning("lease_best_effort", url=redact(self.store.url()),
-                        reason="this store has no conditional writes: two trainers starting at the same moment "
-                               "could both take the lease")  # fmt: skip
+            log.warning(
+                "lease_best_effort",
+                url=redact(self.store.url()),
+                reason="this store has no conditional writes: two trainers starting at the same moment "
+                "could both take the lease",
+            )
         while True:
             self.waiting_for_holder = False
             if with_retries(self._try_take, "taking the run's lease", retry, storage_deadline):
@@ -117,8 +121,12 @@ class RunLease:
                     "longer"
                 )
             if not announced and holder is not None:
-                log.warning("waiting_for_lease", holder=holder.describe(), url=redact(self.store.url()),
-                            wait_seconds=wait_seconds)  # fmt: skip
+                log.warning(
+                    "waiting_for_lease",
+                    holder=holder.describe(),
+                    url=redact(self.store.url()),
+                    wait_seconds=wait_seconds,
+                )
                 announced = True
             self.waiting_for_holder = True
             time.sleep(POLL_SECONDS)
@@ -153,8 +161,17 @@ class RunLease:
 
     def _write(self, tag: str | None, previous: Holder | None) -> bool:
         written_at = time.monotonic()
-        record = Holder(self.owner, socket.gethostname(), os.getpid(), self.run_name, time.time() + self.ttl_seconds,
-                        self.ttl_seconds, _boot_id(), _pid_namespace(), _process_start(os.getpid()))  # fmt: skip
+        record = Holder(
+            self.owner,
+            socket.gethostname(),
+            os.getpid(),
+            self.run_name,
+            time.time() + self.ttl_seconds,
+            self.ttl_seconds,
+            _boot_id(),
+            _pid_namespace(),
+            _process_start(os.getpid()),
+        )
         if not self.store.write_if(LEASE, json.dumps(asdict(record), indent=2).encode(), tag):
             return False
         self._valid_until = written_at + self.ttl_seconds
@@ -190,8 +207,12 @@ class RunLease:
     def _lose(self, why: str) -> None:
         if not self.lost:
             self.lost = True
-            log.error("lease_lost", why=why, url=redact(self.store.url()),
-                      effect="no more checkpoints from this trainer; it stops")  # fmt: skip
+            log.error(
+                "lease_lost",
+                why=why,
+                url=redact(self.store.url()),
+                effect="no more checkpoints from this trainer; it stops",
+            )
 
     def confirm(self) -> None:
         """Before publishing a manifest: raise LeaseLost unless this trainer still holds a live lease."""

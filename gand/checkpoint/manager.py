@@ -113,9 +113,16 @@ class Snapshot:
 
 
 class CheckpointManager:
-    def __init__(self, url: str, collective: Collective, keep_last: int = 2, keep_every: int = 0,
-                 safe_globals: list[type] = (), retry: RetryPolicy | None = None,
-                 background: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        collective: Collective,
+        keep_last: int = 2,
+        keep_every: int = 0,
+        safe_globals: list[type] = (),
+        retry: RetryPolicy | None = None,
+        background: bool = False,
+    ):
         self.store = Store(url)
         self.url = url
         self.collective = collective
@@ -158,9 +165,17 @@ class CheckpointManager:
         return True
 
     # -- save ----------------------------------------------------------------------------------------------
-    def save(self, images_seen: int, step: int, weights: dict[str, dict[str, torch.Tensor]], trainer: dict[str, Any],
-             state: dict[str, Any], rank_state: dict[str, Any], history: dict[str, Any] | None = None,
-             scores: dict[str, float] | None = None) -> Snapshot | None:  # fmt: skip
+    def save(
+        self,
+        images_seen: int,
+        step: int,
+        weights: dict[str, dict[str, torch.Tensor]],
+        trainer: dict[str, Any],
+        state: dict[str, Any],
+        rank_state: dict[str, Any],
+        history: dict[str, Any] | None = None,
+        scores: dict[str, float] | None = None,
+    ) -> Snapshot | None:
         """Collective: every rank calls it with its own rank_state; rank 0's weights, trainer and state are saved.
 
         Returns once the state is in host memory (with background uploads) or committed (without); None when this
@@ -241,8 +256,11 @@ class CheckpointManager:
             self._retried(self.lease.confirm, "the run's lease", deadline)
         records = {filename: _record(data) for filename, data in sorted(snapshot.files.items())}
         for filename, data in snapshot.files.items():
-            self._retried(lambda f=filename, d=data: self._write_verified(f"{snapshot.name}/{f}", d),
-                          f"{snapshot.name}/{filename}", deadline)  # fmt: skip
+            self._retried(
+                lambda f=filename, d=data: self._write_verified(f"{snapshot.name}/{f}", d),
+                f"{snapshot.name}/{filename}",
+                deadline,
+            )
         rank = self.collective.rank
         if rank != 0:
             marker = f"{snapshot.name}/rank-{rank}.done"
@@ -446,8 +464,13 @@ class CheckpointManager:
             if filename.endswith(".safetensors")
         }
         state = json.loads(read("state.json"))
-        common = {"name": name, "weights": weights, "state": state, "world_size": int(manifest.get("world_size", 1)),
-                  "sequence": int(manifest.get("sequence", 0))}  # fmt: skip
+        common = {
+            "name": name,
+            "weights": weights,
+            "state": state,
+            "world_size": int(manifest.get("world_size", 1)),
+            "sequence": int(manifest.get("sequence", 0)),
+        }
         if weights_only:
             return Checkpoint(trainer={}, rank_state=None, **common)
         trainer = self._load(read("trainer.pt"))
@@ -463,13 +486,19 @@ class CheckpointManager:
         for candidate in [name] if name else self._listing():
             deadline = time.monotonic() + self.retry.timeout_seconds
             try:
-                manifest = json.loads(self._retried(lambda c=candidate: self.store.read_bytes(f"{c}/{MANIFEST}"),
-                                                    f"{candidate}/{MANIFEST}", deadline))  # fmt: skip
+                manifest = json.loads(
+                    self._retried(
+                        lambda c=candidate: self.store.read_bytes(f"{c}/{MANIFEST}"),
+                        f"{candidate}/{MANIFEST}",
+                        deadline,
+                    )
+                )
                 record = manifest["files"].get("history.pt")
                 if record is None:
                     return candidate, None
-                data = self._retried(lambda c=candidate: self.store.read_bytes(f"{c}/history.pt"),
-                                     f"{candidate}/history.pt", deadline)  # fmt: skip
+                data = self._retried(
+                    lambda c=candidate: self.store.read_bytes(f"{c}/history.pt"), f"{candidate}/history.pt", deadline
+                )
                 if hashlib.sha256(data).hexdigest() != record["sha256"]:
                     raise CorruptCheckpoint(f"{candidate}/history.pt: checksum differs from the manifest")
                 return candidate, self._load(data)

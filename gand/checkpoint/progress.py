@@ -52,8 +52,9 @@ class ProgressMarker:
         if self._writer is not None and self._writer.is_alive():
             return  # a slow store: skip this note rather than queue them up
         self._last_write = now
-        note = json.dumps({"step": step, "images_seen": images_seen, "time": time.time(),
-                           "last_commit": last_commit}).encode()  # fmt: skip
+        note = json.dumps(
+            {"step": step, "images_seen": images_seen, "time": time.time(), "last_commit": last_commit}
+        ).encode()
         self._writer = threading.Thread(target=self._write, args=(note,), name="gand-progress", daemon=True)
         self._writer.start()
 

@@ -81,8 +81,13 @@ def waiting_on_storage() -> bool:
     return _main_thread_retrying > 0
 
 
-def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadline: float,
-                 on_failure: Callable[[], None] = lambda: None) -> T:  # fmt: skip
+def with_retries(
+    action: Callable[[], T],
+    what: str,
+    policy: RetryPolicy,
+    deadline: float,
+    on_failure: Callable[[], None] = lambda: None,
+) -> T:
     """`action()`, tried again after transient errors until it succeeds or `deadline` (monotonic) passes."""
     global _main_thread_retrying
     marks = threading.current_thread() is threading.main_thread()
@@ -109,8 +114,13 @@ def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy, deadli
                 wait = policy.delay(attempt)
                 if time.monotonic() + wait > deadline:
                     raise UploadTimeout(f"{what}: still failing after {attempt + 1} attempts: {err}") from err
-                log.warning("storage_retry", what=what, attempt=attempt + 1, retry_in_seconds=round(wait, 2),
-                            error=str(err)[:300])  # fmt: skip
+                log.warning(
+                    "storage_retry",
+                    what=what,
+                    attempt=attempt + 1,
+                    retry_in_seconds=round(wait, 2),
+                    error=str(err)[:300],
+                )
                 time.sleep(wait)
                 attempt += 1
     finally:
@@ -148,8 +158,12 @@ class Uploader:
         with self._lock:
             if self._pending is not None:
                 self.replaced += 1
-                log.warning("checkpoint_replaced", checkpoint=self._pending[0], by=name,
-                            reason="the previous upload is still running")  # fmt: skip
+                log.warning(
+                    "checkpoint_replaced",
+                    checkpoint=self._pending[0],
+                    by=name,
+                    reason="the previous upload is still running",
+                )
             self._pending = (name, job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="gand-checkpoint-upload", daemon=True)
@@ -189,8 +203,13 @@ class Uploader:
             try:
                 result = UploadResult(name, job(), time.monotonic() - started)
             except Exception as err:  # surfaced to the training loop, which decides what to do
-                result = UploadResult(name, False, time.monotonic() - started, f"{type(err).__name__}: {err}",
-                                      permanent=isinstance(err, PermanentStorageError))  # fmt: skip
+                result = UploadResult(
+                    name,
+                    False,
+                    time.monotonic() - started,
+                    f"{type(err).__name__}: {err}",
+                    permanent=isinstance(err, PermanentStorageError),
+                )
             with self._lock:
                 self._results.append(result)
                 self._running = None

@@ -21,15 +21,28 @@ from gand.storage import redact
 log = structlog.get_logger("gand.daemon")
 
 
-def run_daemon(src: str, dest: str, options: PackOptions, interval_seconds: float, metrics_port: int | None,
-               max_polls: int | None = None) -> int:  # fmt: skip
+def run_daemon(
+    src: str,
+    dest: str,
+    options: PackOptions,
+    interval_seconds: float,
+    metrics_port: int | None,
+    max_polls: int | None = None,
+) -> int:
     """Poll until stopped (or `max_polls` polls); returns the exit code."""
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda signum, _frame: _request_stop(stop, signum))
-                for sig in (signal.SIGTERM, signal.SIGINT)}  # fmt: skip
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: _request_stop(stop, signum))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     metrics = PackMetrics(metrics_port)
-    log.info("daemon_start", source=redact(src), dest=redact(dest), interval_seconds=interval_seconds,
-             metrics_port=metrics.port)  # fmt: skip
+    log.info(
+        "daemon_start",
+        source=redact(src),
+        dest=redact(dest),
+        interval_seconds=interval_seconds,
+        metrics_port=metrics.port,
+    )
     polls = 0
     try:
         while not stop.is_set():
@@ -43,10 +56,15 @@ def run_daemon(src: str, dest: str, options: PackOptions, interval_seconds: floa
                 log.error("poll_failed", error=str(err), retry_in_seconds=interval_seconds)
             else:
                 metrics.record_poll(report)
-                log.info("poll_done", new_files=report.files, packed=report.packed,
-                         skipped=dict(report.skipped), parts=report.parts,
-                         generation=report.manifest.generation if report.manifest else None,
-                         seconds=round(time.monotonic() - started, 2))  # fmt: skip
+                log.info(
+                    "poll_done",
+                    new_files=report.files,
+                    packed=report.packed,
+                    skipped=dict(report.skipped),
+                    parts=report.parts,
+                    generation=report.manifest.generation if report.manifest else None,
+                    seconds=round(time.monotonic() - started, 2),
+                )
             polls += 1
             if max_polls is not None and polls >= max_polls:
                 break

@@ -52,9 +52,17 @@ class ImageRejected(Exception):
 # Source formats by family: what `--formats` names and what decides the decode path. Pillow names some members
 # apart: MPO is a JPEG with a second picture (cameras, phones), APNG is read as PNG.
 FORMAT_FAMILIES = {
-    "JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "TIFF": "tiff", "BMP": "bmp",
-    "PPM": "ppm", "TGA": "tga", "ICO": "ico",
-}  # fmt: skip
+    "JPEG": "jpeg",
+    "MPO": "jpeg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "TIFF": "tiff",
+    "BMP": "bmp",
+    "PPM": "ppm",
+    "TGA": "tga",
+    "ICO": "ico",
+}
 FAMILY_ALIASES = {"jpg": "jpeg", "tif": "tiff", "apng": "png", "mpo": "jpeg", "pgm": "ppm", "pbm": "ppm"}
 
 
@@ -119,8 +127,15 @@ def decode_rgb(data: bytes, checks: ImageChecks = ImageChecks(), draft_side: int
             opened.seek(0)
             opened.load()
             image = ImageOps.exif_transpose(opened)
-        except (OSError, SyntaxError, ValueError, TypeError, IndexError, struct.error,
-                Image.DecompressionBombError) as err:  # fmt: skip
+        except (
+            OSError,
+            SyntaxError,
+            ValueError,
+            TypeError,
+            IndexError,
+            struct.error,
+            Image.DecompressionBombError,
+        ) as err:
             raise ImageRejected("decode_error", str(err) or type(err).__name__) from None
         return DecodedImage(to_rgb(image), width, height, source_format, frames)
 

@@ -207,8 +207,9 @@ class _BatchMaker:
                 raise ValueError("the sample has no image member")
             array = decode_member(IMAGE_EXTENSIONS[kind], self.reader.image_bytes(shard, sample), self.spec.channels)
         except (OSError, ValueError, KeyError, SyntaxError) as err:  # PIL raises all of these for bad data
-            log.warning("sample_skipped", key=shard.key(sample), shard=redact(shard.path), reason="undecodable",
-                        error=str(err))  # fmt: skip
+            log.warning(
+                "sample_skipped", key=shard.key(sample), shard=redact(shard.path), reason="undecodable", error=str(err)
+            )
             return self._skip("skipped_undecodable", "undecodable")
         return array, label, shard.key(sample)
 
@@ -403,13 +404,19 @@ class ImageLoader:
             raise DataError(f"cannot read shard {redact(url)}: {err}") from err
         if problem is not None:
             self._damage[(shard.path, shard.sha256)] = problem
-            log.error("shard_damaged", shard=redact(url), reason=problem, images=shard.samples,
-                      effect="left out of training")  # fmt: skip
+            log.error(
+                "shard_damaged", shard=redact(url), reason=problem, images=shard.samples, effect="left out of training"
+            )
             return None
         index = index_shard(path)
         if len(index) != shard.samples or not index.complete:
-            log.warning("shard_incomplete", shard=redact(url), expected=shard.samples, readable=len(index),
-                        effect="only its readable samples are drawn")  # fmt: skip
+            log.warning(
+                "shard_incomplete",
+                shard=redact(url),
+                expected=shard.samples,
+                readable=len(index),
+                effect="only its readable samples are drawn",
+            )
         return index
 
     def _manifest(self, generation: int) -> PackedManifest:

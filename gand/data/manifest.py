@@ -100,8 +100,9 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def build_manifest(parts: list[PartRecord], generation: int, source: str, resolutions: list[int],
-                   options: dict[str, object]) -> PackedManifest:  # fmt: skip
+def build_manifest(
+    parts: list[PartRecord], generation: int, source: str, resolutions: list[int], options: dict[str, object]
+) -> PackedManifest:
     skipped: dict[str, int] = {}
     for part in parts:
         for skip in part.skipped:
@@ -141,9 +142,11 @@ def read_record(store: Store, relpath: str, model: type[RecordT], remedy: str) -
         return model.model_validate_json(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        problem = first["msg"] if first["type"] == "json_invalid" else (
-            f"field {'.'.join(map(str, first['loc'])) or '(top level)'}: {first['msg']}"
-        )  # fmt: skip
+        problem = (
+            first["msg"]
+            if first["type"] == "json_invalid"
+            else (f"field {'.'.join(map(str, first['loc'])) or '(top level)'}: {first['msg']}")
+        )
         raise DataError(f"{redact(store.url(relpath))} is damaged ({problem}); {remedy}") from None
 
 
@@ -174,9 +177,11 @@ def read_manifest(path: str, generation: int | None = None) -> tuple[PackedManif
     """The current manifest (or a given generation) of the dataset at `path`, with a Store at its root."""
     root = dataset_root(path)
     store = Store(root)
-    name = (posixpath.basename(path) if path.endswith(".json") else MANIFEST_NAME) if generation is None else (
-        generation_path(generation)
-    )  # fmt: skip
+    name = (
+        (posixpath.basename(path) if path.endswith(".json") else MANIFEST_NAME)
+        if generation is None
+        else (generation_path(generation))
+    )
     try:
         raw = store.read_bytes(name)
     except FileNotFoundError:

@@ -183,11 +183,23 @@ def pack(
 
     report = PackReport(files=len(new_items) + len(new_skips))
     if report.files:
-        log.info("pack_start", source=redact(src), dest=redact(dest), new_files=report.files,
-                 already_packed=len(state.done), classes=class_names)  # fmt: skip
+        log.info(
+            "pack_start",
+            source=redact(src),
+            dest=redact(dest),
+            new_files=report.files,
+            already_packed=len(state.done),
+            classes=class_names,
+        )
     publisher = GenerationPublisher(store, state, src, options)
-    writer = PartWriter(store, len(state.parts), options.resolutions, options.shard_size,
-                        class_names=lambda: class_names, on_part=publisher.part_published)  # fmt: skip
+    writer = PartWriter(
+        store,
+        len(state.parts),
+        options.resolutions,
+        options.shard_size,
+        class_names=lambda: class_names,
+        on_part=publisher.part_published,
+    )
     try:
         _pack_items(writer, report, state, new_items, new_skips, class_names, options, stop, on_progress, publisher)
     except BaseException as error:
@@ -211,10 +223,16 @@ def pack(
     report.parts = publisher.parts_this_run
     report.seconds = time.perf_counter() - started
     if report.files:
-        log.info("pack_done", packed=report.packed, skipped=dict(report.skipped), parts=report.parts,
-                 first_frame_only=report.first_frame_only,
-                 generation=report.manifest.generation if report.manifest else None,
-                 seconds=round(report.seconds, 2), stopped=report.stopped)  # fmt: skip
+        log.info(
+            "pack_done",
+            packed=report.packed,
+            skipped=dict(report.skipped),
+            parts=report.parts,
+            first_frame_only=report.first_frame_only,
+            generation=report.manifest.generation if report.manifest else None,
+            seconds=round(report.seconds, 2),
+            stopped=report.stopped,
+        )
     return report
 
 
@@ -359,16 +377,23 @@ def check_destination(src: str, dest: str, store: Store, overwrite: bool = False
     source, target = _location(src), _location(dest)
     if source == target or target.startswith(source + "/") or source.startswith(target + "/"):
         relation = "the same place as" if source == target else "inside" if target.startswith(source) else "around"
-        raise ConfigError(f"DEST {redact(dest)} is {relation} SRC {redact(src)}: gand would pack its own output, and "
-                          "--overwrite would delete the source. Pack into a folder or prefix of its own")  # fmt: skip
+        raise ConfigError(
+            f"DEST {redact(dest)} is {relation} SRC {redact(src)}: gand would pack its own output, and "
+            "--overwrite would delete the source. Pack into a folder or prefix of its own"
+        )
     if not overwrite and (store.exists(MANIFEST_NAME) or store.exists(part_path(0))):
         return  # an existing dataset: incremental packs and daemon polls add to it
-    foreign = [path for path in store.walk_files()
-               if path and not path.endswith("/") and not gands_own(path) and not _hidden(path)]  # fmt: skip
+    foreign = [
+        path
+        for path in store.walk_files()
+        if path and not path.endswith("/") and not gands_own(path) and not _hidden(path)
+    ]
     if foreign:
         examples = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ConfigError(f"DEST {redact(dest)} holds files gand did not write ({examples}); pack into an empty folder "
-                          "or prefix, or into an existing gand dataset. Nothing was changed")  # fmt: skip
+        raise ConfigError(
+            f"DEST {redact(dest)} holds files gand did not write ({examples}); pack into an empty folder "
+            "or prefix, or into an existing gand dataset. Nothing was changed"
+        )
 
 
 def _location(url: str) -> str:
@@ -390,8 +415,10 @@ def _wipe(store: Store) -> None:
         if gands_own(relpath):
             store.delete(relpath)
     if store.is_local:  # folders gand made, now empty (object stores have no folders)
-        for folder in sorted({path.split("/")[0] for path in ("parts/", "manifests/", "eval/")} | {
-                name for name in store.list_dir() if name.isdigit()}):  # fmt: skip
+        for folder in sorted(
+            {path.split("/")[0] for path in ("parts/", "manifests/", "eval/")}
+            | {name for name in store.list_dir() if name.isdigit()}
+        ):
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.join(store.root, folder))
 
@@ -443,11 +470,13 @@ class GenerationPublisher:
             "filter": "lanczos",
             "near_duplicates": self.options.near_duplicates,
         }
-        manifest = build_manifest(self.state.parts, self.state.generation, self.source,
-                                  list(self.options.resolutions), options)  # fmt: skip
+        manifest = build_manifest(
+            self.state.parts, self.state.generation, self.source, list(self.options.resolutions), options
+        )
         publish_generation(self.store, manifest)
-        log.info("generation_published", generation=manifest.generation, parts=manifest.parts,
-                 images=manifest.num_samples)  # fmt: skip
+        log.info(
+            "generation_published", generation=manifest.generation, parts=manifest.parts, images=manifest.num_samples
+        )
         self._unlisted, self._last = 0, time.monotonic()
         return manifest
 
@@ -475,8 +504,9 @@ def _init_pool_worker(options: PackOptions) -> None:
     _init_worker(options)
 
 
-def _transform_all(items: list[SourceItem], options: PackOptions,
-                   stop: threading.Event | None) -> Iterator[tuple[SourceItem, object]]:  # fmt: skip
+def _transform_all(
+    items: list[SourceItem], options: PackOptions, stop: threading.Event | None
+) -> Iterator[tuple[SourceItem, object]]:
     if not items:
         return
     if options.workers == 1:
@@ -524,8 +554,14 @@ def transform_item(item: SourceItem) -> EncodedSample | ImageRejected:
         meta["class_name"] = item.label
     if item.columns:
         meta["columns"] = item.columns
-    record = PartSample(key=item.key, source=item.source_id, sha256=hashlib.sha256(data).hexdigest(),
-                        phash=f"{phash:016x}", label=item.label)  # fmt: skip
+    record = PartSample(
+        key=item.key,
+        source=item.source_id,
+        sha256=hashlib.sha256(data).hexdigest(),
+        phash=f"{phash:016x}",
+        label=item.label,
+    )
     extension = OUTPUT_EXTENSIONS[options.output]  # raw -> npy
-    return EncodedSample(item.key, images, extension, None, json.dumps(meta, sort_keys=True).encode(), record,
-                         decoded.frames)  # fmt: skip
+    return EncodedSample(
+        item.key, images, extension, None, json.dumps(meta, sort_keys=True).encode(), record, decoded.frames
+    )

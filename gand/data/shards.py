@@ -48,8 +48,15 @@ class _HashingWriter:
 class PartWriter:
     """Parts numbered from `first_index`; calls `on_part(record)` after each part is published."""
 
-    def __init__(self, store: Store, first_index: int, resolutions: tuple[int, ...], shard_size: int,
-                 class_names: Callable[[], list[str] | None], on_part: Callable[[PartRecord], None]):  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        first_index: int,
+        resolutions: tuple[int, ...],
+        shard_size: int,
+        class_names: Callable[[], list[str] | None],
+        on_part: Callable[[PartRecord], None],
+    ):
         self.store = store
         self.index = first_index
         self.resolutions = tuple(sorted(resolutions))
@@ -95,8 +102,14 @@ class PartWriter:
                     sha256=hashing.sha256.hexdigest(),
                 )
             self._open.close()  # publishes every resolution's tar (rename / single put)
-        record = PartRecord(index=self.index, created_at=now_iso(), shards=shards, samples=self._samples,
-                            skipped=self._skips, class_names=self.class_names())  # fmt: skip
+        record = PartRecord(
+            index=self.index,
+            created_at=now_iso(),
+            shards=shards,
+            samples=self._samples,
+            skipped=self._skips,
+            class_names=self.class_names(),
+        )
         self.store.write_bytes(part_path(self.index), record.model_dump_json().encode())
         self._open, self._tars, self._samples, self._skips = None, {}, [], []
         self.index += 1

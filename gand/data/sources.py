@@ -58,8 +58,7 @@ def is_list_source(src: str) -> bool:
     return src.lower().endswith(LIST_EXTENSIONS)
 
 
-def scan_source(src: str, labels: str = "auto", label_column: str | None = None,
-                exclude: tuple[str, ...] = ()) -> Scan:  # fmt: skip
+def scan_source(src: str, labels: str = "auto", label_column: str | None = None, exclude: tuple[str, ...] = ()) -> Scan:
     """Every candidate image under `src`, in a deterministic order, with the reasons others were passed over."""
     if is_list_source(src):
         return _scan_list(src, label_column, exclude)

@@ -29,8 +29,9 @@ def discriminator_features(discriminator: nn.Module, images: torch.Tensor) -> to
     return torch.cat(outputs, dim=1)
 
 
-def svm_accuracy(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray,
-                 seed: int = 0) -> float:  # fmt: skip
+def svm_accuracy(
+    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray, seed: int = 0
+) -> float:
     """Test accuracy of a linear SVM on standardised features (scikit-learn)."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -41,8 +42,9 @@ def svm_accuracy(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, 
     return float((model.predict(test) == test_labels).mean())
 
 
-def compare_on_dataset(location: str, data_path: str, test_share: float = 0.3, seed: int = 0,
-                       batch_size: int = 256) -> dict:  # fmt: skip
+def compare_on_dataset(
+    location: str, data_path: str, test_share: float = 0.3, seed: int = 0, batch_size: int = 256
+) -> dict:
     """`gand features`: D's features vs raw pixels, each through the same linear SVM on the same split."""
     from sklearn.model_selection import train_test_split
 
@@ -71,13 +73,20 @@ def compare_on_dataset(location: str, data_path: str, test_share: float = 0.3, s
     raw = images.flatten(1)
     split = train_test_split(np.arange(len(labels)), test_size=test_share, random_state=seed, stratify=labels)
     train, test = split
-    result = {"checkpoint": name, "images": len(labels), "classes": len(set(labels)), "test_images": len(test),
-              "feature_dims": features.shape[1], "pixel_dims": raw.shape[1]}  # fmt: skip
+    result = {
+        "checkpoint": name,
+        "images": len(labels),
+        "classes": len(set(labels)),
+        "test_images": len(test),
+        "feature_dims": features.shape[1],
+        "pixel_dims": raw.shape[1],
+    }
     fits = TaskProgress("linear SVMs fitted", 2, unit="fits")
     for kind, matrix in (("discriminator_features", features.numpy()), ("raw_pixels", raw.numpy())):
         fits.advance(0)  # shows the bar before the first fit, which takes most of the time
-        result[f"{kind}_accuracy"] = round(svm_accuracy(matrix[train], labels[train], matrix[test], labels[test],
-                                                        seed), 4)  # fmt: skip
+        result[f"{kind}_accuracy"] = round(
+            svm_accuracy(matrix[train], labels[train], matrix[test], labels[test], seed), 4
+        )
         fits.advance()
     fits.close()
     return result

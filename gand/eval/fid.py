@@ -33,8 +33,9 @@ class Reference:
 
 
 @torch.no_grad()
-def inception_outputs(network: FIDInception, batches: Iterator[torch.Tensor], count: int,
-                      device: torch.device, task: str | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def inception_outputs(
+    network: FIDInception, batches: Iterator[torch.Tensor], count: int, device: torch.device, task: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(features N x 2048, logits N x 1008) for the first `count` images of `batches` (each in [-1, 1]); with a
     `task` name, progress on stderr (a bar at a terminal, else log lines)."""
     from gand.observability.progress import TaskProgress
@@ -59,8 +60,9 @@ def inception_outputs(network: FIDInception, batches: Iterator[torch.Tensor], co
 
 
 @torch.no_grad()
-def generated_batches(generator: nn.Module, recipe, batch_size: int, device: torch.device,
-                      seed: int = 0) -> Iterator[torch.Tensor]:  # fmt: skip
+def generated_batches(
+    generator: nn.Module, recipe, batch_size: int, device: torch.device, seed: int = 0
+) -> Iterator[torch.Tensor]:
     """Endless batches of G's samples in [-1, 1], drawn as in training (a conditional G gets uniform classes),
     from a seeded stream."""
     from gand.eval.samples import generate, sampling_mode
@@ -74,8 +76,9 @@ def generated_batches(generator: nn.Module, recipe, batch_size: int, device: tor
             yield (images - low) / (high - low) * 2 - 1
 
 
-def scores(real: Reference, fake_features: np.ndarray, fake_logits: np.ndarray,
-           metrics: tuple[str, ...] = METRICS) -> dict[str, float]:  # fmt: skip
+def scores(
+    real: Reference, fake_features: np.ndarray, fake_logits: np.ndarray, metrics: tuple[str, ...] = METRICS
+) -> dict[str, float]:
     """The asked-for metrics: fid; kid_mean, kid_std; is_mean, is_std."""
     unknown = set(metrics) - set(METRICS)
     if unknown:
@@ -92,8 +95,16 @@ def scores(real: Reference, fake_features: np.ndarray, fake_logits: np.ndarray,
     return result
 
 
-def reference(network: FIDInception, weights_id: str, data_path: str, resolution: int, count: int,
-              device: torch.device, batch_size: int = 50, progress: bool = False) -> Reference:  # fmt: skip
+def reference(
+    network: FIDInception,
+    weights_id: str,
+    data_path: str,
+    resolution: int,
+    count: int,
+    device: torch.device,
+    batch_size: int = 50,
+    progress: bool = False,
+) -> Reference:
     """The dataset's reference features at `resolution` (the first `count` in key order), cached."""
     from gand.data.manifest import read_manifest
     from gand.storage import Store
@@ -105,8 +116,13 @@ def reference(network: FIDInception, weights_id: str, data_path: str, resolution
     if cached is not None:
         return cached
     log.info("reference_statistics", dataset=data_path, resolution=resolution, images=count)
-    features, _ = inception_outputs(network, _real_batches(data_path, resolution, batch_size), count, device,
-                                    task="reference features (once per dataset)" if progress else None)  # fmt: skip
+    features, _ = inception_outputs(
+        network,
+        _real_batches(data_path, resolution, batch_size),
+        count,
+        device,
+        task="reference features (once per dataset)" if progress else None,
+    )
     buffer = io.BytesIO()
     np.savez(buffer, features=features, key=np.array(key))
     try:
@@ -145,8 +161,13 @@ def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
     return from_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
 
 
-def evaluate_checkpoint(location: str, count: int | None = None, metrics: tuple[str, ...] = METRICS,
-                        weights: str | None = None, batch_size: int = 50) -> dict:  # fmt: skip
+def evaluate_checkpoint(
+    location: str,
+    count: int | None = None,
+    metrics: tuple[str, ...] = METRICS,
+    weights: str | None = None,
+    batch_size: int = 50,
+) -> dict:
     """Scores of a run's newest (or a named) checkpoint against its own dataset at its resolution."""
     from gand.data.manifest import read_manifest
     from gand.eval.inception import load_inception
@@ -161,11 +182,20 @@ def evaluate_checkpoint(location: str, count: int | None = None, metrics: tuple[
     network = load_inception(weights, device)
     manifest, _ = read_manifest(cfg.data.path)
     real_count = min(count, manifest.num_samples)
-    real = reference(network, weights_identity(weights), cfg.data.path, cfg.data.resolution, real_count, device,
-                     batch_size, progress=True)  # fmt: skip
+    real = reference(
+        network,
+        weights_identity(weights),
+        cfg.data.path,
+        cfg.data.resolution,
+        real_count,
+        device,
+        batch_size,
+        progress=True,
+    )
     recipe = Sampling.from_config(cfg, num_classes)
-    fake_features, fake_logits = inception_outputs(network, generated_batches(generator, recipe, batch_size, device),
-                                                   count, device, task="generated images")  # fmt: skip
+    fake_features, fake_logits = inception_outputs(
+        network, generated_batches(generator, recipe, batch_size, device), count, device, task="generated images"
+    )
     result = scores(real, fake_features, fake_logits, metrics)
     return {"checkpoint": name, "generated": count, "real": real_count, **{k: round(v, 6) for k, v in result.items()}}
 
@@ -187,9 +217,15 @@ class Evaluator:
         if self.network is None:
             self.network = load_inception(weights, self.device)
             manifest, _ = read_manifest(self.cfg.data.path)
-            self.real = reference(self.network, weights_identity(weights), self.cfg.data.path,
-                                  self.cfg.data.resolution, min(count, manifest.num_samples), self.device,
-                                  self.batch_size)  # fmt: skip
+            self.real = reference(
+                self.network,
+                weights_identity(weights),
+                self.cfg.data.path,
+                self.cfg.data.resolution,
+                min(count, manifest.num_samples),
+                self.device,
+                self.batch_size,
+            )
         # The same seeded noise every time (scores comparable across the run), without touching training's RNG.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             batches = generated_batches(generator, self.recipe, self.batch_size, self.device)

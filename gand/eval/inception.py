@@ -56,12 +56,15 @@ class BlockA(nn.Module):
         self.branch_pool = Conv(cin, pool_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg_pool(x)),
-        ], 1)  # fmt: skip
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg_pool(x)),
+            ],
+            1,
+        )
 
 
 class BlockB(nn.Module):
@@ -72,11 +75,14 @@ class BlockB(nn.Module):
         self.branch3x3dbl_2, self.branch3x3dbl_3 = Conv(64, 96, 3, padding=1), Conv(96, 96, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
-        ], 1)  # fmt: skip
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class BlockC(nn.Module):
@@ -95,15 +101,23 @@ class BlockC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         double = x
-        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                      self.branch7x7dbl_5):  # fmt: skip
+        for layer in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             double = layer(double)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-            double,
-            self.branch_pool(_avg_pool(x)),
-        ], 1)  # fmt: skip
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
+                double,
+                self.branch_pool(_avg_pool(x)),
+            ],
+            1,
+        )
 
 
 class BlockD(nn.Module):
@@ -140,12 +154,15 @@ class BlockE(nn.Module):
         three = self.branch3x3_1(x)
         double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg_pool(x)
-        return torch.cat([
-            self.branch1x1(x),
-            torch.cat([self.branch3x3_2a(three), self.branch3x3_2b(three)], 1),
-            torch.cat([self.branch3x3dbl_3a(double), self.branch3x3dbl_3b(double)], 1),
-            self.branch_pool(pooled),
-        ], 1)  # fmt: skip
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                torch.cat([self.branch3x3_2a(three), self.branch3x3_2b(three)], 1),
+                torch.cat([self.branch3x3dbl_3a(double), self.branch3x3dbl_3b(double)], 1),
+                self.branch_pool(pooled),
+            ],
+            1,
+        )
 
 
 class FIDInception(nn.Module):
@@ -174,8 +191,19 @@ class FIDInception(nn.Module):
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, 3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):  # fmt: skip
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,
+            self.Mixed_6a,
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+            self.Mixed_7a,
+            self.Mixed_7b,
+            self.Mixed_7c,
+        ):
             x = block(x)
         features = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return features, self.fc(features)
@@ -186,8 +214,9 @@ def resize(images: torch.Tensor) -> torch.Tensor:
     enlarging 32 px ones)."""
     if images.shape[-2:] == (INPUT_SIZE, INPUT_SIZE):
         return images.float()
-    return F.interpolate(images.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
-                         antialias=True)  # fmt: skip
+    return F.interpolate(
+        images.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True
+    )
 
 
 def load_inception(weights: str | None = None, device: torch.device | str = "cpu") -> FIDInception:
@@ -201,10 +230,12 @@ def load_inception(weights: str | None = None, device: torch.device | str = "cpu
         state = torch.load(io.BytesIO(read_weights(location)), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         # torch's own message suggests weights_only=False, which would run code from the file: not repeated here.
-        raise DataError(f"FID Inception weights (--weights / eval.inception_weights) {location}: not a file of plain "
-                        "tensors (damaged, not a PyTorch file, or one that needs code to load) "
-                        f"({type(err).__name__}), refused without running anything from it. Use the published file "
-                        f"{posixpath.basename(WEIGHTS_URL)} (README: Evaluation)") from None  # fmt: skip
+        raise DataError(
+            f"FID Inception weights (--weights / eval.inception_weights) {location}: not a file of plain "
+            "tensors (damaged, not a PyTorch file, or one that needs code to load) "
+            f"({type(err).__name__}), refused without running anything from it. Use the published file "
+            f"{posixpath.basename(WEIGHTS_URL)} (README: Evaluation)"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(f"eval.inception_weights {location}: expected a state dict of tensors")
     state = {name: tensor for name, tensor in state.items() if not name.endswith("num_batches_tracked")}
@@ -213,8 +244,10 @@ def load_inception(weights: str | None = None, device: torch.device | str = "cpu
     unexpected = [name for name in state if name not in expected]
     misshapen = [name for name in state if name in expected and state[name].shape != expected[name].shape]
     if missing or unexpected or misshapen:
-        raise DataError(f"eval.inception_weights does not fit the FID Inception network: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}, other shapes {misshapen[:5]}")  # fmt: skip
+        raise DataError(
+            f"eval.inception_weights does not fit the FID Inception network: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, other shapes {misshapen[:5]}"
+        )
     network.load_state_dict(state, strict=False)  # strict apart from BatchNorm's num_batches_tracked counters
     return network.eval().requires_grad_(False).to(device)
 
@@ -242,8 +275,10 @@ def read_weights(location: str) -> bytes:
                 "eval.inception_weights to that path"
             ) from None
     if location == WEIGHTS_URL and not hashlib.sha256(data).hexdigest().startswith(WEIGHTS_SHA256_PREFIX):
-        raise DataError(f"{cached.name}: SHA-256 does not match the release ({WEIGHTS_SHA256_PREFIX}...); "
-                        f"delete {cached} and fetch it again")  # fmt: skip
+        raise DataError(
+            f"{cached.name}: SHA-256 does not match the release ({WEIGHTS_SHA256_PREFIX}...); "
+            f"delete {cached} and fetch it again"
+        )
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(".part")

@@ -65,8 +65,10 @@ def parse_arithmetic(text: str) -> Arithmetic:
             terms.append((sign, token))
             sign = 1
         else:
-            raise ConfigError(f"--arithmetic: {token!r} in the expression is not a defined group "
-                              f"({', '.join(groups) or 'none defined'})")  # fmt: skip
+            raise ConfigError(
+                f"--arithmetic: {token!r} in the expression is not a defined group "
+                f"({', '.join(groups) or 'none defined'})"
+            )
     if not terms:
         raise ConfigError("--arithmetic: the expression after ':' is empty")
     return Arithmetic(groups, terms)
@@ -74,8 +76,10 @@ def parse_arithmetic(text: str) -> Arithmetic:
 
 def group_means(arithmetic: Arithmetic, latent_dim: int) -> dict[str, torch.Tensor]:
     """Each group's averaged latent: averaging over a few seeds keeps the shared attribute, not one face."""
-    return {name: torch.stack([seeded_latent(seed, latent_dim) for seed in seeds]).mean(0)
-            for name, seeds in arithmetic.groups.items()}  # fmt: skip
+    return {
+        name: torch.stack([seeded_latent(seed, latent_dim) for seed in seeds]).mean(0)
+        for name, seeds in arithmetic.groups.items()
+    }
 
 
 def evaluate_arithmetic(arithmetic: Arithmetic, means: dict[str, torch.Tensor]) -> torch.Tensor:

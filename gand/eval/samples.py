@@ -125,8 +125,14 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def labelled_png(pixels: np.ndarray, cell: int, title: str | None = None, column_labels: list[str] | None = None,
-                 row_labels: list[str] | None = None, padding: int = 2) -> bytes:  # fmt: skip
+def labelled_png(
+    pixels: np.ndarray,
+    cell: int,
+    title: str | None = None,
+    column_labels: list[str] | None = None,
+    row_labels: list[str] | None = None,
+    padding: int = 2,
+) -> bytes:
     """A `grid_pixels` grid (H x W x C uint8, square cells of `cell` px plus `padding`) with a title line above,
     a label above each column and one left of each row, on white; small cells are enlarged (nearest neighbour) to
     at least 64 px so that the labels fit."""
@@ -224,8 +230,9 @@ def checkpoint_location(location: str) -> tuple[str, str | None]:
 MAX_LABELLED_CLASSES = 16  # a conditional grid gets one labelled column per class up to this many classes
 
 
-def _class_grid(count: int, class_index: int | None,
-                class_names: list[str]) -> tuple[torch.Tensor, int | None, dict[str, Any]]:  # fmt: skip
+def _class_grid(
+    count: int, class_index: int | None, class_names: list[str]
+) -> tuple[torch.Tensor, int | None, dict[str, Any]]:
     """A conditional grid's classes (N, int64), columns and labels: one class when asked for, else a labelled column
     per class up to MAX_LABELLED_CLASSES, else classes 0, 1, 2, ... row by row."""
     num_classes = len(class_names)
@@ -238,9 +245,16 @@ def _class_grid(count: int, class_index: int | None,
     return torch.arange(count) % num_classes, None, {"title": f"classes 0, 1, 2, ... of {num_classes}, row by row"}
 
 
-def write_samples(location: str, out: str, count: int = 64, class_index: int | None = None, seed: int = 0,
-                  interpolate_steps: int = 0, seeds: list[int] | None = None,
-                  arithmetic: str | None = None) -> list[str]:  # fmt: skip
+def write_samples(
+    location: str,
+    out: str,
+    count: int = 64,
+    class_index: int | None = None,
+    seed: int = 0,
+    interpolate_steps: int = 0,
+    seeds: list[int] | None = None,
+    arithmetic: str | None = None,
+) -> list[str]:
     """`gand sample`: a grid of `count` seeded samples, and optionally latent walks and vector arithmetic, as PNGs
     under `out` (a folder or URL). Returns the written paths (relative to `out`)."""
     from gand.errors import ConfigError
@@ -263,8 +277,9 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
         raise ConfigError(f"--class {class_index}: allowed {allowed}")
     latent_dim, store, written = cfg.model.latent_dim, Store(out), []
 
-    def render(name: str, z: torch.Tensor, columns: int | None = None, classes: torch.Tensor | None = None,
-               **labels: Any) -> None:  # fmt: skip
+    def render(
+        name: str, z: torch.Tensor, columns: int | None = None, classes: torch.Tensor | None = None, **labels: Any
+    ) -> None:
         if recipe.sample_classes and classes is None:
             classes = torch.full((len(z),), class_index or 0, dtype=torch.long)
         with sampling_mode(generator, recipe):
@@ -285,15 +300,24 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
             raise ConfigError(f"--interpolate needs at least 2 steps (got {interpolate_steps})")
         walk = seeds or [seed, seed + 1]
         if len(walk) < 2:
-            raise ConfigError(f"--seeds {','.join(map(str, walk))}: a walk goes between seeds; give at least two, "
-                              "e.g. --seeds 3,17 (without --seeds: --seed and the next one)")  # fmt: skip
+            raise ConfigError(
+                f"--seeds {','.join(map(str, walk))}: a walk goes between seeds; give at least two, "
+                "e.g. --seeds 3,17 (without --seeds: --seed and the next one)"
+            )
         for a, b in itertools.pairwise(walk):
             za, zb = seeded_latent(a, latent_dim), seeded_latent(b, latent_dim)
             fractions = [f"{t:.2g}" for t in torch.linspace(0, 1, interpolate_steps).tolist()]
-            for kind, walk_latents in (("linear", lerp(za, zb, interpolate_steps)),
-                                       ("spherical", slerp(za, zb, interpolate_steps))):  # fmt: skip
-                render(f"interpolate-{kind}-{a}-{b}.png", walk_latents, interpolate_steps,
-                       title=f"{kind} walk from seed {a} to seed {b}", column_labels=fractions)  # fmt: skip
+            for kind, walk_latents in (
+                ("linear", lerp(za, zb, interpolate_steps)),
+                ("spherical", slerp(za, zb, interpolate_steps)),
+            ):
+                render(
+                    f"interpolate-{kind}-{a}-{b}.png",
+                    walk_latents,
+                    interpolate_steps,
+                    title=f"{kind} walk from seed {a} to seed {b}",
+                    column_labels=fractions,
+                )
     if arithmetic:
         parsed = parse_arithmetic(arithmetic)
         means = group_means(parsed, latent_dim)
@@ -303,10 +327,18 @@ def write_samples(location: str, out: str, count: int = 64, class_index: int | N
         jitter = torch.Generator().manual_seed(seed)
         variants = [result + 0.25 * torch.randn(latent_dim, generator=jitter) for _ in range(len(parsed.terms))]
         rows = [*(means[name] for _, name in parsed.terms), result, *variants, result]
-        signs = [("" if index == 0 and sign > 0 else "+ " if sign > 0 else "- ") + name
-                 for index, (sign, name) in enumerate(parsed.terms)]  # fmt: skip
-        render("arithmetic.png", torch.stack(rows), len(parsed.terms) + 1, title=arithmetic.split(":")[-1].strip(),
-               column_labels=[*signs, "= result"], row_labels=["means", "+ noise"])  # fmt: skip
+        signs = [
+            ("" if index == 0 and sign > 0 else "+ " if sign > 0 else "- ") + name
+            for index, (sign, name) in enumerate(parsed.terms)
+        ]
+        render(
+            "arithmetic.png",
+            torch.stack(rows),
+            len(parsed.terms) + 1,
+            title=arithmetic.split(":")[-1].strip(),
+            column_labels=[*signs, "= result"],
+            row_labels=["means", "+ noise"],
+        )
     return written
 
 

@@ -41,9 +41,11 @@ def _reachable(kubernetes: Any) -> Iterator[None]:
     except urllib3.exceptions.HTTPError as err:
         host = kubernetes.client.Configuration.get_default_copy().host
         reason = getattr(err, "reason", None) or err
-        raise ClusterError(f"cannot reach the Kubernetes API server at {host}: {type(reason).__name__}: "
-                           f"{str(reason).split(': ', 1)[-1][:200]}; check `kubectl cluster-info`, KUBECONFIG and "
-                           "the current context, or use --dry-run to print the objects") from None  # fmt: skip
+        raise ClusterError(
+            f"cannot reach the Kubernetes API server at {host}: {type(reason).__name__}: "
+            f"{str(reason).split(': ', 1)[-1][:200]}; check `kubectl cluster-info`, KUBECONFIG and "
+            "the current context, or use --dry-run to print the objects"
+        ) from None
 
 
 def create_objects(objects: list[dict[str, Any]], namespace: str, server_dry_run: bool = False) -> list[str]:
@@ -56,8 +58,9 @@ def create_objects(objects: list[dict[str, Any]], namespace: str, server_dry_run
         kind, name = obj["kind"], obj["metadata"]["name"]
         try:
             with _reachable(kubernetes):
-                kubernetes.utils.create_from_dict(api, obj, namespace=namespace,
-                                                  **({"dry_run": "All"} if server_dry_run else {}))  # fmt: skip
+                kubernetes.utils.create_from_dict(
+                    api, obj, namespace=namespace, **({"dry_run": "All"} if server_dry_run else {})
+                )
         except kubernetes.utils.FailToCreateError as failed:
             reasons = "; ".join(_api_message(err) for err in failed.api_exceptions)
             raise ClusterError(f"could not create {kind} {namespace}/{name}: {reasons}") from None

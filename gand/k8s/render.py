@@ -81,8 +81,13 @@ class SubmitOptions:
 
 def pod_security() -> dict[str, Any]:
     """Every gand pod: the image's non-root user, the runtime's default seccomp profile (a fresh dict per use)."""
-    return {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
-            "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": USER_ID,
+        "runAsGroup": USER_ID,
+        "fsGroup": USER_ID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def container_security() -> dict[str, Any]:
@@ -104,8 +109,10 @@ def check_options(options: SubmitOptions) -> None:
     # The queue name is also a label value (at most 63 characters); a PriorityClass name may have 253.
     for flag, value, limit in (("--queue", options.queue, 63), ("--priority-class", options.priority_class, 253)):
         if value is not None and not (len(value) <= limit and re.fullmatch(DNS_SUBDOMAIN, value)):
-            raise ConfigError(f"{flag}: {value!r} is not a Kubernetes object name (at most {limit} lower-case "
-                              "letters, digits, '-' and '.', starting and ending with a letter or digit)")  # fmt: skip
+            raise ConfigError(
+                f"{flag}: {value!r} is not a Kubernetes object name (at most {limit} lower-case "
+                "letters, digits, '-' and '.', starting and ending with a letter or digit)"
+            )
 
 
 def check_config_for_cluster(cfg: GandConfig) -> None:
@@ -115,8 +122,10 @@ def check_config_for_cluster(cfg: GandConfig) -> None:
         problems.append(f"data.path: {cfg.data.path!r} is local; a pod needs a URL (s3://, gs://, https://)")
     url = cfg.checkpoint.url or ""
     if "://" not in url or url.startswith("file://"):
-        problems.append(f"checkpoint.url: {url or 'unset'!r} is local; a preempted pod would lose its checkpoints"
-                        " (use s3:// or gs://)")  # fmt: skip
+        problems.append(
+            f"checkpoint.url: {url or 'unset'!r} is local; a preempted pod would lose its checkpoints"
+            " (use s3:// or gs://)"
+        )
     for key, value in (("data.path", cfg.data.path), ("checkpoint.url", url)):
         if re.match(r"^[a-z0-9+.-]+://[^/@]+@", value):
             problems.append(f"{key}: has credentials in it; put them in the Secret or the service account")
@@ -245,8 +254,14 @@ def training_container(cfg: GandConfig, options: SubmitOptions) -> dict[str, Any
         # `accelerate launch` would all report as 1. Across nodes, everyone meets at pod 0 of the Indexed Job.
         args = ["launch", "--nproc-per-node", str(max(1, options.gpus))]
         if options.nodes > 1:
-            args += ["--nnodes", str(options.nodes), "--main-address", f"{job_name(cfg)}-0.{job_name(cfg)}",
-                     "--main-port", str(RENDEZVOUS_PORT)]  # fmt: skip
+            args += [
+                "--nnodes",
+                str(options.nodes),
+                "--main-address",
+                f"{job_name(cfg)}-0.{job_name(cfg)}",
+                "--main-port",
+                str(RENDEZVOUS_PORT),
+            ]
         args.append(config_path)
     gpus = max(1, options.gpus)
     resources: dict[str, Any] = {
@@ -311,8 +326,14 @@ def service_account(namespace: str = "default", annotations: dict[str, str] | No
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata}
 
 
-def daemon_deployment(image: str, source: str, dest: str, resolutions: str = "32,64,128,256",
-                      interval_seconds: int = 60, namespace: str = "default") -> dict[str, Any]:  # fmt: skip
+def daemon_deployment(
+    image: str,
+    source: str,
+    dest: str,
+    resolutions: str = "32,64,128,256",
+    interval_seconds: int = 60,
+    namespace: str = "default",
+) -> dict[str, Any]:
     """`gand daemon` keeps packing new images from `source` into `dest`; one replica (it is the only writer)."""
     pod_labels = {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": "daemon"}
     return {

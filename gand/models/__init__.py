@@ -49,16 +49,28 @@ def _power_of_two_from_32(resolution: int) -> bool:
 
 
 MODELS: dict[str, Architecture] = {
-    "mlp": Architecture(mlp.build, "original GAN, MLPs (Goodfellow 2014; VNU report)", lambda r: 8 <= r <= 128,
-                        "8 to 128"),
+    "mlp": Architecture(
+        mlp.build, "original GAN, MLPs (Goodfellow 2014; VNU report)", lambda r: 8 <= r <= 128, "8 to 128"
+    ),
     "dcgan": Architecture(dcgan.build, "DCGAN (Radford 2016)", _power_of_two_from_32, "32, 64, 128, 256"),
-    "desai": Architecture(desai.build, "the Rice report's easier G/D (Desai 2018)", lambda r: r % 4 == 0 and r <= 128,
-                          "multiples of 4 up to 128"),
-    "can": Architecture(can.build, "CAN with a style head (Elgammal 2017)", lambda r: r in can.RESOLUTIONS,
-                        "128, 256", class_head=True),
-    "acgan": Architecture(acgan.build, "AC-GAN (Odena 2017), CIFAR-10 network", lambda r: r in acgan.RESOLUTIONS,
-                          "32", class_head=True, conditional=True),
-}  # fmt: skip
+    "desai": Architecture(
+        desai.build,
+        "the Rice report's easier G/D (Desai 2018)",
+        lambda r: r % 4 == 0 and r <= 128,
+        "multiples of 4 up to 128",
+    ),
+    "can": Architecture(
+        can.build, "CAN with a style head (Elgammal 2017)", lambda r: r in can.RESOLUTIONS, "128, 256", class_head=True
+    ),
+    "acgan": Architecture(
+        acgan.build,
+        "AC-GAN (Odena 2017), CIFAR-10 network",
+        lambda r: r in acgan.RESOLUTIONS,
+        "32",
+        class_head=True,
+        conditional=True,
+    ),
+}
 
 
 def spec_from_config(model_cfg, resolution: int, channels: int, num_classes: int) -> ModelSpec:

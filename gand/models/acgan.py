@@ -22,8 +22,15 @@ D_STRIDES = (2, 1, 2, 1, 2, 1)
 
 
 class ACGANGenerator(nn.Module):
-    def __init__(self, num_classes: int, latent_dim: int = 100, width: float = 1.0, channels: int = 3,
-                 batch_norm: bool = True, output: str = "tanh"):  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int,
+        latent_dim: int = 100,
+        width: float = 1.0,
+        channels: int = 3,
+        batch_norm: bool = True,
+        output: str = "tanh",
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.c0, c1, c2 = (scaled(c, width) for c in G_CHANNELS)
@@ -57,8 +64,9 @@ def _up(c_in: int, c_out: int, batch_norm: bool, act: nn.Module) -> nn.Sequentia
 
 
 class ACGANDiscriminator(BlockStack):
-    def __init__(self, num_classes: int, width: float = 1.0, channels: int = 3, batch_norm: bool = True,
-                 dropout: float = 0.5):  # fmt: skip
+    def __init__(
+        self, num_classes: int, width: float = 1.0, channels: int = 3, batch_norm: bool = True, dropout: float = 0.5
+    ):
         super().__init__()
         widths = [scaled(c, width) for c in D_CHANNELS]
         blocks = []
@@ -76,8 +84,8 @@ class ACGANDiscriminator(BlockStack):
 
 
 def build(spec) -> tuple[nn.Module, nn.Module]:
-    generator = ACGANGenerator(spec.num_classes, spec.latent_dim, spec.width, spec.channels, spec.g_batch_norm,
-                               spec.g_output)  # fmt: skip
-    discriminator = ACGANDiscriminator(spec.num_classes, spec.width, spec.channels, spec.d_batch_norm,
-                                       spec.d_dropout)  # fmt: skip
+    generator = ACGANGenerator(
+        spec.num_classes, spec.latent_dim, spec.width, spec.channels, spec.g_batch_norm, spec.g_output
+    )
+    discriminator = ACGANDiscriminator(spec.num_classes, spec.width, spec.channels, spec.d_batch_norm, spec.d_dropout)
     return generator, discriminator

@@ -71,9 +71,15 @@ def _head(features: int, outputs: int, width: float) -> nn.Sequential:
 
 def build(spec) -> tuple[nn.Module, nn.Module]:
     generator = DCGANGenerator(
-        spec.resolution, spec.latent_dim, spec.width, spec.channels, spec.g_batch_norm, spec.g_activation,
-        spec.g_output, widths=generator_channels(spec.resolution, spec.width),
-    )  # fmt: skip
+        spec.resolution,
+        spec.latent_dim,
+        spec.width,
+        spec.channels,
+        spec.g_batch_norm,
+        spec.g_activation,
+        spec.g_output,
+        widths=generator_channels(spec.resolution, spec.width),
+    )
     discriminator = CANDiscriminator(
         spec.resolution, spec.num_classes, spec.width, spec.channels, spec.d_batch_norm, spec.d_dropout
     )

@@ -85,8 +85,13 @@ class DCGANDiscriminator(BlockStack):
 
 def build(spec) -> tuple[nn.Module, nn.Module]:
     generator = DCGANGenerator(
-        spec.resolution, spec.latent_dim, spec.width, spec.channels, spec.g_batch_norm, spec.g_activation,
+        spec.resolution,
+        spec.latent_dim,
+        spec.width,
+        spec.channels,
+        spec.g_batch_norm,
+        spec.g_activation,
         spec.g_output,
-    )  # fmt: skip
+    )
     discriminator = DCGANDiscriminator(spec.resolution, spec.width, spec.channels, spec.d_batch_norm, spec.d_dropout)
     return generator, discriminator

@@ -22,8 +22,9 @@ def _leaky() -> nn.LeakyReLU:
 
 
 class DesaiGenerator(nn.Module):
-    def __init__(self, resolution: int = 32, latent_dim: int = 100, width: float = 1.0, channels: int = 3,
-                 output: str = "tanh"):  # fmt: skip
+    def __init__(
+        self, resolution: int = 32, latent_dim: int = 100, width: float = 1.0, channels: int = 3, output: str = "tanh"
+    ):
         super().__init__()
         if resolution % 4:
             raise ValueError(f"the Desai generator needs a resolution divisible by 4, got {resolution}")

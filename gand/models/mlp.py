@@ -18,8 +18,9 @@ DISCRIMINATOR_UNITS = (1024, 512, 256)
 
 
 class MLPGenerator(nn.Module):
-    def __init__(self, resolution: int = 28, latent_dim: int = 100, width: float = 1.0, channels: int = 1,
-                 output: str = "tanh"):  # fmt: skip
+    def __init__(
+        self, resolution: int = 28, latent_dim: int = 100, width: float = 1.0, channels: int = 1, output: str = "tanh"
+    ):
         super().__init__()
         self.shape = (channels, resolution, resolution)
         units = [latent_dim, *(scaled(u, width) for u in GENERATOR_UNITS)]

@@ -80,8 +80,9 @@ class LossHistory:
         return names
 
 
-def loss_curve_png(history: LossHistory, title: str = "losses", width: int = 720, height: int = 360,
-                   smooth: int | None = None) -> bytes:  # fmt: skip
+def loss_curve_png(
+    history: LossHistory, title: str = "losses", width: int = 720, height: int = 360, smooth: int | None = None
+) -> bytes:
     """The losses as a line chart: x in kimg (thousands of images seen), one coloured line per loss, a legend."""
     return line_chart_png(history, history.plotted_names(), title, width, height, smooth=smooth)
 
@@ -100,14 +101,30 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
 
 
-def line_chart_png(history: LossHistory, names: list[str], title: str, width: int = 720, height: int = 360, *,
-                   smooth: int | None = None, log_y: bool = False) -> bytes:  # fmt: skip
+def line_chart_png(
+    history: LossHistory,
+    names: list[str],
+    title: str,
+    width: int = 720,
+    height: int = 360,
+    *,
+    smooth: int | None = None,
+    log_y: bool = False,
+) -> bytes:
     """`line_chart` as PNG bytes."""
     return _png(line_chart(history, names, title, width, height, smooth=smooth, log_y=log_y))
 
 
-def line_chart(history: LossHistory, names: list[str], title: str, width: int = 720, height: int = 360, *,
-               smooth: int | None = None, log_y: bool = False):  # fmt: skip
+def line_chart(
+    history: LossHistory,
+    names: list[str],
+    title: str,
+    width: int = 720,
+    height: int = 360,
+    *,
+    smooth: int | None = None,
+    log_y: bool = False,
+):
     """The named series as a matplotlib `Figure`, a line chart of `width` x `height` pixels: x in kimg, one colour
     per series, the raw values faint and their moving average (`smooth` points; None = `smoothing_window`, 1 = off)
     solid, the legend outside the axes. Linear y spans the 1st-99th percentile, so one early spike does not flatten
@@ -156,8 +173,9 @@ def line_chart(history: LossHistory, names: list[str], title: str, width: int = 
     axes.xaxis.set_major_locator(MaxNLocator(nbins=8))
     smoothed = smooth if smooth is not None else smoothing_window(max(len(series) for series in lines.values()))
     legend_title = f"mean of {smoothed} points" if smoothed > 1 else None
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, title=legend_title,
-                title_fontsize=7)  # fmt: skip
+    axes.legend(
+        loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, title=legend_title, title_fontsize=7
+    )
     return figure
 
 

@@ -50,8 +50,13 @@ def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> di
     return event_dict
 
 
-def configure_logging(rank: int | None = None, is_main: bool = True, log_file: Path | None = None,
-                      run_name: str | None = None, stream: IO[str] | None = None) -> None:  # fmt: skip
+def configure_logging(
+    rank: int | None = None,
+    is_main: bool = True,
+    log_file: Path | None = None,
+    run_name: str | None = None,
+    stream: IO[str] | None = None,
+) -> None:
     """Route structlog and the standard library's logging to `stream` (default stdout; stderr for the verbs whose
     stdout is their result, e.g. `gand eval > scores.json`), and to a JSON-lines file, if given.
 

@@ -21,9 +21,14 @@ def _serve(registry: CollectorRegistry, port: int):
     try:
         server, _ = start_http_server(port, registry=registry)
     except OSError as err:  # a busy port must not stop training or packing
-        log.warning("metrics_port_unavailable", port=port, error=str(err), effect="running without /metrics",
-                    fix=f"choose a free port: metrics.port=<port> for gand train, --metrics-port <port> for gand "
-                    f"daemon (0 picks any free port; `ss -ltnp 'sport = :{port}'` shows what holds it)")  # fmt: skip
+        log.warning(
+            "metrics_port_unavailable",
+            port=port,
+            error=str(err),
+            effect="running without /metrics",
+            fix=f"choose a free port: metrics.port=<port> for gand train, --metrics-port <port> for gand "
+            f"daemon (0 picks any free port; `ss -ltnp 'sport = :{port}'` shows what holds it)",
+        )
         return None
     log.info("metrics_serving", port=server.server_port, path="/metrics")
     return server
@@ -57,16 +62,27 @@ class TrainingMetrics:
         self.last_step = gauge("gand_train_last_step_timestamp_seconds", "Unix time of the last logged step")
         self.resumes = counter("gand_train_resumes", "Runs of this process that resumed from a checkpoint")
         self.resumed_step = gauge("gand_train_resumed_from_step", "Step of the checkpoint this process resumed")
-        self.steps_lost = gauge("gand_train_steps_lost_at_resume", "Steps the previous process trained past the "
-                                "checkpoint this one resumed from (a lower bound; 0 when none or unknown)")  # fmt: skip
+        self.steps_lost = gauge(
+            "gand_train_steps_lost_at_resume",
+            "Steps the previous process trained past the "
+            "checkpoint this one resumed from (a lower bound; 0 when none or unknown)",
+        )
         self.rollbacks = counter("gand_train_rollbacks", "Roll-backs to the last commit after NaN/Inf losses")
-        self.collapse_rollbacks = counter("gand_train_collapse_rollbacks", "Returns to the best checkpoint by "
-                                          "the collapse guard (its score stayed worse than the best)")  # fmt: skip
-        self.notices = counter("gand_preemption_notices", "Preemption notices from the cloud's metadata service "
-                               "(each commits a checkpoint at once)", ("provider",))  # fmt: skip
+        self.collapse_rollbacks = counter(
+            "gand_train_collapse_rollbacks",
+            "Returns to the best checkpoint by the collapse guard (its score stayed worse than the best)",
+        )
+        self.notices = counter(
+            "gand_preemption_notices",
+            "Preemption notices from the cloud's metadata service (each commits a checkpoint at once)",
+            ("provider",),
+        )
         # losses and the game
-        self.loss = gauge("gand_train_loss", "Latest loss per network and term (total, adv, class, style, "
-                          "ambiguity, gp)", ("network", "term"))  # fmt: skip
+        self.loss = gauge(
+            "gand_train_loss",
+            "Latest loss per network and term (total, adv, class, style, ambiguity, gp)",
+            ("network", "term"),
+        )
         self.d_output = gauge(
             "gand_discriminator_output", "Mean D probability of 'real', on real and on fake images", ("input",)
         )
@@ -74,49 +90,77 @@ class TrainingMetrics:
             "gand_discriminator_accuracy", "Share of real / fake images D classifies right", ("input",)
         )
         self.grad_norm = gauge("gand_grad_norm", "L2 norm of the gradient, per network", ("network",))
-        self.vanishing = gauge("gand_vanishing_gradient_ratio", "Share of gradient entries with |g| < 0.01 per "
-                               "layer group (the Duke report's signal)", ("network", "group"))  # fmt: skip
+        self.vanishing = gauge(
+            "gand_vanishing_gradient_ratio",
+            "Share of gradient entries with |g| < 0.01 per layer group (the Duke report's signal)",
+            ("network", "group"),
+        )
         self.learning_rate = gauge("gand_learning_rate", "Current learning rate", ("network",))
         self.loss_scale = gauge("gand_fp16_loss_scale", "fp16 loss scale", ("network",))
-        self.skipped_steps = gauge("gand_fp16_skipped_steps", "fp16 steps skipped for inf/NaN gradients, whole run",
-                                   ("network",))  # fmt: skip
+        self.skipped_steps = gauge(
+            "gand_fp16_skipped_steps", "fp16 steps skipped for inf/NaN gradients, whole run", ("network",)
+        )
         # health
-        self.diversity = gauge("gand_health_sample_diversity", "Pairwise distance of fixed-noise samples over that "
-                               "of real images (about 1 healthy, towards 0 mode collapse)")  # fmt: skip
-        self.d_dominating = gauge("gand_health_discriminator_dominating", "1 while D has been right on >= 95% "
-                                  "of real and fake images for 20 log points in a row")  # fmt: skip
+        self.diversity = gauge(
+            "gand_health_sample_diversity",
+            "Pairwise distance of fixed-noise samples over that "
+            "of real images (about 1 healthy, towards 0 mode collapse)",
+        )
+        self.d_dominating = gauge(
+            "gand_health_discriminator_dominating",
+            "1 while D has been right on >= 95% of real and fake images for 20 log points in a row",
+        )
         self.augment_p = gauge("gand_augment_probability", "Adaptive augmentation: probability p of each transform")
-        self.augment_rt = gauge("gand_augment_overfitting_signal", "Adaptive augmentation: r_t = E[sign D(real)] "
-                                "at the last adjustment (p rises while it is above augment.target)")  # fmt: skip
+        self.augment_rt = gauge(
+            "gand_augment_overfitting_signal",
+            "Adaptive augmentation: r_t = E[sign D(real)] "
+            "at the last adjustment (p rises while it is above augment.target)",
+        )
         # evaluation (only after one ran: a labelled series, so nothing is exported before)
-        self.eval_score = gauge("gand_eval_score", "Latest evaluation of the sampling generator: fid, kid_mean, "
-                                "kid_std, is_mean, is_std", ("metric",))  # fmt: skip
+        self.eval_score = gauge(
+            "gand_eval_score",
+            "Latest evaluation of the sampling generator: fid, kid_mean, kid_std, is_mean, is_std",
+            ("metric",),
+        )
         # data and memory
         self.data_wait = counter("gand_data_wait_seconds", "Time the training loop waited for batches (mean rank)")
         self.batches = counter("gand_data_batches", "Batches drawn per rank")
         self.shards_opened = counter("gand_data_shards_opened", "Shards opened by the loader workers, all ranks")
-        self.samples_skipped = counter("gand_data_samples_skipped", "Samples the loader left out, all ranks, by "
-                                       "reason: unknown_class, undecodable", ("reason",))  # fmt: skip
-        self.shards_damaged = gauge("gand_data_shards_damaged", "Shards left out of training because their size or "
-                                    "SHA-256 is not what the manifest says (main rank)")  # fmt: skip
+        self.samples_skipped = counter(
+            "gand_data_samples_skipped",
+            "Samples the loader left out, all ranks, by reason: unknown_class, undecodable",
+            ("reason",),
+        )
+        self.shards_damaged = gauge(
+            "gand_data_shards_damaged",
+            "Shards left out of training because their size or SHA-256 is not what the manifest says (main rank)",
+        )
         self.gpu_memory = gauge("gand_gpu_memory_bytes", "GPU memory of the main rank", ("kind",))
         # checkpoints
         self.checkpoint_time = gauge("gand_checkpoint_last_commit_timestamp_seconds", "Unix time of the last commit")
         self.checkpoint_images = gauge("gand_checkpoint_last_commit_images", "images_seen of the last commit")
         self.checkpoint_bytes = gauge("gand_checkpoint_size_bytes", "Bytes of the last snapshot (main rank)")
         self.commits = counter("gand_checkpoint_commits", "Checkpoints committed")
-        self.upload_failures = counter("gand_checkpoint_upload_failures", "Failed storage requests while uploading "
-                                       "checkpoints (each retry counts)")  # fmt: skip
+        self.upload_failures = counter(
+            "gand_checkpoint_upload_failures", "Failed storage requests while uploading checkpoints (each retry counts)"
+        )
         self.uploads_failed = counter("gand_checkpoint_uploads_abandoned", "Checkpoint uploads given up after retries")
         self.uploads_pending = gauge("gand_checkpoint_uploads_pending", "Snapshots uploading or waiting to")
-        self.lease_held = gauge("gand_checkpoint_lease_held", "1 while this trainer holds the run's lease (one "
-                                "writer per checkpoint.url); 0 when it has none or lost it")  # fmt: skip
+        self.lease_held = gauge(
+            "gand_checkpoint_lease_held",
+            "1 while this trainer holds the run's lease (one writer per checkpoint.url); 0 when it has none or lost it",
+        )
         self.leases_lost = counter("gand_checkpoint_leases_lost", "Leases another trainer took over from this one")
         buckets = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
-        self.stall = Histogram("gand_checkpoint_stall_seconds", "Training stall per save (the synchronous part)",
-                               registry=registry, buckets=buckets)  # fmt: skip
-        self.upload_seconds = Histogram("gand_checkpoint_upload_seconds", "Duration of committed uploads",
-                                        registry=registry, buckets=buckets)  # fmt: skip
+        self.stall = Histogram(
+            "gand_checkpoint_stall_seconds",
+            "Training stall per save (the synchronous part)",
+            registry=registry,
+            buckets=buckets,
+        )
+        self.upload_seconds = Histogram(
+            "gand_checkpoint_upload_seconds", "Duration of committed uploads", registry=registry, buckets=buckets
+        )
         self._failed_attempts_seen = 0
         self.server = _serve(registry, port)
         self.enabled = self.server is not None
@@ -255,18 +299,23 @@ class PackMetrics:
         self.registry = CollectorRegistry()
         Info("gand_build", "gand version", registry=self.registry).info({"version": __version__, "role": "packer"})
         self.packed = Counter("gand_pack_images_packed", "Images packed into shards", registry=self.registry)
-        self.skipped = Counter("gand_pack_images_skipped", "Source files skipped, by reason", ["reason"],
-                               registry=self.registry)  # fmt: skip
-        self.shards = Counter("gand_pack_shards", "Parts published (one tar per resolution each)",
-                              registry=self.registry)  # fmt: skip
+        self.skipped = Counter(
+            "gand_pack_images_skipped", "Source files skipped, by reason", ["reason"], registry=self.registry
+        )
+        self.shards = Counter(
+            "gand_pack_shards", "Parts published (one tar per resolution each)", registry=self.registry
+        )
         self.polls = Counter("gand_pack_polls", "Source polls finished", registry=self.registry)
         self.failures = Counter("gand_pack_poll_failures", "Source polls that failed", registry=self.registry)
-        self.generation = Gauge("gand_pack_manifest_generation", "Newest published manifest generation",
-                                registry=self.registry)  # fmt: skip
-        self.dataset_images = Gauge("gand_pack_dataset_images", "Images in the newest generation",
-                                    registry=self.registry)  # fmt: skip
-        self.last_success = Gauge("gand_pack_last_success_timestamp_seconds", "Unix time of the last good poll",
-                                  registry=self.registry)  # fmt: skip
+        self.generation = Gauge(
+            "gand_pack_manifest_generation", "Newest published manifest generation", registry=self.registry
+        )
+        self.dataset_images = Gauge(
+            "gand_pack_dataset_images", "Images in the newest generation", registry=self.registry
+        )
+        self.last_success = Gauge(
+            "gand_pack_last_success_timestamp_seconds", "Unix time of the last good poll", registry=self.registry
+        )
         self.server = _serve(self.registry, port)
         self.port = self.server.server_port if self.server is not None else None
 

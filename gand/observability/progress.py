@@ -59,8 +59,10 @@ class ProgressReporter:
     def _draw(self, done: int, total: int, rate: float, skipped: int) -> None:
         filled = int(BAR_WIDTH * done / total) if total else BAR_WIDTH
         eta = (total - done) / rate if rate else 0
-        line = (f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} "
-                f"{rate:6.1f} img/s  skipped {skipped}  eta {eta:4.0f}s ")  # fmt: skip
+        line = (
+            f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} "
+            f"{rate:6.1f} img/s  skipped {skipped}  eta {eta:4.0f}s "
+        )
         self.stream.write(line)
         self.stream.flush()
         self._drawn = True
@@ -77,8 +79,9 @@ class TaskProgress:
     """Progress of one long task in `total` units (images, probes): a bar on stderr at a terminal, else a
     `progress` log line every `log_seconds` and at the end. `advance(n)` after each piece of work; `close()`."""
 
-    def __init__(self, task: str, total: int, unit: str = "images", stream: IO[str] | None = None,
-                 log_seconds: float = 5.0):  # fmt: skip
+    def __init__(
+        self, task: str, total: int, unit: str = "images", stream: IO[str] | None = None, log_seconds: float = 5.0
+    ):
         self.task, self.total, self.unit = task, max(total, 1), unit
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -97,8 +100,9 @@ class TaskProgress:
             self._draw()
         elif not self.tty and (now - self._last >= self.log_seconds or finished):
             self._last = now
-            log.info("progress", task=self.task, done=self.done, total=self.total, unit=self.unit,
-                     eta_seconds=self._eta())  # fmt: skip
+            log.info(
+                "progress", task=self.task, done=self.done, total=self.total, unit=self.unit, eta_seconds=self._eta()
+            )
 
     def _eta(self) -> int | None:
         elapsed = time.monotonic() - self.started
@@ -107,8 +111,10 @@ class TaskProgress:
     def _draw(self) -> None:
         filled = int(BAR_WIDTH * self.done / self.total)
         eta = self._eta()
-        self.stream.write(f"\r{self.task} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {self.done}/{self.total} "
-                          f"{self.unit}" + (f"  eta {eta}s " if eta is not None else " "))  # fmt: skip
+        self.stream.write(
+            f"\r{self.task} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {self.done}/{self.total} "
+            f"{self.unit}" + (f"  eta {eta}s " if eta is not None else " ")
+        )
         self.stream.flush()
         self._drawn = True
 
@@ -138,8 +144,10 @@ def pack_summary(report) -> str:
         for res in manifest.resolutions:
             shards = manifest.shards_at(res)
             size = sum(shard.bytes for shard in shards)
-            lines.append(f"  {res:>4} px  {len(shards):>5} {'shard ' if len(shards) == 1 else 'shards'}  "
-                         f"{_human_bytes(size):>10}")  # fmt: skip
+            lines.append(
+                f"  {res:>4} px  {len(shards):>5} {'shard ' if len(shards) == 1 else 'shards'}  "
+                f"{_human_bytes(size):>10}"
+            )
     return "\n".join(lines)
 
 

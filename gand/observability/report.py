@@ -92,8 +92,9 @@ class LoggedStep:
         stats: dict[str, float] = {}
         if self.d_outputs is not None:
             out = self.d_outputs
-            stats.update({"d_real": out.real, "d_fake": out.fake, "acc_real": out.accuracy_real,
-                          "acc_fake": out.accuracy_fake})  # fmt: skip
+            stats.update(
+                {"d_real": out.real, "d_fake": out.fake, "acc_real": out.accuracy_real, "acc_fake": out.accuracy_fake}
+            )
         for name, numbers in self.networks().items():
             tag = NETWORK_TAGS[name]
             if numbers.grad_norm is not None:
@@ -127,8 +128,9 @@ class StepReport:
     def _networks(self) -> dict[str, NetworkReport]:
         return _present(self.generator, self.discriminator)
 
-    def read(self, mean_across_ranks: Callable[[torch.Tensor], list[float]], world_size: int,
-             host: HostNumbers) -> LoggedStep:  # fmt: skip
+    def read(
+        self, mean_across_ranks: Callable[[torch.Tensor], list[float]], world_size: int, host: HostNumbers
+    ) -> LoggedStep:
         """Every value in one collective and one device-to-host copy."""
         slots: list[torch.Tensor] = []
 

@@ -58,8 +58,10 @@ def local_directory(directory: str) -> str:
     if directory.startswith("file://"):
         return directory.removeprefix("file://")
     if "://" in directory:
-        raise ConfigError(f"tracking.dir: {redact(directory)} is not a local directory; trackers write local files "
-                          "(set tracking.dir, or run.dir, to a local path)")  # fmt: skip
+        raise ConfigError(
+            f"tracking.dir: {redact(directory)} is not a local directory; trackers write local files "
+            "(set tracking.dir, or run.dir, to a local path)"
+        )
     return directory
 
 
@@ -119,8 +121,9 @@ class Trackers:
         self._images = images
 
     @classmethod
-    def start(cls, engine: Any, cfg: Any, run_ids: Mapping[str, str], resumed_step: int | None,
-              restarted: bool = False) -> Trackers | None:  # fmt: skip
+    def start(
+        cls, engine: Any, cfg: Any, run_ids: Mapping[str, str], resumed_step: int | None, restarted: bool = False
+    ) -> Trackers | None:
         """Start the configured trackers on the main rank and store the config as hyperparameters. `run_ids` are
         the tracker runs to continue (from the checkpoint; W&B's is made up front, see `new_run_ids`);
         `resumed_step` is the step a resume continues from (None: no checkpoint yet); `restarted` says the run ran
@@ -129,8 +132,11 @@ class Trackers:
             return None
         accelerator = engine.accelerator
         try:
-            accelerator.init_trackers(cfg.tracking.project or cfg.run.name, config=flat_config(cfg.snapshot()),
-                                      init_kwargs=_init_kwargs(cfg, run_ids, resumed_step))  # fmt: skip
+            accelerator.init_trackers(
+                cfg.tracking.project or cfg.run.name,
+                config=flat_config(cfg.snapshot()),
+                init_kwargs=_init_kwargs(cfg, run_ids, resumed_step),
+            )
             for tracker in accelerator.trackers:
                 if tracker.name == "wandb":
                     tracker.run.define_metric(STEP_AXIS)
@@ -144,11 +150,20 @@ class Trackers:
                     f"tracking.log_with: {', '.join(cfg.tracking.log_with)} could not start: {problem}; see the "
                     "tracker's own settings (e.g. WANDB_API_KEY, or WANDB_MODE=offline), or remove tracking.log_with"
                 ) from None
-            log.warning("trackers_unavailable", trackers=list(cfg.tracking.log_with), error=problem,
-                        effect="training resumes without trackers; the metrics and logs go on")  # fmt: skip
+            log.warning(
+                "trackers_unavailable",
+                trackers=list(cfg.tracking.log_with),
+                error=problem,
+                effect="training resumes without trackers; the metrics and logs go on",
+            )
             return None
-        log.info("trackers_started", trackers=list(cfg.tracking.log_with), run_ids=dict(run_ids),
-                 directory=cfg.tracking_dir, resumed_step=resumed_step)  # fmt: skip
+        log.info(
+            "trackers_started",
+            trackers=list(cfg.tracking.log_with),
+            run_ids=dict(run_ids),
+            directory=cfg.tracking_dir,
+            resumed_step=resumed_step,
+        )
         return cls(accelerator, cfg.tracking.images)
 
     def run_ids(self) -> dict[str, str]:
@@ -219,9 +234,12 @@ class _TrackerGuard:
     def __exit__(self, kind, error, _traceback) -> bool:
         if error is None or not isinstance(error, Exception):
             return False
-        log.warning("tracker_failed", tracker=self.tracker.name,
-                    error=f"{type(error).__name__}: {redact_text(str(error))[:300]}",
-                    effect="this tracker is switched off for the rest of the process; training goes on")  # fmt: skip
+        log.warning(
+            "tracker_failed",
+            tracker=self.tracker.name,
+            error=f"{type(error).__name__}: {redact_text(str(error))[:300]}",
+            effect="this tracker is switched off for the rest of the process; training goes on",
+        )
         if self.tracker in self.accelerator.trackers:
             self.accelerator.trackers.remove(self.tracker)
         return True
@@ -232,8 +250,11 @@ def _finish_quietly(accelerator: Any) -> None:
         try:
             tracker.finish()
         except Exception as error:
-            log.warning("tracker_close_failed", tracker=tracker.name,
-                        error=f"{type(error).__name__}: {redact_text(str(error))[:300]}")  # fmt: skip
+            log.warning(
+                "tracker_close_failed",
+                tracker=tracker.name,
+                error=f"{type(error).__name__}: {redact_text(str(error))[:300]}",
+            )
     accelerator.trackers = []
 
 

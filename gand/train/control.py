@@ -56,8 +56,7 @@ class Decision:
 
 
 class RunControl:
-    def __init__(self, engine: Agreeing, checkpoint: CheckpointConfig, max_steps: int,
-                 wait_grace_seconds: float = 2.0):  # fmt: skip
+    def __init__(self, engine: Agreeing, checkpoint: CheckpointConfig, max_steps: int, wait_grace_seconds: float = 2.0):
         self.engine = engine
         self.checkpoint = checkpoint
         self.max_steps = max_steps
@@ -139,8 +138,9 @@ class RunControl:
         return max(0.0, self.checkpoint.grace_seconds - (time.monotonic() - started))
 
     # -- the step boundary ---------------------------------------------------------------------------------------
-    def decide(self, step: int, images_before: int, images_after: int, finite: FiniteWatch,
-               check: bool = False) -> Decision:  # fmt: skip
+    def decide(
+        self, step: int, images_before: int, images_after: int, finite: FiniteWatch, check: bool = False
+    ) -> Decision:
         """Collective: what every rank does after the step that took images_seen from before to after.
 
         The losses' device flag is read when a save is due, on a stop, and when `check` (logging steps)."""
@@ -175,8 +175,9 @@ class RunControl:
         self._last_save = time.monotonic()
 
 
-def count_due(step: int, images_before: int, images_after: int, every_steps: int | None, every_images: int | None,
-              max_steps: int) -> bool:  # fmt: skip
+def count_due(
+    step: int, images_before: int, images_after: int, every_steps: int | None, every_images: int | None, max_steps: int
+) -> bool:
     """Periodic work is due every N steps, when images seen crosses a multiple of M, and at the very end."""
     if step >= max_steps:
         return True

@@ -61,8 +61,10 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     if precision == "auto":
         return choose_precision(device.type, capability)
     if precision == "bf16" and capability is not None and capability < (8, 0):
-        raise ConfigError(f"precision: bf16 needs compute capability 8.0 or newer; this GPU has "
-                          f"{capability[0]}.{capability[1]} (e.g. a T4): use fp16, or auto")  # fmt: skip
+        raise ConfigError(
+            f"precision: bf16 needs compute capability 8.0 or newer; this GPU has "
+            f"{capability[0]}.{capability[1]} (e.g. a T4): use fp16, or auto"
+        )
     return precision, "set in the config"
 
 
@@ -91,16 +93,25 @@ class Trained:
 class Engine:
     """Accelerate (DDP) engine; `DeepSpeedEngine` overrides what ZeRO does differently."""
 
-    def __init__(self, precision: str = "fp32", memory: MemoryConfig | None = None, batch_size: int = 1,
-                 tracking: TrackingConfig | None = None, tracking_dir: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        precision: str = "fp32",
+        memory: MemoryConfig | None = None,
+        batch_size: int = 1,
+        tracking: TrackingConfig | None = None,
+        tracking_dir: str | None = None,
+    ):
         self.memory = memory or MemoryConfig()
         # cpu=True where there is no GPU: Accelerate only sets up a gloo process group (MULTI_CPU) when told.
         # Mixed precision is ours (per-network scalers), so Accelerate's stays off. Trackers are Accelerate's
         # (gand.observability.trackers starts them on the main rank).
         log_with = list(tracking.log_with) if tracking is not None and tracking.log_with else None
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", log_with=log_with,
-                                       project_dir=local_directory(tracking_dir) if log_with and tracking_dir
-                                       else None)  # fmt: skip
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision="no",
+            log_with=log_with,
+            project_dir=local_directory(tracking_dir) if log_with and tracking_dir else None,
+        )
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
@@ -140,14 +151,17 @@ class Engine:
             module.to(self.device)
 
     # -- set-up -------------------------------------------------------------------------------------------------
-    def setup(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
-              opt_d: torch.optim.Optimizer) -> tuple[Trained, Trained]:  # fmt: skip
+    def setup(
+        self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer
+    ) -> tuple[Trained, Trained]:
         """Memory savers, devices and process-group wrapping for both networks."""
         self._apply_memory_savers(generator, discriminator)
         g_model, d_model, opt_g, opt_d = self.accelerator.prepare(generator, discriminator, opt_g, opt_d)
         trained = []
-        for name, module, model, optimizer in (("generator", generator, g_model, opt_g),
-                                               ("discriminator", discriminator, d_model, opt_d)):  # fmt: skip
+        for name, module, model, optimizer in (
+            ("generator", generator, g_model, opt_g),
+            ("discriminator", discriminator, d_model, opt_d),
+        ):
             scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
             model = torch.compile(model) if self.memory.compile else model
             trained.append(Trained(name, module, model, optimizer, scaler))
@@ -259,8 +273,10 @@ class Engine:
     def consolidated_state_dict(self, net: Trained) -> dict[str, torch.Tensor]:
         """fp32 weights and buffers of the whole network (collective under ZeRO-3)."""
         with self.full_weights(net) as module:
-            return {key: value.detach().float().cpu() if value.is_floating_point() else value.detach().cpu()
-                    for key, value in module.state_dict().items()}  # fmt: skip
+            return {
+                key: value.detach().float().cpu() if value.is_floating_point() else value.detach().cpu()
+                for key, value in module.state_dict().items()
+            }
 
     def optimizer_state(self, net: Trained) -> tuple[dict[str, Any], bool]:
         """What to save to resume this network's optimisation (optimizer, loss scaler, skipped steps), and whether
@@ -335,8 +351,11 @@ def configured_hyperparameters(net: Trained) -> Iterator[None]:
         changed = {k: (group.get(k), v) for k, v in settings.items() if group.get(k) != v}
         group.update(settings)
         if changed and any(k in ("lr", "betas", "momentum", "alpha", "weight_decay") for k in changed):
-            log.info("optimizer_settings_from_config", network=net.name,
-                     changed={k: {"saved": str(a), "now": str(b)} for k, (a, b) in changed.items()})  # fmt: skip
+            log.info(
+                "optimizer_settings_from_config",
+                network=net.name,
+                changed={k: {"saved": str(a), "now": str(b)} for k, (a, b) in changed.items()},
+            )
 
 
 # -- DeepSpeed ZeRO ------------------------------------------------------------------------------------------------
@@ -346,8 +365,14 @@ class DeepSpeedEngine(Engine):
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # DeepSpeed's forward applies its own torch_autocast
 
-    def __init__(self, precision: str, memory: MemoryConfig, batch_size: int, tracking: TrackingConfig | None = None,
-                 tracking_dir: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        precision: str,
+        memory: MemoryConfig,
+        batch_size: int,
+        tracking: TrackingConfig | None = None,
+        tracking_dir: str | None = None,
+    ):
         ensure_process_group_variables()
         super().__init__(precision, memory, batch_size, tracking, tracking_dir)
         self.channels_last = False  # DeepSpeed's flat parameter buffers are contiguous (MemoryConfig refuses true)
@@ -356,16 +381,22 @@ class DeepSpeedEngine(Engine):
         if deepspeed is None:
             raise ConfigError("memory.zero_stage > 0 needs DeepSpeed: pip install 'gand[deepspeed]'")
         self.deepspeed = deepspeed
-        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
-                                   auto_mpi_discovery=False)  # fmt: skip
+        deepspeed.init_distributed(
+            dist_backend="nccl" if self.device.type == "cuda" else "gloo", auto_mpi_discovery=False
+        )
 
     def setup(self, generator, discriminator, opt_g, opt_d) -> tuple[Trained, Trained]:
         self._apply_memory_savers(generator, discriminator)
         trained = []
         for name, module, optimizer in (("generator", generator, opt_g), ("discriminator", discriminator, opt_d)):
-            config = deepspeed_config(self.memory, self.precision, self.micro_batch_size, self.accumulation_steps,
-                                      cuda=self.device.type == "cuda",
-                                      parameters=sum(p.numel() for p in module.parameters()))  # fmt: skip
+            config = deepspeed_config(
+                self.memory,
+                self.precision,
+                self.micro_batch_size,
+                self.accumulation_steps,
+                cuda=self.device.type == "cuda",
+                parameters=sum(p.numel() for p in module.parameters()),
+            )
             optimizer = self._host_optimizer(optimizer)
             engine, ds_optimizer, _, _ = self.deepspeed.initialize(
                 model=module, optimizer=optimizer, config=config, dist_init_required=False
@@ -396,8 +427,14 @@ class DeepSpeedEngine(Engine):
         try:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-            return DeepSpeedCPUAdam(params, lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                                    weight_decay=group["weight_decay"], adamw_mode=False)  # fmt: skip
+            return DeepSpeedCPUAdam(
+                params,
+                lr=group["lr"],
+                betas=group["betas"],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                adamw_mode=False,
+            )
         except Exception as err:  # a missing compiler or headers: slower, not wrong
             log.warning("deepspeed_cpu_adam_unavailable", error=str(err)[:300], using="torch.optim.Adam on the CPU")
             return optimizer
@@ -509,8 +546,14 @@ def bucket_elements(parameters: int) -> int:
     return int(max(2**20, min(500_000_000, parameters)))
 
 
-def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch_size: int, accumulation_steps: int,
-                     cuda: bool, parameters: int | None = None) -> dict[str, Any]:  # fmt: skip
+def deepspeed_config(
+    memory: MemoryConfig,
+    precision: str,
+    micro_batch_size: int,
+    accumulation_steps: int,
+    cuda: bool,
+    parameters: int | None = None,
+) -> dict[str, Any]:
     """The DeepSpeed config gand passes to one network's engine: the memory.* settings over an optional tuning JSON,
     with bucket sizes from the network's `parameters` unless the JSON sets them."""
     config: dict[str, Any] = {}
@@ -528,8 +571,9 @@ def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch_size: int
     zero["stage"] = memory.zero_stage
     if parameters is not None:
         bucket = bucket_elements(parameters)
-        for key in ("reduce_bucket_size", "allgather_bucket_size") + (("stage3_prefetch_bucket_size",)
-                                                                      if memory.zero_stage == 3 else ()):  # fmt: skip
+        for key in ("reduce_bucket_size", "allgather_bucket_size") + (
+            ("stage3_prefetch_bucket_size",) if memory.zero_stage == 3 else ()
+        ):
             zero.setdefault(key, bucket)
     if memory.offload_optimizer == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
@@ -555,8 +599,13 @@ def deepspeed_config(memory: MemoryConfig, precision: str, micro_batch_size: int
     return config
 
 
-def build_engine(precision: str, memory: MemoryConfig, batch_size: int, tracking: TrackingConfig | None = None,
-                 tracking_dir: str | None = None) -> Engine:  # fmt: skip
+def build_engine(
+    precision: str,
+    memory: MemoryConfig,
+    batch_size: int,
+    tracking: TrackingConfig | None = None,
+    tracking_dir: str | None = None,
+) -> Engine:
     """The engine for a run: DeepSpeed's when the memory settings ask for ZeRO, else Accelerate's DDP. `tracking`
     and `tracking_dir` set up Accelerate's trackers (started later by gand.observability.trackers)."""
     if tracking is not None and tracking.log_with:

@@ -67,8 +67,11 @@ class CollapseGuard:
         return "rollback"
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: value for name, value in asdict(self).items()
-                if name in ("best", "best_checkpoint", "streak", "rollbacks", "lr_scale")}  # fmt: skip
+        return {
+            name: value
+            for name, value in asdict(self).items()
+            if name in ("best", "best_checkpoint", "streak", "rollbacks", "lr_scale")
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, value in state.items():

@@ -120,8 +120,15 @@ class _NotOurSignalHandlers(logging.Filter):
         return "Failed to register signal handlers" not in record.getMessage()
 
 
-def launch_ranks(module: str, args: Sequence[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
-                 main_address: str = "127.0.0.1", main_port: int = 29500) -> int:  # fmt: skip
+def launch_ranks(
+    module: str,
+    args: Sequence[str],
+    nproc_per_node: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    main_address: str = "127.0.0.1",
+    main_port: int = 29500,
+) -> int:
     """Start `nproc_per_node` processes of `python -m module args` on this node, as part of `nnodes` nodes whose
     rank 0 listens at main_address:main_port; return their exit code.
 
@@ -139,9 +146,17 @@ def launch_ranks(module: str, args: Sequence[str], nproc_per_node: int, nnodes: 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc_per_node))
         log.info("threads_per_rank", omp_num_threads=int(os.environ["OMP_NUM_THREADS"]), ranks=nproc_per_node)
-    config = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id="gand",
-                          rdzv_backend="static", rdzv_endpoint=f"{main_address}:{main_port}",
-                          rdzv_configs={"rank": node_rank}, max_restarts=0, monitor_interval=0.5)  # fmt: skip
+    config = LaunchConfig(
+        min_nodes=nnodes,
+        max_nodes=nnodes,
+        nproc_per_node=nproc_per_node,
+        run_id="gand",
+        rdzv_backend="static",
+        rdzv_endpoint=f"{main_address}:{main_port}",
+        rdzv_configs={"rank": node_rank},
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
     outcome: dict[str, object] = {}
     if not Path("/proc").is_dir():  # ranks cannot be found to forward signals to: torch's agent handles them
         _run_agent(config, module, args, outcome)
@@ -175,12 +190,17 @@ def _run_agent(config, module: str, args: Sequence[str], outcome: dict[str, obje
         outcome["code"] = 0
     except ChildFailedError as failed:
         rank, code = ranks_exit_code(failed.failures)
-        log.error("rank_failed", rank=rank, exit_codes={r: f.exitcode for r, f in failed.failures.items()},
-                  exiting_with=code)  # fmt: skip
+        log.error(
+            "rank_failed", rank=rank, exit_codes={r: f.exitcode for r, f in failed.failures.items()}, exiting_with=code
+        )
         outcome["code"] = code
     except SignalException as stopped:  # only without /proc: torch's agent took the signal and stopped the ranks
-        log.warning("ranks_stopped_by_signal", signal=str(stopped.sigval), exit_code=1,
-                    reason="whether their checkpoint committed is unknown here")  # fmt: skip
+        log.warning(
+            "ranks_stopped_by_signal",
+            signal=str(stopped.sigval),
+            exit_code=1,
+            reason="whether their checkpoint committed is unknown here",
+        )
         outcome["code"] = 1
     except BaseException as error:  # handed to the main thread, which raises it
         outcome["error"] = error
@@ -190,8 +210,9 @@ def ranks_exit_code(failures: dict) -> tuple[int, int]:
     """(rank, exit code) for the launcher: the earliest code a rank chose itself (75, 2, 3, 1), which says what
     happened; a rank killed by a signal (negative: e.g. an abort while a library tears down after the rank had
     decided) says less, and counts as 1 only when no rank chose a code."""
-    chosen = sorted((failure.timestamp, rank, failure.exitcode) for rank, failure in failures.items()
-                    if failure.exitcode > 0)  # fmt: skip
+    chosen = sorted(
+        (failure.timestamp, rank, failure.exitcode) for rank, failure in failures.items() if failure.exitcode > 0
+    )
     if chosen:
         return chosen[0][1], chosen[0][2]
     first = min(failures, key=lambda rank: failures[rank].timestamp)
@@ -249,8 +270,9 @@ def ensure_process_group_variables() -> None:
     """A single process run with ZeRO (e.g. optimizer offload on one GPU) still needs a process group."""
     if "WORLD_SIZE" in os.environ:
         return
-    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())})  # fmt: skip
+    os.environ.update(
+        {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    )
 
 
 # What a collective raises when a peer process is gone: gloo's socket errors and NCCL's remote-error text.

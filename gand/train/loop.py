@@ -85,8 +85,10 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
         at_once = True  # no storage calls from here: the lease expires by itself (or frees with this process)
         known = checkpoints.known_commit
         log.warning("stopped_at_once", signal=str(second), last_commit=known, exit_code=StoppedAtOnce.exit_code)
-        raise StoppedAtOnce(f"stopped at once by a second {second} without waiting for the save; the same command "
-                            f"resumes from {known or 'the newest committed checkpoint, if any'}") from None  # fmt: skip
+        raise StoppedAtOnce(
+            f"stopped at once by a second {second} without waiting for the save; the same command "
+            f"resumes from {known or 'the newest committed checkpoint, if any'}"
+        ) from None
     except LeaseLost as lost:  # found by a save, or agreed at a step boundary
         exit_without_the_lease(checkpoints, str(lost), log)
     except RuntimeError as error:
@@ -142,8 +144,9 @@ class Training:
     at_boundary: bool = True  # no batch of the current step drawn yet: the state is the last step's
 
     @classmethod
-    def build(cls, cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl,
-              checkpoints: CheckpointManager) -> Training | TrainState:  # fmt: skip
+    def build(
+        cls, cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, checkpoints: CheckpointManager
+    ) -> Training | TrainState:
         """Everything from the config, resumed from the newest commit; the saved state alone when that is already
         at train.max_steps."""
         log = structlog.get_logger("gand.train")
@@ -160,8 +163,13 @@ class Training:
             state = resumed_counters(resumed, TrainState.from_dict(resumed.state["train"]), engine.world_size)
             history = LossHistory.from_state(resumed.history)
             steps_lost = progress.steps_lost(start.previous_progress, state.step)
-            log.info("resumed", checkpoint=resumed.name, step=state.step, images_seen=state.images_seen,
-                     steps_lost=steps_lost)  # fmt: skip
+            log.info(
+                "resumed",
+                checkpoint=resumed.name,
+                step=state.step,
+                images_seen=state.images_seen,
+                steps_lost=steps_lost,
+            )
         if state.step >= cfg.train.max_steps:
             log.info("already_complete", step=state.step, hint="raise train.max_steps to train further")
             engine.close()
@@ -172,8 +180,9 @@ class Training:
         nets = _networks(cfg, engine, recipe, num_classes, resumed)
         guard = CollapseGuard.from_config(cfg)
         tracking_run_ids = new_run_ids(SavedRun.from_state(resumed.state).tracking_run_ids if resumed else None)
-        snapshots = Snapshots(engine, nets, training_parts(recipe, guard), cfg, num_classes, manifest.class_names,
-                              tracking_run_ids)  # fmt: skip
+        snapshots = Snapshots(
+            engine, nets, training_parts(recipe, guard), cfg, num_classes, manifest.class_names, tracking_run_ids
+        )
         if resumed is not None:
             snapshots.restore(resumed, resume=True)
 
@@ -193,14 +202,27 @@ class Training:
             tracking_run_ids.update(trackers.run_ids())  # MLflow's id exists once its run has started
         outputs = Outputs(metrics, trackers, history)
         return cls(
-            cfg=cfg, engine=engine, control=control, checkpoints=checkpoints, state=state, recipe=recipe, nets=nets,
-            snapshots=snapshots, guard=guard, burn_in=BurnIn.from_config(cfg), progress=progress, history=history,
-            metrics=metrics, trackers=trackers, feed=feed,
+            cfg=cfg,
+            engine=engine,
+            control=control,
+            checkpoints=checkpoints,
+            state=state,
+            recipe=recipe,
+            nets=nets,
+            snapshots=snapshots,
+            guard=guard,
+            burn_in=BurnIn.from_config(cfg),
+            progress=progress,
+            history=history,
+            metrics=metrics,
+            trackers=trackers,
+            feed=feed,
             step_log=StepLog(cfg, engine, nets, recipe, feed, loader, outputs, state),
             samples=SampleGrid(cfg, engine, nets, recipe, outputs),
             evaluation=Evaluation(cfg, engine, nets, recipe, guard, checkpoints, outputs),
-            saves=Saves(snapshots, checkpoints, control, outputs, state), finite=FiniteWatch(),
-        )  # fmt: skip
+            saves=Saves(snapshots, checkpoints, control, outputs, state),
+            finite=FiniteWatch(),
+        )
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> TrainState:
@@ -217,8 +239,13 @@ class Training:
                 evaluate = self.evaluation.due(self.state, images_before)
                 # Every rank takes the same branch: stop after a signal, save when due, roll back after NaN/Inf.
                 # The NaN flag is read on logging steps and before every save, the evaluation's too.
-                decision = control.decide(self.state.step, images_before, self.state.images_seen, self.finite,
-                                          check=report.detailed or evaluate)  # fmt: skip
+                decision = control.decide(
+                    self.state.step,
+                    images_before,
+                    self.state.images_seen,
+                    self.finite,
+                    check=report.detailed or evaluate,
+                )
                 self._take_notice(decision, log)
                 saving = decision.save or (evaluate and not decision.roll_back)
                 if decision.roll_back or (saving and not weights_finite(self.engine, self.nets)):
@@ -308,16 +335,22 @@ class Training:
             return
         provider = self.cfg.checkpoint.preemption_notice
         notice = self.control.notices.notice if self.control.notices is not None else None
-        log.warning("preemption_notice", step=self.state.step, provider=provider,
-                    detail=notice.detail if notice else None, effect="checkpoint now, training goes on")  # fmt: skip
+        log.warning(
+            "preemption_notice",
+            step=self.state.step,
+            provider=provider,
+            detail=notice.detail if notice else None,
+            effect="checkpoint now, training goes on",
+        )
         self.metrics.record_preemption_notice(provider)
 
     def _roll_back_after_nan(self) -> None:
         self.rollbacks += 1
         # With a stop pending, the wait for an upload under way is bounded by what is left of the grace.
         grace = self.control.grace_left_seconds() if self.control.stop_signal is not None else None
-        self.state = roll_back_after_nan(self.snapshots, self.checkpoints, self.state, self.rollbacks,
-                                         self.cfg.checkpoint.max_rollbacks, grace)  # fmt: skip
+        self.state = roll_back_after_nan(
+            self.snapshots, self.checkpoints, self.state, self.rollbacks, self.cfg.checkpoint.max_rollbacks, grace
+        )
         self.history.truncate(self.state.images_seen)
         self.metrics.record_rollback()
 
@@ -343,9 +376,11 @@ class Training:
         guard = self.guard
         assert guard is not None
         self.checkpoints.wait()  # this evaluation's checkpoint commits first
-        raise Collapsed(f"guard: {guard.metric} stayed more than {guard.margin:.0%} worse than its best "
-                        f"({guard.best}, {guard.best_checkpoint}) for {guard.patience} evaluations"
-                        + (f" after {guard.rollbacks} roll-backs" if guard.rollbacks else ""))  # fmt: skip
+        raise Collapsed(
+            f"guard: {guard.metric} stayed more than {guard.margin:.0%} worse than its best "
+            f"({guard.best}, {guard.best_checkpoint}) for {guard.patience} evaluations"
+            + (f" after {guard.rollbacks} roll-backs" if guard.rollbacks else "")
+        )
 
     def _stop_while_waiting(self, log) -> None:
         """The loop was blocked on data when the signal came. One rank alone at a step boundary saves as usual;
@@ -360,8 +395,15 @@ class Training:
 
 
 # -- building ----------------------------------------------------------------------------------------------------
-def _start(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, checkpoints: CheckpointManager,
-           progress: ProgressMarker, log) -> Start:  # fmt: skip
+def _start(
+    cfg: GandConfig,
+    fresh: bool,
+    engine: Engine,
+    control: RunControl,
+    checkpoints: CheckpointManager,
+    progress: ProgressMarker,
+    log,
+) -> Start:
     """The run's lease, `--fresh`'s deletions, and the newest committed checkpoint; refuses to start over when there
     is evidence of earlier training. Nothing trains yet: a stop ends any start-up wait at once."""
     control.interrupt_waits(lambda: True)
@@ -385,9 +427,13 @@ def _start(cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, ch
 def _dataset_classes(cfg: GandConfig, engine: Engine, manifest: PackedManifest, log) -> int:
     """The dataset's class count, checked against the config; a warning when one step draws more than it holds."""
     if cfg.train.batch_size * engine.world_size > manifest.num_samples:
-        log.warning("batch_larger_than_dataset", batch_images=cfg.train.batch_size * engine.world_size,
-                    dataset_images=manifest.num_samples, effect="every batch repeats images: an epoch is shorter "
-                    "than a step", fix="lower train.batch_size or add images")  # fmt: skip
+        log.warning(
+            "batch_larger_than_dataset",
+            batch_images=cfg.train.batch_size * engine.world_size,
+            dataset_images=manifest.num_samples,
+            effect="every batch repeats images: an epoch is shorter than a step",
+            fix="lower train.batch_size or add images",
+        )
     return check_dataset(manifest, cfg)
 
 
@@ -407,8 +453,11 @@ def _networks(
 
 def _loader(cfg: GandConfig, engine: Engine, num_classes: int, log) -> ImageLoader:
     if cfg.data.shuffle_buffer is not None:  # snapshots of configs list it as null
-        log.warning("config_field_unused", field="data.shuffle_buffer",
-                    reason="the loader draws a fresh permutation of all images each pass; remove it")  # fmt: skip
+        log.warning(
+            "config_field_unused",
+            field="data.shuffle_buffer",
+            reason="the loader draws a fresh permutation of all images each pass; remove it",
+        )
     return ImageLoader(
         cfg.data.path,
         cfg.data.resolution,
@@ -426,24 +475,32 @@ def _loader(cfg: GandConfig, engine: Engine, num_classes: int, log) -> ImageLoad
     )
 
 
-def _metrics(cfg: GandConfig, engine: Engine, control: RunControl, checkpoints: CheckpointManager,
-             resumed_state: TrainState | None, steps_lost: int | None) -> TrainingMetrics:  # fmt: skip
+def _metrics(
+    cfg: GandConfig,
+    engine: Engine,
+    control: RunControl,
+    checkpoints: CheckpointManager,
+    resumed_state: TrainState | None,
+    steps_lost: int | None,
+) -> TrainingMetrics:
     """The exporter (rank 0 serves it), and rank 0's spot-notice watcher: the ranks agree on notices at step
     boundaries."""
     metrics = TrainingMetrics(cfg.metrics.port if engine.is_main else None, cfg.run.name)
     metrics.record_lease(held=checkpoints.lease is not None)
     section = cfg.checkpoint
     if section.preemption_notice != "none" and engine.is_main:
-        control.notices = NoticeWatcher(section.preemption_notice, section.notice_endpoint,
-                                        section.notice_poll_seconds).start()  # fmt: skip
+        control.notices = NoticeWatcher(
+            section.preemption_notice, section.notice_endpoint, section.notice_poll_seconds
+        ).start()
         metrics.watch_notices(section.preemption_notice)
     if resumed_state is not None:
         metrics.record_resume(resumed_state.step, steps_lost)
     return metrics
 
 
-def _log_start(cfg: GandConfig, engine: Engine, manifest: PackedManifest, num_classes: int, state: TrainState,
-               log) -> None:  # fmt: skip
+def _log_start(
+    cfg: GandConfig, engine: Engine, manifest: PackedManifest, num_classes: int, state: TrainState, log
+) -> None:
     log.info(
         "train_start",
         arch=cfg.model.arch,
@@ -467,9 +524,15 @@ def _log_start(cfg: GandConfig, engine: Engine, manifest: PackedManifest, num_cl
 def _checkpoint_manager(cfg: GandConfig, engine: Engine) -> CheckpointManager:
     section = cfg.checkpoint
     retry = RetryPolicy(section.retry_first_seconds, section.retry_max_seconds, section.upload_timeout_seconds)
-    return CheckpointManager(cfg.checkpoint_url, engine, keep_last=section.keep_last, keep_every=section.keep_every,
-                             safe_globals=deepspeed_safe_globals(), retry=retry,
-                             background=section.background_upload)  # fmt: skip
+    return CheckpointManager(
+        cfg.checkpoint_url,
+        engine,
+        keep_last=section.keep_last,
+        keep_every=section.keep_every,
+        safe_globals=deepspeed_safe_globals(),
+        retry=retry,
+        background=section.background_upload,
+    )
 
 
 def _base_learning_rates(cfg: GandConfig, nets: Networks) -> list[tuple[Any, float]]:

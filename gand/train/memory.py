@@ -66,8 +66,11 @@ def to_channels_last(network: nn.Module) -> nn.Module:
 def latent_projections(network: nn.Module) -> list[nn.Module]:
     """Transposed convolutions fed the latent vector as a 1x1 image (in_channels == the network's latent_dim)."""
     latent_dim = getattr(network, "latent_dim", None)
-    return [module for module in network.modules()
-            if isinstance(module, nn.ConvTranspose2d) and module.in_channels == latent_dim]  # fmt: skip
+    return [
+        module
+        for module in network.modules()
+        if isinstance(module, nn.ConvTranspose2d) and module.in_channels == latent_dim
+    ]
 
 
 def as_channels_last(images: torch.Tensor) -> torch.Tensor:

@@ -64,8 +64,17 @@ class StepLog:
     """Logging steps: the step's report read once (one collective, one copy) into the log line, the exporter, the
     trackers and the history. Nothing is read back from the device on other steps."""
 
-    def __init__(self, cfg: GandConfig, engine: Engine, nets: Networks, recipe: Recipe, feed: DeviceFeed,
-                 loader: ImageLoader, outputs: Outputs, state: TrainState):  # fmt: skip
+    def __init__(
+        self,
+        cfg: GandConfig,
+        engine: Engine,
+        nets: Networks,
+        recipe: Recipe,
+        feed: DeviceFeed,
+        loader: ImageLoader,
+        outputs: Outputs,
+        state: TrainState,
+    ):
         self.every_steps, self.max_steps = cfg.train.log_every_steps, cfg.train.max_steps
         self.engine, self.nets, self.recipe, self.feed, self.loader = engine, nets, recipe, feed, loader
         self.metrics, self.trackers, self.history = outputs.metrics, outputs.trackers, outputs.history
@@ -83,16 +92,24 @@ class StepLog:
         augment_fields = self.recipe.ada.log_fields() if self.recipe.ada is not None else {}
         if augment_fields:
             self.metrics.record_augment(augment_fields["augment_p"], augment_fields["augment_rt"])
-        log.info("train_step", step=state.step, images_seen=state.images_seen, epoch=state.epoch,
-                 **logged.log_fields(), **schedule_fields, **augment_fields)  # fmt: skip
+        log.info(
+            "train_step",
+            step=state.step,
+            images_seen=state.images_seen,
+            epoch=state.epoch,
+            **logged.log_fields(),
+            **schedule_fields,
+            **augment_fields,
+        )
         self.metrics.record_step(logged)
         if self.trackers is not None:
             self.trackers.log_step(state.step, logged, {**schedule_fields, **augment_fields})
         self.metrics.record_damaged_shards(len(self.loader.damaged_shards))
         self.history.record_step(logged)
         if self.engine.device.type == "cuda":
-            self.metrics.record_gpu_memory(torch.cuda.memory_allocated(), torch.cuda.memory_reserved(),
-                                           torch.cuda.max_memory_allocated())  # fmt: skip
+            self.metrics.record_gpu_memory(
+                torch.cuda.memory_allocated(), torch.cuda.memory_reserved(), torch.cuda.max_memory_allocated()
+            )
 
     def host_numbers(self, state: TrainState) -> HostNumbers:
         """What a logging step knows on the host: progress, throughput, data counts, learning rates, fp16 scaling."""
@@ -122,17 +139,21 @@ class SampleGrid:
         self.store = Store(cfg.run_dir)
 
     def maybe_write(self, state: TrainState, images_before: int, batch: DeviceBatch) -> None:
-        if count_due(state.step, images_before, state.images_seen, self.every_steps, self.every_images,
-                     self.max_steps):  # fmt: skip
+        if count_due(state.step, images_before, state.images_seen, self.every_steps, self.every_images, self.max_steps):
             self.write(state, batch)
 
     def write(self, state: TrainState, batch: DeviceBatch) -> None:
         engine, nets, recipe = self.engine, self.nets, self.recipe
         # Every rank runs G on the same fixed noise: under ZeRO-3 its forward gathers weights collectively.
-        with engine.full_weights(nets.g) as g_module, sampling_mode(nets.ema.model if nets.ema is not None
-                                                                    else g_module, recipe) as sampler:  # fmt: skip
-            images = generate(sampler, nets.fixed_noise.to(engine.device),
-                              None if nets.fixed_classes is None else nets.fixed_classes.to(engine.device))  # fmt: skip
+        with (
+            engine.full_weights(nets.g) as g_module,
+            sampling_mode(nets.ema.model if nets.ema is not None else g_module, recipe) as sampler,
+        ):
+            images = generate(
+                sampler,
+                nets.fixed_noise.to(engine.device),
+                None if nets.fixed_classes is None else nets.fixed_classes.to(engine.device),
+            )
         if not engine.is_main:
             return
         grid = grid_pixels(images, value_range=recipe.value_range)
@@ -149,8 +170,16 @@ class Evaluation:
     and the collapse guard's verdict on it, agreed by every rank. Evaluations land on a checkpoint, so its manifest
     carries the scores and retention can keep the best."""
 
-    def __init__(self, cfg: GandConfig, engine: Engine, nets: Networks, recipe: Recipe, guard: CollapseGuard | None,
-                 checkpoints: CheckpointManager, outputs: Outputs):  # fmt: skip
+    def __init__(
+        self,
+        cfg: GandConfig,
+        engine: Engine,
+        nets: Networks,
+        recipe: Recipe,
+        guard: CollapseGuard | None,
+        checkpoints: CheckpointManager,
+        outputs: Outputs,
+    ):
         self.every_images = max(1, round(cfg.eval.every_kimg * 1000)) if cfg.eval.every_kimg else None
         self.max_steps = cfg.train.max_steps
         on_main = self.every_images is not None and engine.is_main
@@ -159,8 +188,9 @@ class Evaluation:
         self.metrics, self.trackers, self.history = outputs.metrics, outputs.trackers, outputs.history
 
     def due(self, state: TrainState, images_before: int) -> bool:
-        return bool(self.every_images) and count_due(state.step, images_before, state.images_seen, None,
-                                                      self.every_images, self.max_steps)  # fmt: skip
+        return bool(self.every_images) and count_due(
+            state.step, images_before, state.images_seen, None, self.every_images, self.max_steps
+        )
 
     def run(self, state: TrainState) -> tuple[dict[str, float] | None, str | None]:
         """(scores on the main rank, else None; the guard's verdict on every rank: "rollback", "stop" or None)."""
@@ -173,8 +203,13 @@ class Evaluation:
                 return None
             started = time.perf_counter()
             scores = self.evaluator(self.nets.ema.model if self.nets.ema is not None else g_module)
-        log.info("evaluated", step=state.step, images_seen=state.images_seen, seconds=round(time.perf_counter() -
-                 started, 1), **{name: round(value, 4) for name, value in scores.items()})  # fmt: skip
+        log.info(
+            "evaluated",
+            step=state.step,
+            images_seen=state.images_seen,
+            seconds=round(time.perf_counter() - started, 1),
+            **{name: round(value, 4) for name, value in scores.items()},
+        )
         self.metrics.record_eval(scores)
         if self.trackers is not None:
             self.trackers.log_scores(state.step, scores)
@@ -195,8 +230,14 @@ class Evaluation:
 class Saves:
     """Checkpoints: one snapshot of everything (`Snapshots`), handed to the background upload."""
 
-    def __init__(self, snapshots: Snapshots, checkpoints: CheckpointManager, control: RunControl, outputs: Outputs,
-                 state: TrainState):  # fmt: skip
+    def __init__(
+        self,
+        snapshots: Snapshots,
+        checkpoints: CheckpointManager,
+        control: RunControl,
+        outputs: Outputs,
+        state: TrainState,
+    ):
         self.snapshots, self.checkpoints, self.control = snapshots, checkpoints, control
         self.history, self.metrics = outputs.history, outputs.metrics
         self.saved_step = state.step  # the newest step saved (or resumed from) by this process
@@ -206,6 +247,10 @@ class Saves:
         self.control.saved()
         self.saved_step = state.step
         if snapshot is not None:
-            log.info("checkpoint_snapshot", checkpoint=snapshot.name, step=state.step,
-                     stall_seconds=round(snapshot.stall_seconds, 4))  # fmt: skip
+            log.info(
+                "checkpoint_snapshot",
+                checkpoint=snapshot.name,
+                step=state.step,
+                stall_seconds=round(snapshot.stall_seconds, 4),
+            )
             self.metrics.record_snapshot(snapshot.stall_seconds, sum(map(len, snapshot.files.values())))

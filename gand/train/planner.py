@@ -96,8 +96,13 @@ class Components:
     notes: list[str] = field(default_factory=list)
 
 
-def measure(cfg: GandConfig, num_classes: int, device: torch.device, options: tuple[str, ...] = CHECKPOINTING,
-            progress: Any = None) -> Components:  # fmt: skip
+def measure(
+    cfg: GandConfig,
+    num_classes: int,
+    device: torch.device,
+    options: tuple[str, ...] = CHECKPOINTING,
+    progress: Any = None,
+) -> Components:
     """What one rank holds for `cfg` on `device`, probed for each checkpointing option in `options` (all of them
     for a plan; one is enough to predict a single setting, and each GPU probe builds and trains the networks)."""
     from gand.train.engine import resolve_precision
@@ -130,10 +135,12 @@ def measure(cfg: GandConfig, num_classes: int, device: torch.device, options: tu
             components.fixed[option] = static + cast_cache
             if progress is not None:
                 progress.advance()
-        components.notes.append("a CPU estimate: activations counted from autograd's saved tensors, no allocator "
-                                "overheads (cuDNN workspaces, fragmentation); against the allocator on one H200 "
-                                f"it was {CPU_ESTIMATE_ERROR}. Run gand plan on the GPU for "
-                                "measured numbers")  # fmt: skip
+        components.notes.append(
+            "a CPU estimate: activations counted from autograd's saved tensors, no allocator "
+            "overheads (cuDNN workspaces, fragmentation); against the allocator on one H200 "
+            f"it was {CPU_ESTIMATE_ERROR}. Run gand plan on the GPU for "
+            "measured numbers"
+        )
     return components
 
 
@@ -195,8 +202,9 @@ class Plan:
     best: Setting | None
 
 
-def make_plan(cfg: GandConfig, num_classes: int, budget_bytes: int, ranks: int, device: torch.device,
-              show_progress: bool = False) -> Plan:  # fmt: skip
+def make_plan(
+    cfg: GandConfig, num_classes: int, budget_bytes: int, ranks: int, device: torch.device, show_progress: bool = False
+) -> Plan:
     """Every setting's predicted peak and relative speed, and the fastest that fits `budget_bytes`; with
     `show_progress`, one progress step per probe on stderr (a probe of CAN-256 takes tens of seconds on a CPU)."""
     from gand.observability.progress import TaskProgress
@@ -231,8 +239,10 @@ def format_plan(plan: Plan, cfg: GandConfig, shown: int = 8) -> str:
     for setting, peak, speed in plan.rows[:shown]:
         offload = f"{setting.offload_optimizer}/{setting.offload_params}"
         fits = "yes" if peak <= plan.budget else "no"
-        lines.append(f"{setting.micro_batch_size:>5} {setting.accumulation_steps:>5} {setting.checkpointing:>5} "
-                     f"{setting.zero_stage:>4} {offload:>9} {_gib(peak):>10} {speed:>6.2f}  {fits}")  # fmt: skip
+        lines.append(
+            f"{setting.micro_batch_size:>5} {setting.accumulation_steps:>5} {setting.checkpointing:>5} "
+            f"{setting.zero_stage:>4} {offload:>9} {_gib(peak):>10} {speed:>6.2f}  {fits}"
+        )
     lines.append("")
     if plan.best is None:
         lines.append("nothing fits: lower train.batch_size, use bf16/fp16, or more GPUs (ZeRO divides the state)")
@@ -259,8 +269,13 @@ def _state_tensors(optimizer_cfg) -> int:
 def _probe_config(cfg: GandConfig, option: str, size: int) -> GandConfig:
     memory = MemoryConfig(grad_checkpointing=option, channels_last=cfg.memory.channels_last)
     train = cfg.train.model_copy(update={"batch_size": size})
-    return cfg.model_copy(update={"memory": memory, "train": train, "schedule": cfg.schedule.model_copy(
-        update={"d_steps": 1, "g_steps": 1, "d_every": 1})})  # fmt: skip
+    return cfg.model_copy(
+        update={
+            "memory": memory,
+            "train": train,
+            "schedule": cfg.schedule.model_copy(update={"d_steps": 1, "g_steps": 1, "d_every": 1}),
+        }
+    )
 
 
 def _gpu_peaks(cfg: GandConfig, num_classes: int, option: str, size: int) -> dict[str, int]:
@@ -314,10 +329,13 @@ def _saved_per_image(cfg: GandConfig, num_classes: int, option: str) -> int:
         per_phase.append((counts[1] - counts[0]) / (PROBE_SIZES[1] - PROBE_SIZES[0]))
     # Backward recomputes one checkpointed block at a time (D's, then G's): the largest one is the extra peak.
     recompute = max(
-        (_largest_block_per_image(network, g, recipe, cfg, dtype)
-         for network, checkpointed in ((g, option in ("g", "both")), (d, option in ("d", "both"))) if checkpointed),
+        (
+            _largest_block_per_image(network, g, recipe, cfg, dtype)
+            for network, checkpointed in ((g, option in ("g", "both")), (d, option in ("d", "both")))
+            if checkpointed
+        ),
         default=0.0,
-    )  # fmt: skip
+    )
     return round(max(per_phase) + recompute)
 
 
@@ -357,8 +375,10 @@ def _largest_block_per_image(network: nn.Module, g: nn.Module, recipe, cfg: Gand
         for block, block_input in zip(network.blocks, inputs, strict=False):
             original = getattr(block.forward, "args", None)
             forward = original[0] if original else block.forward  # the un-checkpointed forward
-            with _SavedTensors() as saved, torch.autocast("cpu", dtype=dtype or torch.bfloat16,
-                                                          enabled=dtype is not None):  # fmt: skip
+            with (
+                _SavedTensors() as saved,
+                torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+            ):
                 forward(block_input.detach().requires_grad_(True))
             largest = max(largest, saved.total)
         sizes.append(largest)

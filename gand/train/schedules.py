@@ -52,6 +52,9 @@ class BurnIn:
         if "ema_half_life_kimg" in values and ema is not None:
             ema.half_life_images = values["ema_half_life_kimg"] * 1000
         if "gamma" in values:
-            recipe = dataclasses.replace(recipe, r1_gamma=values["gamma"] if recipe.r1_gamma else 0.0,
-                                         r2_gamma=values["gamma"] if recipe.r2_gamma else 0.0)  # fmt: skip
+            recipe = dataclasses.replace(
+                recipe,
+                r1_gamma=values["gamma"] if recipe.r1_gamma else 0.0,
+                r2_gamma=values["gamma"] if recipe.r2_gamma else 0.0,
+            )
         return recipe, {f"burn_in_{name}": round(value, 8) for name, value in values.items()}

@@ -101,16 +101,29 @@ def training_parts(recipe: Recipe, guard: CollapseGuard | None) -> dict[str, Par
 class Snapshots:
     """Saves the networks and the training parts as one checkpoint, and restores them from one."""
 
-    def __init__(self, engine: Engine, networks: Networks, parts: dict[str, Part], cfg: GandConfig,
-                 num_classes: int, class_names: list[str] | None, tracking_run_ids: dict[str, str]):  # fmt: skip
+    def __init__(
+        self,
+        engine: Engine,
+        networks: Networks,
+        parts: dict[str, Part],
+        cfg: GandConfig,
+        num_classes: int,
+        class_names: list[str] | None,
+        tracking_run_ids: dict[str, str],
+    ):
         self.engine, self.networks, self.parts = engine, networks, parts
         self.config = cfg.snapshot()
         self.num_classes = num_classes
         self.class_names = class_names[:num_classes] if class_names else None  # a resume checks their order
         self.tracking_run_ids = tracking_run_ids  # filled in as trackers start (MLflow's id exists only then)
 
-    def save(self, checkpoints: CheckpointManager, state: TrainState, history: dict[str, Any],
-             scores: dict[str, float] | None = None) -> Snapshot | None:  # fmt: skip
+    def save(
+        self,
+        checkpoints: CheckpointManager,
+        state: TrainState,
+        history: dict[str, Any],
+        scores: dict[str, float] | None = None,
+    ) -> Snapshot | None:
         """Collective: every rank calls it. None when this image count was already saved by this process."""
         nets = self.networks
         weights = {net.name: self.engine.consolidated_state_dict(net) for net in nets.trained}
@@ -127,12 +140,24 @@ class Snapshots:
         for net in nets.trained:
             net_state, per_rank = self.engine.optimizer_state(net)
             (rank_state if per_rank else trainer)[net.name] = net_state
-        run = SavedRun(train=state.to_dict(), config=self.config, num_classes=self.num_classes,
-                       class_names=self.class_names, tracking_run_ids=self.tracking_run_ids,
-                       gand_version=__version__)  # fmt: skip
-        return checkpoints.save(state.images_seen, state.step, weights=weights, trainer=trainer,
-                                state=run.to_state(), rank_state=rank_state, history=history,
-                                scores=scores)  # fmt: skip
+        run = SavedRun(
+            train=state.to_dict(),
+            config=self.config,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            tracking_run_ids=self.tracking_run_ids,
+            gand_version=__version__,
+        )
+        return checkpoints.save(
+            state.images_seen,
+            state.step,
+            weights=weights,
+            trainer=trainer,
+            state=run.to_state(),
+            rank_state=rank_state,
+            history=history,
+            scores=scores,
+        )
 
     def restore(self, checkpoint: Checkpoint, resume: bool) -> TrainState:
         """Weights, optimizer state, the EMA and the parts from `checkpoint` into networks already set up; with
@@ -187,10 +212,13 @@ def classes_to_train(resumed: Checkpoint | None, manifest: PackedManifest, num_c
     if 0 < saved_classes < num_classes:  # class names only grow: the saved ones keep their indices
         # What the running process already did (leave the new classes out) is what a resume does too; refusing
         # (exit 2) would end a Kubernetes Job for good over one new folder.
-        log.warning("dataset_classes_grew", model_classes=saved_classes, dataset_classes=num_classes,
-                    effect="images of the new classes are left out (gand_data_samples_skipped_total"
-                           "{reason=unknown_class})",
-                    to_use_them="start a new run: another run.name or checkpoint.url, or --fresh")  # fmt: skip
+        log.warning(
+            "dataset_classes_grew",
+            model_classes=saved_classes,
+            dataset_classes=num_classes,
+            effect="images of the new classes are left out (gand_data_samples_skipped_total{reason=unknown_class})",
+            to_use_them="start a new run: another run.name or checkpoint.url, or --fresh",
+        )
         return saved_classes
     return num_classes
 
@@ -229,9 +257,13 @@ def resumed_counters(resumed: Checkpoint, saved: TrainState, world_size: int) ->
     if resumed.world_size != world_size:
         saved.epoch_batches = saved.epoch_batches * resumed.world_size // world_size
         saved.data_stream_batch = saved.data_stream_batch * resumed.world_size // world_size
-        log.warning("world_size_changed", checkpoint=resumed.name, saved_ranks=resumed.world_size,
-                    ranks=world_size, effect="models and optimizers resume; data order and noise differ "
-                    "from an uninterrupted run from here on")  # fmt: skip
+        log.warning(
+            "world_size_changed",
+            checkpoint=resumed.name,
+            saved_ranks=resumed.world_size,
+            ranks=world_size,
+            effect="models and optimizers resume; data order and noise differ from an uninterrupted run from here on",
+        )
     return saved
 
 
@@ -248,8 +280,14 @@ def weights_finite(engine: Engine, nets: Networks) -> bool:
     return True
 
 
-def roll_back_after_nan(snapshots: Snapshots, checkpoints: CheckpointManager, state: TrainState, rollbacks: int,
-                        max_rollbacks: int, grace_seconds: float | None = None) -> TrainState:  # fmt: skip
+def roll_back_after_nan(
+    snapshots: Snapshots,
+    checkpoints: CheckpointManager,
+    state: TrainState,
+    rollbacks: int,
+    max_rollbacks: int,
+    grace_seconds: float | None = None,
+) -> TrainState:
     """Back to the newest commit after a NaN/Inf; the data stream goes on, so the offending batch is skipped.
     Raises Diverged after `max_rollbacks` (checkpoint.max_rollbacks) or when there is nothing to go back to."""
     log.warning("non_finite_loss", step=state.step, rollbacks=rollbacks, max_rollbacks=max_rollbacks)
@@ -268,8 +306,13 @@ def roll_back_after_nan(snapshots: Snapshots, checkpoints: CheckpointManager, st
     return rolled
 
 
-def return_to_best(snapshots: Snapshots, checkpoints: CheckpointManager, guard: CollapseGuard,
-                   base_learning_rates: list[tuple[Any, float]], latest: float | None) -> str:  # fmt: skip
+def return_to_best(
+    snapshots: Snapshots,
+    checkpoints: CheckpointManager,
+    guard: CollapseGuard,
+    base_learning_rates: list[tuple[Any, float]],
+    latest: float | None,
+) -> str:
     """The collapse guard's roll-back: the best checkpoint's networks, optimizers and parts, with the guard's
     learning-rate scale; step and images_seen go on (they count the images drawn, and later checkpoints must not
     reuse names). Returns the checkpoint's name; raises Collapsed when it cannot be read."""
@@ -280,6 +323,13 @@ def return_to_best(snapshots: Snapshots, checkpoints: CheckpointManager, guard: 
         raise Collapsed(f"guard: cannot go back to the best checkpoint: {err}") from None
     snapshots.restore(best, resume=False)
     set_learning_rates(base_learning_rates, guard.lr_scale)  # a burn-in scales its own each step
-    log.warning("collapse_rolled_back", checkpoint=best.name, metric=guard.metric, best=guard.best, latest=latest,
-                rollbacks=guard.rollbacks, lr_scale=guard.lr_scale)  # fmt: skip
+    log.warning(
+        "collapse_rolled_back",
+        checkpoint=best.name,
+        metric=guard.metric,
+        best=guard.best,
+        latest=latest,
+        rollbacks=guard.rollbacks,
+        lr_scale=guard.lr_scale,
+    )
     return best.name

@@ -93,8 +93,9 @@ class Recipe:
         return from_uint8(images, self.value_range)
 
 
-def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe, batch: DeviceBatch,
-                         report: StepReport) -> NetworkReport:  # fmt: skip
+def discriminator_update(
+    engine: Engine, d: Trained, g: Trained, recipe: Recipe, batch: DeviceBatch, report: StepReport
+) -> NetworkReport:
     """Real images towards "real", generated ones towards "fake" (plus class/style terms and penalties).
 
     `batch` holds uint8 images already on the device; they become the model's value range here. The batch is split
@@ -138,8 +139,15 @@ def discriminator_update(engine: Engine, d: Trained, g: Trained, recipe: Recipe,
     return net
 
 
-def generator_update(engine: Engine, g: Trained, d: Trained, recipe: Recipe, count: int,
-                     report: StepReport, real: DeviceBatch | None = None) -> NetworkReport:  # fmt: skip
+def generator_update(
+    engine: Engine,
+    g: Trained,
+    d: Trained,
+    recipe: Recipe,
+    count: int,
+    report: StepReport,
+    real: DeviceBatch | None = None,
+) -> NetworkReport:
     """Make the frozen discriminator call fresh samples real (and, per the recipe, of their class / no style).
 
     A relativistic loss (RpGAN) compares each generated image with a real one: `real` (the step's real batch, uint8
@@ -199,8 +207,9 @@ def synthetic_batch(cfg: GandConfig, batch_size: int, num_classes: int, engine: 
     return DeviceBatch(engine.layout(images), labels, [""] * batch_size, DataPosition())
 
 
-def train_step(engine: Engine, g: Trained, d: Trained, recipe: Recipe, batch: DeviceBatch,
-               detailed: bool = False) -> StepReport:  # fmt: skip
+def train_step(
+    engine: Engine, g: Trained, d: Trained, recipe: Recipe, batch: DeviceBatch, detailed: bool = False
+) -> StepReport:
     """One D update on `batch` and one G update of the same size (the default schedule), nothing read back."""
     report = StepReport(detailed=detailed)
     discriminator_update(engine, d, g, recipe, batch, report)

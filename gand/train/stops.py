@@ -51,21 +51,28 @@ def report_uploads(checkpoints: CheckpointManager, metrics: TrainingMetrics, log
         if result.permanent:  # no space, no permission: waiting cannot help, and every later save would fail too
             log.error("checkpoint_upload_failed", checkpoint=result.name, error=result.error, permanent=True)
             metrics.close()
-            raise StorageError(f"checkpoint {result.name} cannot be written to {redact(checkpoints.url)}: "
-                               f"{result.error}. Fix that, then run the same command: it resumes from the last "
-                               "commit")  # fmt: skip
+            raise StorageError(
+                f"checkpoint {result.name} cannot be written to {redact(checkpoints.url)}: "
+                f"{result.error}. Fix that, then run the same command: it resumes from the last "
+                "commit"
+            )
         if result.committed:
             metrics.record_commit(result)
         else:
-            log.error("checkpoint_upload_failed", checkpoint=result.name, error=result.error,
-                      effect="training goes on; the next checkpoint tries again")  # fmt: skip
+            log.error(
+                "checkpoint_upload_failed",
+                checkpoint=result.name,
+                error=result.error,
+                effect="training goes on; the next checkpoint tries again",
+            )
     abandoned = sum(not result.committed for result in results)
     metrics.record_uploads(checkpoints.uploads_pending, checkpoints.failed_attempts, abandoned)
     return results
 
 
-def stop_without_saving(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics,
-                         state: TrainState, log) -> NoReturn:  # fmt: skip
+def stop_without_saving(
+    checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics, state: TrainState, log
+) -> NoReturn:
     """A stop that cannot save (blocked mid-step, or ranks that may be inside a collective): wait for uploads
     already under way within the grace period, then exit 75 when the run has a commit to resume from, else 1."""
     checkpoints.wait(control.grace_left_seconds())
@@ -73,16 +80,27 @@ def stop_without_saving(checkpoints: CheckpointManager, control: RunControl, met
     metrics.close()
     committed = commit_to_resume_from(checkpoints)
     if committed:
-        log.warning("stopped_by_signal", signal=control.stop_signal, step=state.step, checkpoint=committed,
-                    saved=False, exit_code=Preempted.exit_code)  # fmt: skip
-        raise Preempted(f"stopped by {control.stop_signal} while waiting for data at step {state.step}; the same "
-                        f"command resumes from {committed}")  # fmt: skip
-    raise DataError(f"stopped by {control.stop_signal} while waiting for data at step {state.step}, before any "
-                    "checkpoint was committed: nothing to resume from")  # fmt: skip
+        log.warning(
+            "stopped_by_signal",
+            signal=control.stop_signal,
+            step=state.step,
+            checkpoint=committed,
+            saved=False,
+            exit_code=Preempted.exit_code,
+        )
+        raise Preempted(
+            f"stopped by {control.stop_signal} while waiting for data at step {state.step}; the same "
+            f"command resumes from {committed}"
+        )
+    raise DataError(
+        f"stopped by {control.stop_signal} while waiting for data at step {state.step}, before any "
+        "checkpoint was committed: nothing to resume from"
+    )
 
 
-def stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics,
-                       state: TrainState, log) -> NoReturn:  # fmt: skip
+def stop_after_signal(
+    checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics, state: TrainState, log
+) -> NoReturn:
     """The save of this step is handed over: wait for its commit within the grace period, then exit 75; 1 when it
     did not commit in time (exit 75 promises a committed checkpoint of this step)."""
     uploaded = checkpoints.wait(control.grace_left_seconds())
@@ -92,14 +110,23 @@ def stop_after_signal(checkpoints: CheckpointManager, control: RunControl, metri
     # Ranks > 0 upload their part; the checkpoint is committed when rank 0's manifest is there.
     committed = committed and checkpoints.wait_for_commit(name, control.grace_left_seconds())
     exit_code = Preempted.exit_code if committed else StorageError.exit_code
-    log.warning("stopped_by_signal", signal=control.stop_signal, step=state.step, checkpoint=name,
-                uploaded=committed, exit_code=exit_code)  # fmt: skip
+    log.warning(
+        "stopped_by_signal",
+        signal=control.stop_signal,
+        step=state.step,
+        checkpoint=name,
+        uploaded=committed,
+        exit_code=exit_code,
+    )
     metrics.close()
     if not committed:
-        raise StorageError(f"stopped by {control.stop_signal} at step {state.step}, but {name} did not commit within "
-                           f"checkpoint.grace_seconds; the same command resumes from the last commit")  # fmt: skip
-    raise Preempted(f"stopped by {control.stop_signal} at step {state.step}: saved {name}; run the same command to "
-                    "resume")  # fmt: skip
+        raise StorageError(
+            f"stopped by {control.stop_signal} at step {state.step}, but {name} did not commit within "
+            f"checkpoint.grace_seconds; the same command resumes from the last commit"
+        )
+    raise Preempted(
+        f"stopped by {control.stop_signal} at step {state.step}: saved {name}; run the same command to resume"
+    )
 
 
 def take_lease(cfg: GandConfig, engine: Engine, checkpoints: CheckpointManager, control: RunControl) -> None:
@@ -133,8 +160,9 @@ def refuse_to_start_over(checkpoints: CheckpointManager, progress_note: dict | N
     say what was found: starting over would write new checkpoints over them and let retention delete the rest."""
     evidence = evidence_of_training(checkpoints, progress_note) if engine.is_main else ""
     if engine.from_rank_zero(1 if evidence else 0):
-        raise ConfigError(evidence or "rank 0 found an earlier run's checkpoints but none it can resume (its log "
-                          "says which)")  # fmt: skip
+        raise ConfigError(
+            evidence or "rank 0 found an earlier run's checkpoints but none it can resume (its log says which)"
+        )
     if engine.is_main and progress_note and progress_note.get("step"):
         structlog.get_logger("gand.train").warning(
             "starting_over",
@@ -148,8 +176,10 @@ def evidence_of_training(checkpoints: CheckpointManager, progress_note: dict | N
     found = []
     if checkpoints.unusable:
         name, reasons = next(reversed(checkpoints.unusable.items()))
-        found.append(f"{len(checkpoints.unusable)} committed checkpoint(s) that fail verification (newest: {name}: "
-                     f"{reasons[0][:200]})")  # fmt: skip
+        found.append(
+            f"{len(checkpoints.unusable)} committed checkpoint(s) that fail verification (newest: {name}: "
+            f"{reasons[0][:200]})"
+        )
     if progress_note:
         last = progress_note.get("last_commit")
         old_note = "last_commit" not in progress_note  # written before notes named commits: trust the folders
@@ -158,9 +188,10 @@ def evidence_of_training(checkpoints: CheckpointManager, progress_note: dict | N
         except (OSError, StorageError):
             folders = []  # listing worked moments ago (discovery); a failure now is no evidence either way
         if last or folders:
-            found.append(f"PROGRESS.json says the run reached step {progress_note.get('step')}"
-                         + (f" and committed {last}" if last else f" and {len(folders)} checkpoint folder(s) are "
-                            "there"))  # fmt: skip
+            found.append(
+                f"PROGRESS.json says the run reached step {progress_note.get('step')}"
+                + (f" and committed {last}" if last else f" and {len(folders)} checkpoint folder(s) are there")
+            )
     if not found:
         return ""
     return (
@@ -183,8 +214,14 @@ def stop_before_training(checkpoints: CheckpointManager, control: RunControl, lo
     exit 75 only when a commit is known to exist for this run."""
     known = checkpoints.known_commit
     exit_code = Preempted.exit_code if known else StorageError.exit_code
-    log.warning("stopped_by_signal", signal=control.stop_signal, step=None, waiting_for="storage at start-up",
-                last_commit=known, exit_code=exit_code)  # fmt: skip
+    log.warning(
+        "stopped_by_signal",
+        signal=control.stop_signal,
+        step=None,
+        waiting_for="storage at start-up",
+        last_commit=known,
+        exit_code=exit_code,
+    )
     on_lease = control.lease is not None and control.lease.waiting_for_holder
     waiting_for = "another trainer's lease on" if on_lease else "storage at"
     message = f"stopped by {control.stop_signal} while waiting for {waiting_for} {redact(checkpoints.url)} at start-up"
@@ -220,8 +257,14 @@ def stop_after_peer_loss(checkpoints: CheckpointManager, error: RuntimeError, lo
     raise PeerLost(message + f"run the same command to resume from {known}") from None
 
 
-def finish_uploads(checkpoints: CheckpointManager, control: RunControl, metrics: TrainingMetrics, state: TrainState,
-                   cfg: GandConfig, log) -> None:  # fmt: skip
+def finish_uploads(
+    checkpoints: CheckpointManager,
+    control: RunControl,
+    metrics: TrainingMetrics,
+    state: TrainState,
+    cfg: GandConfig,
+    log,
+) -> None:
     """The end of a run that reached train.max_steps: its final checkpoint commits, or StorageError (exit 1: the
     same command resumes from the last commit)."""
     uploaded = wait_for_uploads(checkpoints, control, cfg.checkpoint.upload_timeout_seconds)
