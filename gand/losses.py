@@ -8,6 +8,7 @@ BCE losses equal the papers' sigmoid + BCE while staying finite in bf16 and fp16
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -144,7 +145,7 @@ def label_targets(
     return targets
 
 
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(critic: Callable[..., torch.Tensor], real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): (||grad_x D(x)||_2 - 1)^2 at random points between real and fake."""
     mix = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
     points = (mix * real.detach() + (1 - mix) * fake.detach()).requires_grad_(True)
@@ -153,7 +154,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
     return ((gradients.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 
-def zero_centred_penalty(critic: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def zero_centred_penalty(critic: Callable[..., torch.Tensor], images: torch.Tensor) -> torch.Tensor:
     """E[||grad_x D(x)||^2] of D's real/fake logit at `images`: R1 on real images (Mescheder et al. 2018), R2 on
     generated ones (R3GAN, Huang et al. 2024, eq. 4); the caller scales it by gamma / 2.
 

@@ -44,7 +44,7 @@ def command_line(pid: int) -> list[str]:
 def children(pid: int, with_variable: str | None = None) -> list[int]:
     """The PIDs of `pid`'s children (only those whose environment has `with_variable`, when given); [] where
     there is no /proc (macOS: `gand launch` then leaves signals to torch's agent)."""
-    found = []
+    found: list[int] = []
     proc = Path("/proc")
     if not proc.is_dir():
         return found

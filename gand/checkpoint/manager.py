@@ -29,6 +29,7 @@ import json
 import pickle
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -119,7 +120,7 @@ class CheckpointManager:
         collective: Collective,
         keep_last: int = 2,
         keep_every: int = 0,
-        safe_globals: list[type] = (),
+        safe_globals: Sequence[Any] = (),
         retry: RetryPolicy | None = None,
         background: bool = False,
     ):
@@ -128,7 +129,7 @@ class CheckpointManager:
         self.collective = collective
         self.keep_last = keep_last
         self.keep_every = keep_every  # also keep every M-th checkpoint for good (0: none)
-        self.safe_globals = list(safe_globals)  # plain-data classes torch.load(weights_only=True) may build
+        self.safe_globals: list[Any] = list(safe_globals)  # plain-data classes torch.load(weights_only=True) may build
         self.retry = retry or RetryPolicy()
         self.uploader = Uploader() if background else None
         self.resumed_from: str | None = None  # never deleted by retention
@@ -484,29 +485,37 @@ class CheckpointManager:
         """A committed checkpoint's history (the newest verified one unless named), without reading weights or
         optimizer state; (name, None) for a checkpoint written before histories were kept."""
         for candidate in [name] if name else self._listing():
-            deadline = time.monotonic() + self.retry.timeout_seconds
             try:
-                manifest = json.loads(
-                    self._retried(
-                        lambda c=candidate: self.store.read_bytes(f"{c}/{MANIFEST}"),
-                        f"{candidate}/{MANIFEST}",
-                        deadline,
-                    )
-                )
-                record = manifest["files"].get("history.pt")
-                if record is None:
-                    return candidate, None
-                data = self._retried(
-                    lambda c=candidate: self.store.read_bytes(f"{c}/history.pt"), f"{candidate}/history.pt", deadline
-                )
-                if hashlib.sha256(data).hexdigest() != record["sha256"]:
-                    raise CorruptCheckpoint(f"{candidate}/history.pt: checksum differs from the manifest")
-                return candidate, self._load(data)
+                data = self._read_one(candidate, "history.pt")
+                return candidate, None if data is None else self._load(data)
             except UNUSABLE as err:
                 if name:
                     raise
                 log.warning("checkpoint_unusable", checkpoint=candidate, reasons=[str(err)])
         return None
+
+    def load_state(self, name: str) -> dict[str, Any]:
+        """A committed checkpoint's state.json (`gand.checkpoint.contents.SavedRun`), checked against its manifest."""
+        data = self._read_one(name, "state.json")
+        if data is None:
+            raise CorruptCheckpoint(f"{name}: state.json is not in its manifest")
+        return json.loads(data)
+
+    def _read_one(self, name: str, filename: str) -> bytes | None:
+        """One file of a committed checkpoint, its checksum checked against the manifest; None when the manifest
+        does not list it (written by a version that did not keep it)."""
+        deadline = time.monotonic() + self.retry.timeout_seconds
+
+        def fetch(relpath: str) -> bytes:
+            return self._retried(lambda: self.store.read_bytes(relpath), relpath, deadline)
+
+        record = json.loads(fetch(f"{name}/{MANIFEST}"))["files"].get(filename)
+        if record is None:
+            return None
+        data = fetch(f"{name}/{filename}")
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            raise CorruptCheckpoint(f"{name}/{filename}: checksum differs from the manifest")
+        return data
 
     def _load(self, data: bytes) -> Any:
         """Tensors, containers and numbers only (plus the plain-data classes named in safe_globals): no code runs."""

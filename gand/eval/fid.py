@@ -230,6 +230,7 @@ class Evaluator:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             batches = generated_batches(generator, self.recipe, self.batch_size, self.device)
             features, logits = inception_outputs(self.network, batches, count, self.device)
+        assert self.real is not None  # loaded with the network above
         return scores(self.real, features, logits)
 
 

@@ -83,4 +83,5 @@ def group_means(arithmetic: Arithmetic, latent_dim: int) -> dict[str, torch.Tens
 
 
 def evaluate_arithmetic(arithmetic: Arithmetic, means: dict[str, torch.Tensor]) -> torch.Tensor:
-    return sum(sign * means[name] for sign, name in arithmetic.terms)
+    start = torch.zeros_like(next(iter(means.values())))
+    return sum((sign * means[name] for sign, name in arithmetic.terms), start)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -288,7 +287,9 @@ def write_samples(
         store.write_bytes(name, labelled_png(pixels, images.shape[-1], **labels) if labels else png_bytes(pixels))
         written.append(name)
 
-    grid_classes, grid_columns, grid_labels = None, None, {}
+    grid_classes: torch.Tensor | None = None
+    grid_columns: int | None = None
+    grid_labels: dict[str, Any] = {}
     if recipe.sample_classes:
         class_names = list(loaded.saved.class_names or [])[:num_classes]
         class_names += [str(index) for index in range(len(class_names), num_classes)]  # unnamed: their indices
@@ -354,18 +355,18 @@ def plot_run(location: str, out: str | None = None, smooth: int | None = None) -
     from gand.storage import Store
 
     store_url, name = checkpoint_location(location)
-    found = CheckpointManager(store_url, SingleProcess()).load_history(name)
+    manager = CheckpointManager(store_url, SingleProcess())
+    found = manager.load_history(name)
     if found is None:
         raise DataError(f"no committed checkpoint under {location}")
     name, state = found
     if state is None:
         raise DataError(f"{name} was written before gand kept histories in checkpoints; nothing to plot")
     history = LossHistory.from_state(state)
-    checkpoints = Store(store_url)
-    run_name = SavedRun.from_state(json.loads(checkpoints.read_bytes(f"{name}/state.json"))).run_name
+    run_name = SavedRun.from_state(manager.load_state(name)).run_name
     if out is None:  # beside the checkpoints when they are local, else here
         parent = posixpath.dirname(store_url.rstrip("/"))
-        out = posixpath.join(parent, "plots") if checkpoints.is_local else f"{run_name}-plots"
+        out = posixpath.join(parent, "plots") if manager.store.is_local else f"{run_name}-plots"
     store = Store(out)
     if smooth is not None and smooth < 1:
         raise ConfigError(f"--smooth {smooth}: a window of at least 1 logged point (1 = no smoothing)")

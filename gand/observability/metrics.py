@@ -42,7 +42,7 @@ class TrainingMetrics:
     def __init__(self, port: int | None, run_name: str):
         self.enabled = port is not None
         self.server = None
-        if not self.enabled:
+        if port is None:
             return
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_start_time_seconds, ...
@@ -294,7 +294,7 @@ class PackMetrics:
         self.enabled = port is not None
         self.server = None
         self.port = None
-        if not self.enabled:
+        if port is None:
             return
         self.registry = CollectorRegistry()
         Info("gand_build", "gand version", registry=self.registry).info({"version": __version__, "role": "packer"})

@@ -30,6 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
 
+from gand.checkpoint.contents import DISCRIMINATOR, GENERATOR
 from gand.config import MemoryConfig, TrackingConfig
 from gand.errors import ConfigError
 from gand.observability.health import gradient_stats
@@ -75,7 +76,7 @@ log = structlog.get_logger("gand.engine")
 class Trained:
     """One network in training: what to call, its optimizer, its loss scaler, and its counters."""
 
-    name: str  # "generator" | "discriminator"
+    name: str  # GENERATOR | DISCRIMINATOR: also the network's key in a checkpoint (gand.checkpoint.contents)
     module: nn.Module  # the pure model
     model: Any  # what forward calls: the module, DDP(module), or a DeepSpeed engine
     optimizer: Any
@@ -159,8 +160,8 @@ class Engine:
         g_model, d_model, opt_g, opt_d = self.accelerator.prepare(generator, discriminator, opt_g, opt_d)
         trained = []
         for name, module, model, optimizer in (
-            ("generator", generator, g_model, opt_g),
-            ("discriminator", discriminator, d_model, opt_d),
+            (GENERATOR, generator, g_model, opt_g),
+            (DISCRIMINATOR, discriminator, d_model, opt_d),
         ):
             scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
             model = torch.compile(model) if self.memory.compile else model
@@ -388,7 +389,7 @@ class DeepSpeedEngine(Engine):
     def setup(self, generator, discriminator, opt_g, opt_d) -> tuple[Trained, Trained]:
         self._apply_memory_savers(generator, discriminator)
         trained = []
-        for name, module, optimizer in (("generator", generator, opt_g), ("discriminator", discriminator, opt_d)):
+        for name, module, optimizer in ((GENERATOR, generator, opt_g), (DISCRIMINATOR, discriminator, opt_d)):
             config = deepspeed_config(
                 self.memory,
                 self.precision,

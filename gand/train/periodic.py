@@ -195,7 +195,7 @@ class Evaluation:
     def run(self, state: TrainState) -> tuple[dict[str, float] | None, str | None]:
         """(scores on the main rank, else None; the guard's verdict on every rank: "rollback", "stop" or None)."""
         scores = self.scores(state)
-        return scores, self.verdict(scores, state) if self.guard is not None else None
+        return scores, self.verdict(self.guard, scores, state) if self.guard is not None else None
 
     def scores(self, state: TrainState) -> dict[str, float] | None:
         with self.engine.full_weights(self.nets.g) as g_module:  # every rank: ZeRO-3 gathers the weights collectively
@@ -216,10 +216,9 @@ class Evaluation:
         self.history.record(state.images_seen, {f"eval:{name}": value for name, value in scores.items()})
         return scores
 
-    def verdict(self, scores: dict[str, float] | None, state: TrainState) -> str | None:
+    def verdict(self, guard: CollapseGuard, scores: dict[str, float] | None, state: TrainState) -> str | None:
         """Every rank: the main rank's verdict (it alone has the scores) and the guard's state after it, shared.
         Retention keeps the guard's best checkpoint whatever the metric."""
-        guard = self.guard
         verdict = guard.observe(scores, checkpoint_name(state.images_seen)) if scores else None
         verdict, guard_state = self.engine.gather_objects((verdict, guard.state_dict()))[0]
         guard.load_state_dict(guard_state)

@@ -166,6 +166,8 @@ class Snapshots:
         own = checkpoint.rank_state or {}  # None when written by another number of ranks
         for net in self.networks.trained:
             optimizer_state = own.get(net.name) or checkpoint.trainer.get(net.name)
+            if optimizer_state is None:
+                raise CorruptCheckpoint(f"{checkpoint.name}: no optimizer state for the {net.name}")
             self.engine.load_network(net, checkpoint.weights[net.name], optimizer_state)
         if self.networks.ema is not None and GENERATOR_EMA in checkpoint.weights:
             self.networks.ema.model.load_state_dict(checkpoint.weights[GENERATOR_EMA])
@@ -317,6 +319,8 @@ def return_to_best(
     learning-rate scale; step and images_seen go on (they count the images drawn, and later checkpoints must not
     reuse names). Returns the checkpoint's name; raises Collapsed when it cannot be read."""
     checkpoints.wait()
+    if guard.best_checkpoint is None:
+        raise Collapsed("guard: no best checkpoint to go back to")
     try:
         best = checkpoints.load_named(guard.best_checkpoint)
     except CorruptCheckpoint as err:
