@@ -1,4 +1,5 @@
-"""Structure the code and docs keep: no links outside the repository, evaluation apart from the trainer."""
+"""Structure the code and docs keep: no links outside the repository, evaluation apart from the trainer, one owner
+for checkpoint keys, unit tests that start no programs."""
 
 from tests.conftest import REPO
 
@@ -14,14 +15,52 @@ def test_the_docs_link_nothing_outside_the_repository():
 
 
 def test_evaluation_imports_no_trainer_module():
-    """Evaluation samples through the models' own contract (gand.models.Sampling): it runs without the trainer."""
+    """Evaluation samples through the models' own contract (gand.models.Sampling) and reads checkpoints through
+    gand.checkpoint.contents: it runs without the trainer."""
+    offenders = [
+        f"{path.name}: {name}"
+        for path in sorted((REPO / "gand" / "eval").glob("*.py"))
+        for name in _imported_names(path)
+        if name.startswith("gand.train")
+    ]
+    assert not offenders, offenders
+
+
+def _imported_names(path) -> list[str]:
     import ast
 
-    offenders = []
-    for path in sorted((REPO / "gand" / "eval").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
-                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-            )  # fmt: skip
-            offenders += [f"{path.name}: {name}" for name in names if name.startswith("gand.train")]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
+def test_unit_tests_start_no_programs():
+    """`make test-fast` stays fast: processes, gand's command line and external tools are integration tests."""
+    offenders = [
+        f"{path.name}: {name}"
+        for path in sorted((REPO / "tests" / "unit").glob("*.py"))
+        for name in _imported_names(path)
+        if name in ("subprocess", "multiprocessing", "pty") or name.startswith("tests.integration")
+    ]
+    assert not offenders, offenders
+
+
+def test_checkpoint_keys_are_named_in_one_place():
+    """What a checkpoint holds is spelled out in gand/checkpoint/contents.py alone: a new piece of state, or a key
+    renamed, is a change there (and in gand/train/snapshot.py's parts), not a hunt for string literals."""
+    import ast
+
+    keys = {"generator_ema", "fixed_noise", "fixed_classes", "tracking_run_ids", "class_names", "num_classes"}
+    owner = REPO / "gand" / "checkpoint" / "contents.py"
+    offenders = [
+        f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}"
+        for path in sorted((REPO / "gand").rglob("*.py"))
+        if path != owner
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in keys
+    ]
     assert not offenders, offenders
