@@ -435,7 +435,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-
     from gand.config import load_config
     from gand.observability.logging import configure_logging
     from gand.train.launch import free_port, launch_ranks

@@ -11,6 +11,10 @@ Where a stop signal goes decides whether work is lost (issue 18):
   SIGTERM that reaches only the launcher ends it at once. The trainer asks the kernel for a SIGTERM when its
   launcher goes (Linux `PR_SET_PDEATHSIG`), so it saves, exits and leaves nothing behind. The exit code is the
   launcher's; where it matters (Kubernetes), use `gand launch`.
+
+Also here, because they are about the processes rather than the training: the process-group environment a lone ZeRO
+rank needs, the group's teardown at the end of a process, and telling a collective that failed because another rank
+is gone (`lost_a_peer`: exit 75, resume) from a fault of this one.
 """
 
 from __future__ import annotations

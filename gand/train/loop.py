@@ -33,8 +33,8 @@ from gand.train.optim import GeneratorEMA
 from gand.train.periodic import Evaluation, Outputs, SampleGrid, Saves, StepLog
 from gand.train.schedules import BurnIn
 from gand.train.snapshot import (
+    CheckpointIO,
     Networks,
-    Snapshots,
     check_resumable,
     classes_to_train,
     fixed_sample_inputs,
@@ -63,9 +63,14 @@ from gand.train.stops import (
 def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
     """Train until train.max_steps, resuming from the newest committed checkpoint unless `fresh`.
 
-    Raises Preempted (exit 75) after a SIGTERM/SIGINT and a committed save (or, when the stop came while waiting,
-    with a commit to resume from), StoppedAtOnce (exit 1) after a second signal, Diverged (exit 3) after too many
-    NaN roll-backs, PeerLost (exit 75) when another rank vanished mid-collective.
+    Raises (exit codes in gand.errors; every stop's own in gand.train.stops):
+    - Preempted (75) after a SIGTERM/SIGINT and a committed save (or, when the stop came while waiting, with a
+      commit to resume from); StoppedAtOnce (1) after a second signal;
+    - LeaseLost (75) when another trainer took the run over, PeerLost (75) when another rank vanished mid-collective;
+      either is StorageError (1) instead when no commit of the run is known;
+    - Diverged (3) after too many NaN roll-backs, Collapsed (3) when the collapse guard stops the run;
+    - StorageError (1) when the final checkpoint did not commit; ConfigError (2) for a config or dataset that
+      cannot train or resume.
     """
     engine = build_engine(cfg.precision, cfg.memory, cfg.train.batch_size, cfg.tracking, cfg.tracking_dir)
     local_log = Path(cfg.run_dir) / "train.jsonl" if engine.is_main and is_local(cfg.run_dir) else None
@@ -77,10 +82,12 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
     checkpoints = _checkpoint_manager(cfg, engine)
     at_once = False
     try:
-        training = Training.build(cfg, fresh, engine, control, checkpoints)
-        if isinstance(training, TrainState):  # already at train.max_steps
-            return training
-        return training.run()
+        start = Start.find(cfg, fresh, engine, control, checkpoints)
+        if start.state.step >= cfg.train.max_steps:
+            log.info("already_complete", step=start.state.step, hint="raise train.max_steps to train further")
+            engine.close()
+            return start.state
+        return Training.build(cfg, engine, control, checkpoints, start).run()
     except StopNow as second:
         at_once = True  # no storage calls from here: the lease expires by itself (or frees with this process)
         known = checkpoints.known_commit
@@ -105,15 +112,49 @@ def train(cfg: GandConfig, fresh: bool = False) -> TrainState:
 
 @dataclass
 class Start:
-    """Where training starts: the checkpoint to resume (None: step 0) and what PROGRESS.json said before."""
+    """Where training starts: the dataset, the checkpoint to resume (None: step 0) with its counters and history,
+    and what PROGRESS.json said before this process."""
 
+    manifest: PackedManifest
+    num_classes: int  # the class head's size: the dataset's, or the resumed checkpoint's
     resumed: Checkpoint | None
+    state: TrainState
+    history: LossHistory
+    progress: ProgressMarker
     previous_progress: dict | None
+    steps_lost: int | None  # steps the previous process trained past its last commit (None: not a resume)
 
     @property
     def restarted(self) -> bool:
         """A resume, or a Job's pod back before its first commit."""
         return self.resumed is not None or self.previous_progress is not None
+
+    @classmethod
+    def find(
+        cls, cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, checkpoints: CheckpointManager
+    ) -> Start:
+        """The dataset checked against the config, the run's lease, `--fresh`'s deletions, the newest commit and
+        what a resume checks (architecture, classes, ranks)."""
+        log = structlog.get_logger("gand.train")
+        manifest, _ = read_manifest(cfg.data.path)
+        dataset_classes = _dataset_classes(cfg, engine, manifest, log)
+        progress = ProgressMarker(checkpoints.store, cfg.checkpoint.progress_every_seconds if engine.is_main else None)
+        resumed, previous_progress = _newest_commit(cfg, fresh, engine, control, checkpoints, progress, log)
+        num_classes = classes_to_train(resumed, manifest, dataset_classes)
+        start = cls(manifest, num_classes, resumed, TrainState(), LossHistory(), progress, previous_progress, None)
+        if resumed is not None:
+            check_resumable(resumed, engine, cfg, num_classes)
+            start.state = resumed_counters(resumed, TrainState.from_dict(resumed.state["train"]), engine.world_size)
+            start.history = LossHistory.from_state(resumed.history)
+            start.steps_lost = progress.steps_lost(previous_progress, start.state.step)
+            log.info(
+                "resumed",
+                checkpoint=resumed.name,
+                step=start.state.step,
+                images_seen=start.state.images_seen,
+                steps_lost=start.steps_lost,
+            )
+        return start
 
 
 @dataclass
@@ -127,13 +168,11 @@ class Training:
     state: TrainState
     recipe: Recipe
     nets: Networks
-    snapshots: Snapshots
+    checkpoint_io: CheckpointIO
     guard: CollapseGuard | None
     burn_in: BurnIn | None
     progress: ProgressMarker
-    history: LossHistory
-    metrics: TrainingMetrics
-    trackers: Trackers | None
+    outputs: Outputs
     feed: DeviceFeed
     step_log: StepLog
     samples: SampleGrid
@@ -145,63 +184,34 @@ class Training:
 
     @classmethod
     def build(
-        cls, cfg: GandConfig, fresh: bool, engine: Engine, control: RunControl, checkpoints: CheckpointManager
-    ) -> Training | TrainState:
-        """Everything from the config, resumed from the newest commit; the saved state alone when that is already
-        at train.max_steps."""
+        cls, cfg: GandConfig, engine: Engine, control: RunControl, checkpoints: CheckpointManager, start: Start
+    ) -> Training:
+        """Everything from the config, from where `start` says; the trackers start last (an outside run to close)."""
         log = structlog.get_logger("gand.train")
-        # -- the dataset, and where training starts ----------------------------------------------------------
-        manifest, _ = read_manifest(cfg.data.path)
-        dataset_classes = _dataset_classes(cfg, engine, manifest, log)
-        progress = ProgressMarker(checkpoints.store, cfg.checkpoint.progress_every_seconds if engine.is_main else None)
-        start = _start(cfg, fresh, engine, control, checkpoints, progress, log)
-        resumed = start.resumed
-        num_classes = classes_to_train(resumed, manifest, dataset_classes)
-        state, history, steps_lost = TrainState(), LossHistory(), None
-        if resumed is not None:
-            check_resumable(resumed, engine, cfg, num_classes)
-            state = resumed_counters(resumed, TrainState.from_dict(resumed.state["train"]), engine.world_size)
-            history = LossHistory.from_state(resumed.history)
-            steps_lost = progress.steps_lost(start.previous_progress, state.step)
-            log.info(
-                "resumed",
-                checkpoint=resumed.name,
-                step=state.step,
-                images_seen=state.images_seen,
-                steps_lost=steps_lost,
-            )
-        if state.step >= cfg.train.max_steps:
-            log.info("already_complete", step=state.step, hint="raise train.max_steps to train further")
-            engine.close()
-            return state
-
+        resumed, state, num_classes = start.resumed, start.state, start.num_classes
         # -- networks, and everything a checkpoint holds -----------------------------------------------------
         recipe = Recipe.from_config(cfg, num_classes)
         nets = _networks(cfg, engine, recipe, num_classes, resumed)
         guard = CollapseGuard.from_config(cfg)
         tracking_run_ids = new_run_ids(SavedRun.from_state(resumed.state).tracking_run_ids if resumed else None)
-        snapshots = Snapshots(
-            engine, nets, training_parts(recipe, guard), cfg, num_classes, manifest.class_names, tracking_run_ids
+        checkpoint_io = CheckpointIO(
+            engine, nets, training_parts(recipe, guard), cfg, num_classes, start.manifest.class_names, tracking_run_ids
         )
         if resumed is not None:
-            snapshots.restore(resumed, resume=True)
+            checkpoint_io.restore(resumed, resume=True)
 
-        # -- data, metrics, trackers, periodic work ----------------------------------------------------------
+        # -- data, metrics, periodic work, trackers ----------------------------------------------------------
         loader = _loader(cfg, engine, num_classes, log)
-        metrics = _metrics(cfg, engine, control, checkpoints, state if resumed else None, steps_lost)
-        _log_start(cfg, engine, manifest, num_classes, state, log)
+        metrics = _metrics(cfg, engine, control, checkpoints, state if resumed else None, start.steps_lost)
+        _log_start(cfg, engine, start.manifest, num_classes, state, log)
         feed = DeviceFeed(loader.batches(start=state.data_position), engine.device, engine.channels_last)
         if guard is not None and resumed is not None:
             checkpoints.pinned = {guard.best_checkpoint} if guard.best_checkpoint else set()
             if guard.lr_scale != 1.0:  # a resume restores the config's learning rates: the guard's scale again
                 set_learning_rates(_base_learning_rates(cfg, nets), guard.lr_scale)
         control.interrupt_waits(lambda: feed.waiting)
-        # A restart trains on if a tracker cannot start (a first start exits 2).
-        trackers = Trackers.start(engine, cfg, tracking_run_ids, state.step if resumed else None, start.restarted)
-        if trackers is not None:
-            tracking_run_ids.update(trackers.run_ids())  # MLflow's id exists once its run has started
-        outputs = Outputs(metrics, trackers, history)
-        return cls(
+        outputs = Outputs(metrics, None, start.history)
+        training = cls(
             cfg=cfg,
             engine=engine,
             control=control,
@@ -209,20 +219,24 @@ class Training:
             state=state,
             recipe=recipe,
             nets=nets,
-            snapshots=snapshots,
+            checkpoint_io=checkpoint_io,
             guard=guard,
             burn_in=BurnIn.from_config(cfg),
-            progress=progress,
-            history=history,
-            metrics=metrics,
-            trackers=trackers,
+            progress=start.progress,
+            outputs=outputs,
             feed=feed,
             step_log=StepLog(cfg, engine, nets, recipe, feed, loader, outputs, state),
             samples=SampleGrid(cfg, engine, nets, recipe, outputs),
             evaluation=Evaluation(cfg, engine, nets, recipe, guard, checkpoints, outputs),
-            saves=Saves(snapshots, checkpoints, control, outputs, state),
+            saves=Saves(checkpoint_io, checkpoints, control, outputs, state),
             finite=FiniteWatch(),
         )
+        # A restart trains on if a tracker cannot start (a first start exits 2).
+        resumed_step = state.step if resumed else None
+        outputs.trackers = Trackers.start(engine, cfg, tracking_run_ids, resumed_step, start.restarted)
+        if outputs.trackers is not None:
+            tracking_run_ids.update(outputs.trackers.run_ids())  # MLflow's id exists once its run has started
+        return training
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> TrainState:
@@ -246,7 +260,7 @@ class Training:
                     self.finite,
                     check=report.detailed or evaluate,
                 )
-                self._take_notice(decision, log)
+                self._act_on_agreement(decision, log)
                 saving = decision.save or (evaluate and not decision.roll_back)
                 if decision.roll_back or (saving and not weights_finite(self.engine, self.nets)):
                     self._roll_back_after_nan()
@@ -255,9 +269,9 @@ class Training:
                     self.step_log.write(self.state, report, schedule_fields)
                 self.samples.maybe_write(self.state, images_before, batch)
                 self._evaluate_and_save(evaluate, saving)
-                report_uploads(self.checkpoints, self.metrics, log)
+                report_uploads(self.checkpoints, self.outputs.metrics, log)
                 if decision.stop:
-                    stop_after_signal(self.checkpoints, control, self.metrics, self.state, log)
+                    stop_after_signal(self.checkpoints, control, self.outputs.metrics, self.state, log)
         except StopWhileWaiting:
             self._stop_while_waiting(log)
         except StopNow:
@@ -266,10 +280,10 @@ class Training:
         finally:
             # Flushed on every way out (a preempted run's last scalars are not lost), except a second stop
             # signal, which means "now": W&B's own exit hook finishes its run then.
-            if self.trackers is not None and not stopping_at_once:
-                self.trackers.close()
+            if self.outputs.trackers is not None and not stopping_at_once:
+                self.outputs.trackers.close()
         self.engine.close()  # the last collective; from here each rank only waits for its own uploads
-        finish_uploads(self.checkpoints, control, self.metrics, self.state, self.cfg, log)
+        finish_uploads(self.checkpoints, control, self.outputs.metrics, self.state, self.cfg, log)
         return self.state
 
     # -- one step ----------------------------------------------------------------------------------------------
@@ -324,12 +338,12 @@ class Training:
         return images_before
 
     # -- what a step may end in ------------------------------------------------------------------------------
-    def _take_notice(self, decision: Decision, log) -> None:
+    def _act_on_agreement(self, decision: Decision, log) -> None:
         """What the ranks agreed besides stop/save/roll back: the run's lease is lost (stop publishing), or a spot
         notice came (the decision already saves now)."""
         if decision.lease_lost:
-            self.metrics.record_lease(held=False, lost=True)
-            self.metrics.close()
+            self.outputs.metrics.record_lease(held=False, lost=True)
+            self.outputs.metrics.close()
             raise LeaseLost(f"found at step {self.state.step}")
         if not decision.notice:
             return
@@ -342,17 +356,17 @@ class Training:
             detail=notice.detail if notice else None,
             effect="checkpoint now, training goes on",
         )
-        self.metrics.record_preemption_notice(provider)
+        self.outputs.metrics.record_preemption_notice(provider)
 
     def _roll_back_after_nan(self) -> None:
         self.rollbacks += 1
         # With a stop pending, the wait for an upload under way is bounded by what is left of the grace.
         grace = self.control.grace_left_seconds() if self.control.stop_signal is not None else None
         self.state = roll_back_after_nan(
-            self.snapshots, self.checkpoints, self.state, self.rollbacks, self.cfg.checkpoint.max_rollbacks, grace
+            self.checkpoint_io, self.checkpoints, self.state, self.rollbacks, self.cfg.checkpoint.max_rollbacks, grace
         )
-        self.history.truncate(self.state.images_seen)
-        self.metrics.record_rollback()
+        self.outputs.history.truncate(self.state.images_seen)
+        self.outputs.metrics.record_rollback()
 
     def _evaluate_and_save(self, evaluate: bool, saving: bool) -> None:
         """The evaluation when due and the guard's verdict on it, then the save: a collapse brings the best
@@ -369,8 +383,9 @@ class Training:
     def _return_to_best(self, scores: dict[str, float] | None) -> None:
         assert self.guard is not None
         latest = (scores or {}).get(self.guard.metric)
-        return_to_best(self.snapshots, self.checkpoints, self.guard, _base_learning_rates(self.cfg, self.nets), latest)
-        self.metrics.record_collapse_rollback()
+        base_rates = _base_learning_rates(self.cfg, self.nets)
+        return_to_best(self.checkpoint_io, self.checkpoints, self.guard, base_rates, latest)
+        self.outputs.metrics.record_collapse_rollback()
 
     def _stop_collapsed(self) -> None:
         guard = self.guard
@@ -390,12 +405,12 @@ class Training:
         safe = self.at_boundary and self.finite.read() and weights_finite(self.engine, self.nets)
         if self.engine.world_size == 1 and state.step > self.saves.saved_step and safe:
             self.saves.save(state)
-            stop_after_signal(self.checkpoints, control, self.metrics, state, log)
-        stop_without_saving(self.checkpoints, control, self.metrics, state, log)
+            stop_after_signal(self.checkpoints, control, self.outputs.metrics, state, log)
+        stop_without_saving(self.checkpoints, control, self.outputs.metrics, state, log)
 
 
 # -- building ----------------------------------------------------------------------------------------------------
-def _start(
+def _newest_commit(
     cfg: GandConfig,
     fresh: bool,
     engine: Engine,
@@ -403,9 +418,10 @@ def _start(
     checkpoints: CheckpointManager,
     progress: ProgressMarker,
     log,
-) -> Start:
-    """The run's lease, `--fresh`'s deletions, and the newest committed checkpoint; refuses to start over when there
-    is evidence of earlier training. Nothing trains yet: a stop ends any start-up wait at once."""
+) -> tuple[Checkpoint | None, dict | None]:
+    """The run's lease, `--fresh`'s deletions, and the newest committed checkpoint with what PROGRESS.json said
+    before; refuses to start over when there is evidence of earlier training. Nothing trains yet: a stop ends any
+    start-up wait at once."""
     control.interrupt_waits(lambda: True)
     try:
         take_lease(cfg, engine, checkpoints, control)  # before anything lists or deletes checkpoints
@@ -421,7 +437,7 @@ def _start(
     except StopWhileWaiting:
         stop_before_training(checkpoints, control, log)
     control.interrupt_waits(lambda: False)
-    return Start(resumed, previous_progress)
+    return resumed, previous_progress
 
 
 def _dataset_classes(cfg: GandConfig, engine: Engine, manifest: PackedManifest, log) -> int:

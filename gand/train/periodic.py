@@ -1,5 +1,6 @@
-"""The training loop's periodic work, each an object that knows when it is due: the log line (with the exporter,
-the trackers and the history), the sample grid, the evaluation (with the collapse guard's verdict) and the save."""
+"""The training loop's periodic work: the log line (with the exporter, the trackers and the history), the sample grid
+and the evaluation (with the collapse guard's verdict), each an object that knows when it is due, and the save, which
+`RunControl`'s agreed decision calls."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from gand.train.control import RunControl, count_due
 from gand.train.engine import Engine
 from gand.train.feed import DeviceBatch, DeviceFeed
 from gand.train.guard import CollapseGuard
-from gand.train.snapshot import Networks, Snapshots
+from gand.train.snapshot import CheckpointIO, Networks
 from gand.train.state import TrainState
 from gand.train.steps import Recipe
 
@@ -77,7 +78,7 @@ class StepLog:
     ):
         self.every_steps, self.max_steps = cfg.train.log_every_steps, cfg.train.max_steps
         self.engine, self.nets, self.recipe, self.feed, self.loader = engine, nets, recipe, feed, loader
-        self.metrics, self.trackers, self.history = outputs.metrics, outputs.trackers, outputs.history
+        self.outputs = outputs  # read at each use: trackers start after the loop's objects are built
         self.first_step = state.step
         self.throughput = Throughput(state.images_seen)
         self.dominance = DominanceWindow()
@@ -91,7 +92,7 @@ class StepLog:
         logged = report.read(self.engine.mean_across_ranks, self.engine.world_size, self.host_numbers(state))
         augment_fields = self.recipe.ada.log_fields() if self.recipe.ada is not None else {}
         if augment_fields:
-            self.metrics.record_augment(augment_fields["augment_p"], augment_fields["augment_rt"])
+            self.outputs.metrics.record_augment(augment_fields["augment_p"], augment_fields["augment_rt"])
         log.info(
             "train_step",
             step=state.step,
@@ -101,13 +102,13 @@ class StepLog:
             **schedule_fields,
             **augment_fields,
         )
-        self.metrics.record_step(logged)
-        if self.trackers is not None:
-            self.trackers.log_step(state.step, logged, {**schedule_fields, **augment_fields})
-        self.metrics.record_damaged_shards(len(self.loader.damaged_shards))
-        self.history.record_step(logged)
+        self.outputs.metrics.record_step(logged)
+        if self.outputs.trackers is not None:
+            self.outputs.trackers.log_step(state.step, logged, {**schedule_fields, **augment_fields})
+        self.outputs.metrics.record_damaged_shards(len(self.loader.damaged_shards))
+        self.outputs.history.record_step(logged)
         if self.engine.device.type == "cuda":
-            self.metrics.record_gpu_memory(
+            self.outputs.metrics.record_gpu_memory(
                 torch.cuda.memory_allocated(), torch.cuda.memory_reserved(), torch.cuda.max_memory_allocated()
             )
 
@@ -135,7 +136,7 @@ class SampleGrid:
         self.every_steps, self.every_images = cfg.samples.every_steps, cfg.samples.every_images
         self.max_steps, self.run_name = cfg.train.max_steps, cfg.run.name
         self.engine, self.nets, self.recipe = engine, nets, recipe
-        self.metrics, self.trackers, self.history = outputs.metrics, outputs.trackers, outputs.history
+        self.outputs = outputs  # read at each use: trackers start after the loop's objects are built
         self.store = Store(cfg.run_dir)
 
     def maybe_write(self, state: TrainState, images_before: int, batch: DeviceBatch) -> None:
@@ -158,11 +159,11 @@ class SampleGrid:
             return
         grid = grid_pixels(images, value_range=recipe.value_range)
         self.store.write_bytes(f"samples/step-{state.step:06d}.png", png_bytes(grid))
-        if self.trackers is not None:
-            self.trackers.log_grid(state.step, grid)
-        curve = loss_curve_png(self.history, title=f"{self.run_name}: losses up to step {state.step}")
+        if self.outputs.trackers is not None:
+            self.outputs.trackers.log_grid(state.step, grid)
+        curve = loss_curve_png(self.outputs.history, title=f"{self.run_name}: losses up to step {state.step}")
         self.store.write_bytes(f"samples/step-{state.step:06d}-losses.png", curve)
-        self.metrics.record_diversity(sample_diversity(images, recipe.model_input(batch.images)))
+        self.outputs.metrics.record_diversity(sample_diversity(images, recipe.model_input(batch.images)))
 
 
 class Evaluation:
@@ -185,7 +186,7 @@ class Evaluation:
         on_main = self.every_images is not None and engine.is_main
         self.evaluator = Evaluator(cfg, recipe.sampling, engine.device) if on_main else None
         self.engine, self.nets, self.guard, self.checkpoints = engine, nets, guard, checkpoints
-        self.metrics, self.trackers, self.history = outputs.metrics, outputs.trackers, outputs.history
+        self.outputs = outputs  # read at each use: trackers start after the loop's objects are built
 
     def due(self, state: TrainState, images_before: int) -> bool:
         return bool(self.every_images) and count_due(
@@ -195,7 +196,7 @@ class Evaluation:
     def run(self, state: TrainState) -> tuple[dict[str, float] | None, str | None]:
         """(scores on the main rank, else None; the guard's verdict on every rank: "rollback", "stop" or None)."""
         scores = self.scores(state)
-        return scores, self.verdict(self.guard, scores, state) if self.guard is not None else None
+        return scores, self._verdict(self.guard, scores, state) if self.guard is not None else None
 
     def scores(self, state: TrainState) -> dict[str, float] | None:
         with self.engine.full_weights(self.nets.g) as g_module:  # every rank: ZeRO-3 gathers the weights collectively
@@ -210,13 +211,13 @@ class Evaluation:
             seconds=round(time.perf_counter() - started, 1),
             **{name: round(value, 4) for name, value in scores.items()},
         )
-        self.metrics.record_eval(scores)
-        if self.trackers is not None:
-            self.trackers.log_scores(state.step, scores)
-        self.history.record(state.images_seen, {f"eval:{name}": value for name, value in scores.items()})
+        self.outputs.metrics.record_eval(scores)
+        if self.outputs.trackers is not None:
+            self.outputs.trackers.log_scores(state.step, scores)
+        self.outputs.history.record(state.images_seen, {f"eval:{name}": value for name, value in scores.items()})
         return scores
 
-    def verdict(self, guard: CollapseGuard, scores: dict[str, float] | None, state: TrainState) -> str | None:
+    def _verdict(self, guard: CollapseGuard, scores: dict[str, float] | None, state: TrainState) -> str | None:
         """Every rank: the main rank's verdict (it alone has the scores) and the guard's state after it, shared.
         Retention keeps the guard's best checkpoint whatever the metric."""
         verdict = guard.observe(scores, checkpoint_name(state.images_seen)) if scores else None
@@ -227,22 +228,23 @@ class Evaluation:
 
 
 class Saves:
-    """Checkpoints: one snapshot of everything (`Snapshots`), handed to the background upload."""
+    """Checkpoints: one snapshot of everything (`CheckpointIO`), uploaded in the background
+    (checkpoint.background_upload) or before `save` returns."""
 
     def __init__(
         self,
-        snapshots: Snapshots,
+        checkpoint_io: CheckpointIO,
         checkpoints: CheckpointManager,
         control: RunControl,
         outputs: Outputs,
         state: TrainState,
     ):
-        self.snapshots, self.checkpoints, self.control = snapshots, checkpoints, control
-        self.history, self.metrics = outputs.history, outputs.metrics
+        self.checkpoint_io, self.checkpoints, self.control = checkpoint_io, checkpoints, control
+        self.outputs = outputs
         self.saved_step = state.step  # the newest step saved (or resumed from) by this process
 
     def save(self, state: TrainState, scores: dict[str, float] | None = None) -> None:
-        snapshot = self.snapshots.save(self.checkpoints, state, self.history.to_state(), scores)
+        snapshot = self.checkpoint_io.save(self.checkpoints, state, self.outputs.history.to_state(), scores)
         self.control.saved()
         self.saved_step = state.step
         if snapshot is not None:
@@ -252,4 +254,4 @@ class Saves:
                 step=state.step,
                 stall_seconds=round(snapshot.stall_seconds, 4),
             )
-            self.metrics.record_snapshot(snapshot.stall_seconds, sum(map(len, snapshot.files.values())))
+            self.outputs.metrics.record_snapshot(snapshot.stall_seconds, sum(map(len, snapshot.files.values())))

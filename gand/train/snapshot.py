@@ -1,9 +1,10 @@
 """Training's side of a checkpoint: everything training changes, saved together and brought back by one restore,
 whether for a resume, a roll-back after NaN/Inf or the collapse guard's return to its best checkpoint.
 
-The layout and the names are `gand.checkpoint.contents`'s. A new piece of training state (an augmentation
-probability, a schedule's progress) is one entry in `training_parts`: an object with `state_dict()` and
-`load_state_dict()`, saved per rank and/or once, and restored by roll-backs or by resumes only.
+The files, the weight keys and state.json are `gand.checkpoint.contents`'s; the training parts' keys are
+`training_parts`'s. A new piece of training state (an augmentation probability, a schedule's progress) is one entry
+there: an object with `state_dict()` and `load_state_dict()`, saved per rank and/or once, and restored by roll-backs
+or by resumes only.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class Part:
 
     obj: Stateful
     per_rank: bool  # each rank keeps its own in rank-N.pt (it follows its own batches)
-    shared: bool  # rank 0's copy in trainer.pt: what every rank takes when the rank count changed
+    shared: bool  # rank 0's copy in trainer.pt: the only copy, or (with per_rank) what every rank takes when the
+    # rank count changed
     rewinds: bool  # a roll-back restores it as well as a resume (state that must go back in time with the weights)
 
 
@@ -98,7 +100,7 @@ def training_parts(recipe: Recipe, guard: CollapseGuard | None) -> dict[str, Par
     return parts
 
 
-class Snapshots:
+class CheckpointIO:
     """Saves the networks and the training parts as one checkpoint, and restores them from one."""
 
     def __init__(
@@ -283,7 +285,7 @@ def weights_finite(engine: Engine, nets: Networks) -> bool:
 
 
 def roll_back_after_nan(
-    snapshots: Snapshots,
+    checkpoint_io: CheckpointIO,
     checkpoints: CheckpointManager,
     state: TrainState,
     rollbacks: int,
@@ -302,30 +304,30 @@ def roll_back_after_nan(
     newest = checkpoints.load_latest()
     if newest is None:
         raise Diverged(f"losses turned NaN/Inf at step {state.step}, before any checkpoint to roll back to")
-    rolled = snapshots.restore(newest, resume=False)
+    rolled = checkpoint_io.restore(newest, resume=False)
     rolled.record_position(state.data_position)
     log.warning("rolled_back", checkpoint=newest.name, step=rolled.step, images_seen=rolled.images_seen)
     return rolled
 
 
 def return_to_best(
-    snapshots: Snapshots,
+    checkpoint_io: CheckpointIO,
     checkpoints: CheckpointManager,
     guard: CollapseGuard,
     base_learning_rates: list[tuple[Any, float]],
     latest: float | None,
-) -> str:
+) -> None:
     """The collapse guard's roll-back: the best checkpoint's networks, optimizers and parts, with the guard's
     learning-rate scale; step and images_seen go on (they count the images drawn, and later checkpoints must not
-    reuse names). Returns the checkpoint's name; raises Collapsed when it cannot be read."""
+    reuse names). Raises Collapsed when it cannot be read or lacks what a restore needs."""
     checkpoints.wait()
     if guard.best_checkpoint is None:
         raise Collapsed("guard: no best checkpoint to go back to")
     try:
         best = checkpoints.load_named(guard.best_checkpoint)
+        checkpoint_io.restore(best, resume=False)
     except CorruptCheckpoint as err:
         raise Collapsed(f"guard: cannot go back to the best checkpoint: {err}") from None
-    snapshots.restore(best, resume=False)
     set_learning_rates(base_learning_rates, guard.lr_scale)  # a burn-in scales its own each step
     log.warning(
         "collapse_rolled_back",
@@ -336,4 +338,3 @@ def return_to_best(
         rollbacks=guard.rollbacks,
         lr_scale=guard.lr_scale,
     )
-    return best.name

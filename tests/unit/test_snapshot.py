@@ -9,7 +9,7 @@ from gand.checkpoint.manager import CheckpointManager, CorruptCheckpoint
 from gand.config import MemoryConfig, validate_config
 from gand.observability.metrics import TrainingMetrics
 from gand.train.engine import Engine
-from gand.train.snapshot import Networks, Part, Snapshots, fixed_sample_inputs, training_parts
+from gand.train.snapshot import CheckpointIO, Networks, Part, fixed_sample_inputs, training_parts
 from gand.train.state import TrainState
 from gand.train.steps import Recipe, setup_networks
 
@@ -44,9 +44,9 @@ def training(tmp_path):
     parts = training_parts(recipe, None)
     parts["kept_on_rollback"] = Part(Counter(), per_rank=False, shared=True, rewinds=False)
     parts["rewound"] = Part(Counter(), per_rank=True, shared=True, rewinds=True)
-    snapshots = Snapshots(engine, nets, parts, cfg, 0, None, {"wandb": "run-1"})
+    checkpoint_io = CheckpointIO(engine, nets, parts, cfg, 0, None, {"wandb": "run-1"})
     checkpoints = CheckpointManager(str(tmp_path / "checkpoints"), engine)
-    return snapshots, checkpoints, parts, nets, recipe
+    return checkpoint_io, checkpoints, parts, nets, recipe
 
 
 def _first_weight(nets: Networks) -> torch.Tensor:
@@ -54,11 +54,11 @@ def _first_weight(nets: Networks) -> torch.Tensor:
 
 
 def test_each_part_is_saved_where_it_says_and_restored_by_the_ways_back_it_names(training):
-    snapshots, checkpoints, parts, nets, _ = training
+    checkpoint_io, checkpoints, parts, nets, _ = training
     parts["kept_on_rollback"].obj.value = torch.tensor(1.0)
     parts["rewound"].obj.value = torch.tensor(2.0)
     saved_weight = _first_weight(nets).detach().clone()
-    snapshots.save(checkpoints, TrainState(step=3, images_seen=12), history={"points": []})
+    checkpoint_io.save(checkpoints, TrainState(step=3, images_seen=12), history={"points": []})
 
     checkpoint = checkpoints.load_latest()
     assert checkpoint is not None
@@ -74,30 +74,30 @@ def test_each_part_is_saved_where_it_says_and_restored_by_the_ways_back_it_names
     parts["rewound"].obj.value = torch.tensor(6.0)
     nets.fixed_noise = torch.zeros_like(nets.fixed_noise)
 
-    rolled = snapshots.restore(checkpoint, resume=False)  # a roll-back
+    rolled = checkpoint_io.restore(checkpoint, resume=False)  # a roll-back
     assert (rolled.step, rolled.images_seen) == (3, 12)
     assert torch.equal(_first_weight(nets), saved_weight)
     assert parts["rewound"].obj.value.item() == 2.0
     assert parts["kept_on_rollback"].obj.value.item() == 5.0  # goes on across a roll-back
     assert not nets.fixed_noise.any()
 
-    snapshots.restore(checkpoint, resume=True)  # a resume brings back everything
+    checkpoint_io.restore(checkpoint, resume=True)  # a resume brings back everything
     assert parts["kept_on_rollback"].obj.value.item() == 1.0
     assert torch.equal(nets.fixed_noise, checkpoint.trainer["fixed_noise"]) and nets.fixed_noise.any()
 
 
 def test_a_checkpoint_without_optimizer_state_is_named_not_a_type_error(training):
-    snapshots, checkpoints, _, nets, _ = training
-    snapshots.save(checkpoints, TrainState(step=1, images_seen=4), history={})
+    checkpoint_io, checkpoints, _, nets, _ = training
+    checkpoint_io.save(checkpoints, TrainState(step=1, images_seen=4), history={})
     checkpoint = checkpoints.load_latest()
     del checkpoint.trainer[nets.g.name]
     with pytest.raises(CorruptCheckpoint, match="no optimizer state for the generator"):
-        snapshots.restore(checkpoint, resume=True)
+        checkpoint_io.restore(checkpoint, resume=True)
 
 
 def test_upload_results_carry_the_image_count_to_the_metrics(training):
-    snapshots, checkpoints, *_ = training
-    snapshots.save(checkpoints, TrainState(step=2, images_seen=8), history={})
+    checkpoint_io, checkpoints, *_ = training
+    checkpoint_io.save(checkpoints, TrainState(step=2, images_seen=8), history={})
     (result,) = checkpoints.poll()
     assert result.committed and result.images_seen == 8
     metrics = TrainingMetrics(0, "snap")
