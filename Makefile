@@ -42,7 +42,7 @@ demo: $(VENV)/.installed $(DEMO_PACKED)/manifest.json
 test: $(VENV)/.installed-test tools
 	$(BIN)/python -m pytest
 
-## make test-fast: the unit tests only (in-process, no external tools, no `gand` subprocesses): a few minutes
+## make test-fast: the unit tests only (in-process, no external tools, no subprocesses): about a minute
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests/unit -q
 
