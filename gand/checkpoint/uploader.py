@@ -172,7 +172,7 @@ class Uploader:
 
     @property
     def busy(self) -> int:
-        """CheckpointIO not yet finished: the one uploading plus the one waiting."""
+        """Snapshots not yet finished: the one uploading plus the one waiting."""
         with self._lock:
             return int(self._running is not None) + int(self._pending is not None)
 

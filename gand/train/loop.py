@@ -10,13 +10,13 @@ import structlog
 
 from gand.checkpoint.contents import SavedRun
 from gand.checkpoint.lease import LeaseLost
-from gand.checkpoint.manager import Checkpoint, CheckpointManager
+from gand.checkpoint.manager import Checkpoint, CheckpointManager, CorruptCheckpoint
 from gand.checkpoint.progress import ProgressMarker
 from gand.checkpoint.uploader import RetryPolicy
 from gand.config import GandConfig, default_loader_workers
 from gand.data.loader import ImageLoader
 from gand.data.manifest import PackedManifest, check_dataset, read_manifest
-from gand.errors import StoppedAtOnce
+from gand.errors import DataError, StoppedAtOnce
 from gand.notices import NoticeWatcher
 from gand.observability.curves import LossHistory
 from gand.observability.logging import configure_logging
@@ -30,7 +30,7 @@ from gand.train.feed import DeviceBatch, DeviceFeed
 from gand.train.guard import Collapsed, CollapseGuard, set_learning_rates
 from gand.train.launch import lost_a_peer
 from gand.train.optim import GeneratorEMA
-from gand.train.periodic import Evaluation, Outputs, SampleGrid, Saves, StepLog
+from gand.train.periodic import Evaluation, Outputs, SampleGrid, Saves, StepLog, Throughput
 from gand.train.schedules import BurnIn
 from gand.train.snapshot import (
     CheckpointIO,
@@ -198,7 +198,12 @@ class Training:
             engine, nets, training_parts(recipe, guard), cfg, num_classes, start.manifest.class_names, tracking_run_ids
         )
         if resumed is not None:
-            checkpoint_io.restore(resumed, resume=True)
+            try:
+                checkpoint_io.restore(resumed, resume=True)
+            except CorruptCheckpoint as err:  # verified files without what a resume needs: not gand's own writing
+                raise DataError(
+                    f"{err}: it cannot be resumed. Restore the run's checkpoints, or start over with --fresh"
+                ) from None
 
         # -- data, metrics, periodic work, trackers ----------------------------------------------------------
         loader = _loader(cfg, engine, num_classes, log)
@@ -245,6 +250,7 @@ class Training:
         from the device on an ordinary step: losses, statistics and the NaN check are read at logging steps and
         saves."""
         log, control, stopping_at_once = structlog.get_logger("gand.train"), self.control, False
+        self.step_log.throughput = Throughput(self.state.images_seen)  # from here: build and tracker start-up excluded
         try:
             while self.state.step < self.cfg.train.max_steps:
                 report = self._step_report()
@@ -442,6 +448,7 @@ def _newest_commit(
 
 def _dataset_classes(cfg: GandConfig, engine: Engine, manifest: PackedManifest, log) -> int:
     """The dataset's class count, checked against the config; a warning when one step draws more than it holds."""
+    num_classes = check_dataset(manifest, cfg)
     if cfg.train.batch_size * engine.world_size > manifest.num_samples:
         log.warning(
             "batch_larger_than_dataset",
@@ -450,7 +457,7 @@ def _dataset_classes(cfg: GandConfig, engine: Engine, manifest: PackedManifest, 
             effect="every batch repeats images: an epoch is shorter than a step",
             fix="lower train.batch_size or add images",
         )
-    return check_dataset(manifest, cfg)
+    return num_classes
 
 
 def _networks(

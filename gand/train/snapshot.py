@@ -304,7 +304,10 @@ def roll_back_after_nan(
     newest = checkpoints.load_latest()
     if newest is None:
         raise Diverged(f"losses turned NaN/Inf at step {state.step}, before any checkpoint to roll back to")
-    rolled = checkpoint_io.restore(newest, resume=False)
+    try:
+        rolled = checkpoint_io.restore(newest, resume=False)
+    except CorruptCheckpoint as err:
+        raise Diverged(f"losses turned NaN/Inf at step {state.step}; cannot roll back: {err}") from None
     rolled.record_position(state.data_position)
     log.warning("rolled_back", checkpoint=newest.name, step=rolled.step, images_seen=rolled.images_seen)
     return rolled

@@ -89,8 +89,9 @@ def test_each_part_is_saved_where_it_says_and_restored_by_the_ways_back_it_names
 def test_a_checkpoint_without_optimizer_state_is_named_not_a_type_error(training):
     checkpoint_io, checkpoints, _, nets, _ = training
     checkpoint_io.save(checkpoints, TrainState(step=1, images_seen=4), history={})
+    _drop_from_trainer(checkpoints, nets.g.name)
     checkpoint = checkpoints.load_latest()
-    del checkpoint.trainer[nets.g.name]
+    assert checkpoint is not None  # it verifies: only a restore finds what is missing
     with pytest.raises(CorruptCheckpoint, match="no optimizer state for the generator"):
         checkpoint_io.restore(checkpoint, resume=True)
 
@@ -120,3 +121,36 @@ def test_sampling_prefers_the_ema_generator_when_asked():
     assert sampling_weights({GENERATOR: plain, "generator_ema": ema}) is ema
     assert sampling_weights({GENERATOR: plain, "generator_ema": ema}, use_ema=False) is plain
     assert sampling_weights({GENERATOR: plain}) is plain
+
+
+def _drop_from_trainer(checkpoints: CheckpointManager, key: str) -> None:
+    """Rewrite the newest checkpoint's trainer.pt without `key`, its manifest updated: a verified checkpoint that
+    lacks what a restore needs, as something other than gand could write it."""
+    import hashlib
+    import io
+    import json
+
+    from gand.checkpoint.manager import MANIFEST
+
+    name = checkpoints.committed()[-1]
+    store = checkpoints.store
+    trainer = torch.load(io.BytesIO(store.read_bytes(f"{name}/trainer.pt")), weights_only=True)
+    del trainer[key]
+    buffer = io.BytesIO()
+    torch.save(trainer, buffer)
+    data = buffer.getvalue()
+    manifest = json.loads(store.read_bytes(f"{name}/{MANIFEST}"))
+    manifest["files"]["trainer.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    store.write_bytes(f"{name}/trainer.pt", data)
+    store.write_bytes(f"{name}/{MANIFEST}", json.dumps(manifest).encode())
+
+
+def test_a_roll_back_to_a_checkpoint_it_cannot_restore_is_a_divergence(training):
+    from gand.errors import Diverged
+    from gand.train.snapshot import roll_back_after_nan
+
+    checkpoint_io, checkpoints, _, nets, _ = training
+    checkpoint_io.save(checkpoints, TrainState(step=1, images_seen=4), history={})
+    _drop_from_trainer(checkpoints, nets.d.name)
+    with pytest.raises(Diverged, match=r"cannot roll back: .*no optimizer state for the discriminator"):
+        roll_back_after_nan(checkpoint_io, checkpoints, TrainState(step=2, images_seen=8), 1, 3)
