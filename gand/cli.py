@@ -7,13 +7,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from gand import __version__
 from gand.errors import ConfigError, GandError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own exit code is 2 too; keep its usage line
+    def error(self, message: str) -> NoReturn:  # argparse's own exit code is 2 too; keep its usage line
         self.print_usage(sys.stderr)
         raise ConfigError(f"{self.prog}: {message}")
 

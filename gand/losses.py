@@ -103,7 +103,7 @@ class RelativisticPairing:
         return F.softplus(real - fake).mean()
 
 
-ADVERSARIAL_LOSSES: dict[str, type] = {
+ADVERSARIAL_LOSSES: dict[str, type[AdversarialLoss]] = {
     "nonsaturating": NonSaturating,
     "minimax": Minimax,
     "wasserstein": Wasserstein,

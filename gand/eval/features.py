@@ -19,7 +19,7 @@ def discriminator_features(discriminator: nn.Module, images: torch.Tensor) -> to
     """N x C x H x W in [-1, 1] -> N x F: every feature-map stage of D's `.blocks`, max-pooled and concatenated.
     Stages that already are vectors (MLP D) are used as they are, except the last (the logit)."""
     outputs, x = [], images
-    blocks = list(discriminator.blocks)
+    blocks: list[nn.Module] = list(discriminator.blocks)  # type: ignore[arg-type]  # an nn.ModuleList by convention
     for index, block in enumerate(blocks):
         x = block(x)
         if x.dim() == 4:
