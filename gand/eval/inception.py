@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import posixpath
 from pathlib import Path
 
@@ -228,7 +227,7 @@ def load_inception(weights: str | None = None, device: torch.device | str = "cpu
     location = weights or WEIGHTS_URL
     try:
         state = torch.load(io.BytesIO(read_weights(location)), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    except Exception as err:  # junk bytes reach torch's unpickler as any of a dozen errors (IndexError, KeyError...)
         # torch's own message suggests weights_only=False, which would run code from the file: not repeated here.
         raise DataError(
             f"FID Inception weights (--weights / eval.inception_weights) {location}: not a file of plain "
