@@ -136,7 +136,7 @@ class CheckpointManager:
         self.pinned: set[str] = set()  # kept by retention too: the collapse guard's best checkpoint
         self.sequence = 0
         self._last_snapshot: str | None = None
-        self._saved_images: dict[str, int] = {}  # checkpoint name -> images seen, for upload results
+        self._saved_images: dict[str, int] = {}  # checkpoint name -> images seen, until its upload result is handed out
         self._results: list[UploadResult] = []  # synchronous mode's results, handed out by poll()
         self._commits_seen: list[str] = []  # committed checkpoints this process listed, wrote or saw appear
         self.unusable: dict[str, list[str]] = {}  # committed checkpoints discovery could not use, and why
@@ -214,7 +214,7 @@ class CheckpointManager:
             results, self._results = self._results, []
         else:
             results = self.uploader.poll()
-        return [replace(result, images_seen=self._saved_images.get(result.name)) for result in results]
+        return [replace(result, images_seen=self._saved_images.pop(result.name, None)) for result in results]
 
     def wait(self, timeout_seconds: float | None = None) -> bool:
         """Until every snapshot handed over so far is uploaded (or has failed); False on timeout."""
